@@ -1,0 +1,1 @@
+"""Client for memoryd, the memory daemon for multi-agent LLM systems."""

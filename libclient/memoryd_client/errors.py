@@ -1,0 +1,115 @@
+"""Exceptions raised by the memoryd client: one class per wire error code."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from memoryd_client import wire
+
+
+class MemorydError(Exception):
+    """Root of every error the client raises."""
+
+    code: ClassVar[str] = wire.INTERNAL
+    retryable: ClassVar[bool] = False
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None and code != type(self).code:
+            # An unknown code from a newer server keeps its own name.
+            self.code = code  # type: ignore[misc]
+
+
+class InvalidRequest(MemorydError):
+    code = wire.INVALID_REQUEST
+
+
+class NotFound(MemorydError):
+    code = wire.NOT_FOUND
+
+
+class TooLarge(MemorydError):
+    code = wire.TOO_LARGE
+
+
+class Unauthorized(MemorydError):
+    code = wire.UNAUTHORIZED
+
+
+class Overloaded(MemorydError):
+    code = wire.OVERLOADED
+    retryable = True
+
+
+class WalFull(MemorydError):
+    code = wire.WAL_FULL
+    retryable = True
+
+
+class BackendUnavailable(MemorydError):
+    code = wire.BACKEND_UNAVAILABLE
+    retryable = True
+
+
+class DeadlineExceeded(MemorydError):
+    code = wire.DEADLINE_EXCEEDED
+    retryable = True
+
+
+class ShuttingDown(MemorydError):
+    code = wire.SHUTTING_DOWN
+    retryable = True
+
+
+class InternalError(MemorydError):
+    code = wire.INTERNAL
+
+
+class ProtocolError(MemorydError):
+    """The server refused the byte stream (a ``protocol_error`` notification)
+    or sent something that is not MessagePack-RPC; the connection is gone."""
+
+    code = "protocol_error"
+
+
+class ConnectError(MemorydError, ConnectionError):
+    """The daemon could not be reached, or the connection broke mid-request."""
+
+    code = "connect_error"
+    retryable = True
+
+
+class MemorydTimeoutError(MemorydError, TimeoutError):
+    """No answer within the call's deadline."""
+
+    code = "timeout"
+
+
+_BY_CODE: dict[str, type[MemorydError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidRequest,
+        NotFound,
+        TooLarge,
+        Unauthorized,
+        Overloaded,
+        WalFull,
+        BackendUnavailable,
+        DeadlineExceeded,
+        ShuttingDown,
+        InternalError,
+    )
+}
+
+
+def error_from_wire(error: dict[str, Any]) -> MemorydError:
+    """The exception for an ``error`` map of a response."""
+    code = str(error.get("code", wire.INTERNAL))
+    message = str(error.get("message", ""))
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        exc: MemorydError = InternalError(message, code=code)
+        exc.retryable = bool(error.get("retryable", False))  # type: ignore[misc]
+        return exc
+    return cls(message)

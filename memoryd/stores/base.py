@@ -1,0 +1,87 @@
+"""The contract between the daemon and a store (Redis or local SQLite)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from memoryd.errors import MemorydError
+from memoryd.ops import Op
+from memoryd.records import Query, Record
+
+
+class StoreUnavailable(MemorydError):
+    """The store could not be reached or did not answer in time.
+
+    Raised (``from`` the underlying library's exception) for every failure
+    that a later retry may cure: refused or broken connections, timeouts,
+    a Redis that is still loading.
+    """
+
+
+class StoreError(MemorydError):
+    """The store answered, but with an error that retrying will not fix."""
+
+
+@dataclass(slots=True)
+class AgentStats:
+    """What one agent has stored now (never "ever added")."""
+
+    count: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+    bytes: int = 0
+    oldest: float | None = None
+    newest: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "by_type": dict(self.by_type),
+            "bytes": self.bytes,
+            "oldest": self.oldest,
+            "newest": self.newest,
+        }
+
+
+class Store(Protocol):
+    """A place records live in.  All methods are coroutines safe to call from
+    the event loop; none may block it."""
+
+    kind: str
+
+    async def open(self) -> None:
+        """Connect or open files.  Raises StoreUnavailable if not reachable."""
+
+    async def close(self) -> None: ...
+
+    async def apply(self, ops: Sequence[Op], now_s: float) -> None:
+        """Apply ``ops`` in order, each idempotently (see memoryd.ops).
+
+        Operations of one agent must take effect in the given order; those of
+        different agents are independent.  When this returns, the effects are
+        as durable as the store makes them; on an exception, any prefix of
+        ``ops`` may have taken effect, and the caller applies them all again.
+        Puts whose expiry is at or before ``now_s`` are skipped.
+        """
+
+    async def get(self, agent_id: str, record_id: str, now_s: float) -> Record | None:
+        """The record, or None if absent or expired."""
+
+    async def query(self, agent_id: str, query: Query, now_s: float) -> list[Record]:
+        """Records of one agent that match ``query`` (memoryd.records.matches),
+        in its order, at most ``query.limit``."""
+
+    async def stats(self, agent_id: str, now_s: float) -> AgentStats: ...
+
+    async def agents(self, prefix: str, limit: int) -> list[str]:
+        """Agent ids that have at least one record, sorted, starting with ``prefix``."""
+
+    async def ping(self) -> float:
+        """Round-trip time in seconds."""
+
+    async def sweep(self, now_s: float) -> int:
+        """Remove expired records with their index entries; the number removed."""
+
+    def describe(self) -> dict[str, Any]:
+        """Kind, address (never a password) and server version, for status."""

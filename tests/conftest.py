@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.harness import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the session; tests that kill Redis start their own."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> Iterator[str]:
+    """The session's Redis, emptied before the test."""
+    with redis.Redis(unix_socket_path=str(redis_server.socket_path)) as conn:
+        conn.flushall()
+    yield redis_server.url
+
+
+@pytest.fixture
+def redis_conn(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A plain blocking connection, to look at what the daemon stored."""
+    with redis.Redis(unix_socket_path=str(redis_server.socket_path)) as conn:
+        yield conn

@@ -1,0 +1,227 @@
+"""Real processes for the tests: redis-server and the memoryd daemon.
+
+Nothing here fakes a server.  Redis runs from /usr/bin/redis-server on a
+Unix socket in a private temporary directory (never the machine's shared
+Redis on 6379); the daemon runs as ``python -m memoryd run`` and tells us it
+is ready the way it tells systemd, through a NOTIFY_SOCKET we listen on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def short_tempdir(prefix: str) -> Path:
+    """A directory with a short path: a Unix socket path must fit in ~100 bytes."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+def wait_until(predicate: object, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def _can_connect(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+@dataclass
+class RedisServer:
+    """One redis-server process on a Unix socket (and optionally a TCP port)."""
+
+    directory: Path = field(default_factory=lambda: short_tempdir("mdr-"))
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.directory / "redis.sock"
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def start(self, *extra_args: str) -> RedisServer:
+        self.process = subprocess.Popen(
+            [
+                REDIS_SERVER,
+                "--port", "0",
+                "--unixsocket", str(self.socket_path),
+                "--unixsocketperm", "700",
+                "--save", "",
+                "--appendonly", "no",
+                "--dir", str(self.directory),
+                "--logfile", str(self.directory / "redis.log"),
+                *extra_args,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: _can_connect(self.socket_path), 10, "redis-server to listen")
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+        with contextlib.suppress(FileNotFoundError):
+            self.socket_path.unlink()
+
+    def cleanup(self) -> None:
+        self.kill()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+class NotifyListener:
+    """A fake systemd NOTIFY_SOCKET: collects every datagram the daemon sends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.setblocking(False)
+        self.messages: list[str] = []
+
+    def poll(self) -> list[str]:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return self.messages
+            self.messages.append(data.decode())
+
+    def saw(self, line: str) -> bool:
+        return any(line in message.splitlines() for message in self.poll())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class Daemon:
+    """``python -m memoryd run`` as a child process, with its own directories."""
+
+    env_overrides: Mapping[str, str] = field(default_factory=dict)
+    directory: Path = field(default_factory=lambda: short_tempdir("mdd-"))
+    process: subprocess.Popen[bytes] | None = None
+    notify: NotifyListener | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.directory / "memoryd.sock"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "daemon.log"
+
+    def environment(self) -> dict[str, str]:
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("MEMORYD_", "REDIS_", "ENABLE_REDIS", "MEMORY_", "NOTIFY_"))
+        }
+        env.update(
+            MEMORYD_SOCKET_PATH=str(self.socket_path),
+            MEMORYD_DATA_DIR=str(self.data_dir),
+            MEMORYD_LOG_LEVEL="DEBUG",
+            NOTIFY_SOCKET=str(self.directory / "notify.sock"),
+        )
+        env.update(self.env_overrides)
+        return env
+
+    def start(self, *args: str, wait: bool = True) -> Daemon:
+        if self.notify is not None:
+            self.notify.close()
+        with contextlib.suppress(FileNotFoundError):
+            (self.directory / "notify.sock").unlink()
+        self.notify = NotifyListener(self.directory / "notify.sock")
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "memoryd", "run", *args],
+            env=self.environment(),
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout_s: float = 20) -> None:
+        assert self.notify is not None and self.process is not None
+
+        def ready() -> bool:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.process.returncode}:\n{self.log()}")
+            return self.notify is not None and self.notify.saw("READY=1")
+
+        wait_until(ready, timeout_s, "the daemon's READY=1")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop(self, timeout_s: float = 20) -> int:
+        """SIGTERM and wait; the exit code."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout_s)
+        self.process = None
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def cleanup(self) -> None:
+        self.kill()
+        if self.notify is not None:
+            self.notify.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_daemon(**env: str) -> Iterator[Daemon]:
+    daemon = Daemon(env_overrides=env)
+    try:
+        yield daemon.start()
+    finally:
+        daemon.cleanup()
