@@ -1,0 +1,147 @@
+"""Writes that are durable in the WAL but not yet applied to the store.
+
+The flusher drains the backlog in sequence order; reads lay it over what the
+store returns so that an agent always reads its own writes.  Because every
+operation is idempotent, laying the whole backlog of an agent over a store
+that has already applied part of it gives the same answer as laying it over
+one that has applied none of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from memoryd.ops import Clear, Delete, Entry, Put, Replace
+from memoryd.records import Query, Record, is_expired, select
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    entry: Entry
+    size_bytes: int
+    queued_at: float
+
+
+def _size_of(entry: Entry) -> int:
+    op = entry.op
+    return len(op.data) if isinstance(op, Put | Replace) else 64
+
+
+class Backlog:
+    """The not-yet-applied entries, in sequence order, with a per-agent index."""
+
+    def __init__(self) -> None:
+        self._queue: deque[_Queued] = deque()
+        self._by_agent: dict[str, deque[Entry]] = {}
+        self._nonempty = asyncio.Event()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def extend(self, entries: Iterable[Entry]) -> None:
+        now = time.monotonic()
+        for entry in entries:
+            queued = _Queued(entry, _size_of(entry), now)
+            self._queue.append(queued)
+            self._by_agent.setdefault(entry.op.agent_id, deque()).append(entry)
+            self.bytes += queued.size_bytes
+        if self._queue:
+            self._nonempty.set()
+
+    async def wait_nonempty(self) -> None:
+        await self._nonempty.wait()
+
+    def head(self, max_entries: int) -> list[Entry]:
+        """The oldest entries, left in place until ``mark_applied``."""
+        count = min(max_entries, len(self._queue))
+        return [self._queue[i].entry for i in range(count)]
+
+    def mark_applied(self, count: int) -> None:
+        """Drop the ``count`` oldest entries: the store has applied them."""
+        for _ in range(count):
+            queued = self._queue.popleft()
+            agent_id = queued.entry.op.agent_id
+            agent_entries = self._by_agent[agent_id]
+            agent_entries.popleft()
+            if not agent_entries:
+                del self._by_agent[agent_id]
+            self.bytes -= queued.size_bytes
+        if not self._queue:
+            self._nonempty.clear()
+
+    def for_agent(self, agent_id: str) -> Sequence[Entry]:
+        return self._by_agent.get(agent_id, ())
+
+    def agent_ids(self) -> Iterable[str]:
+        return self._by_agent.keys()
+
+    def oldest_age_s(self) -> float:
+        return time.monotonic() - self._queue[0].queued_at if self._queue else 0.0
+
+    def last_seq_for(self, agent_id: str) -> int:
+        entries = self._by_agent.get(agent_id)
+        return entries[-1].seq if entries else 0
+
+
+# ------------------------------------------------------------------ read merge
+
+
+def merge_get(stored: Record | None, entries: Sequence[Entry], record_id: str) -> Record | None:
+    """One record as it will be once ``entries`` are applied."""
+    record = stored
+    for entry in entries:
+        op = entry.op
+        if isinstance(op, Clear):
+            record = None
+        elif isinstance(op, Delete):
+            record = None if op.record_id == record_id else record
+        elif op.record["id"] != record_id:
+            continue
+        elif isinstance(op, Put):
+            record = op.record if record is None else record
+        else:
+            record = op.record if record is not None else None
+    return record
+
+
+def store_fetch_limit(query: Query, entries: Sequence[Entry]) -> int:
+    """How many store records to ask for so that, after the backlog hides some,
+    at least ``query.limit`` remain when there are that many."""
+    hidden = sum(1 for e in entries if isinstance(e.op, Delete | Replace))
+    return query.limit + hidden
+
+
+def hides_store(entries: Sequence[Entry]) -> bool:
+    """Whether a pending clear makes everything the store holds for the agent moot."""
+    return any(isinstance(e.op, Clear) for e in entries)
+
+
+def merge_query(
+    stored: Sequence[Record], entries: Sequence[Entry], query: Query, now_s: float
+) -> list[Record]:
+    """The answer to ``query`` once ``entries`` are applied over ``stored``.
+
+    ``stored`` holds the store's best matches (at least ``store_fetch_limit``
+    of them when there are that many).  A pending Replace is trusted to hit a
+    live record: the service accepted it only after seeing the record, and any
+    later delete or clear comes after it in ``entries``.
+    """
+    view: dict[str, Record] = {} if hides_store(entries) else {r["id"]: r for r in stored}
+    for entry in entries:
+        op = entry.op
+        if isinstance(op, Clear):
+            view.clear()
+        elif isinstance(op, Delete):
+            view.pop(op.record_id, None)
+        elif (
+            isinstance(op, Replace)
+            or op.record["id"] not in view
+            and not is_expired(op.record, now_s)
+        ):
+            view[op.record["id"]] = op.record
+    return select(view.values(), query, now_s)

@@ -1,0 +1,192 @@
+"""The ``memoryd`` command.  The only place that configures logging or exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from memoryd import __version__
+from memoryd.config import Settings, load_settings
+from memoryd.errors import ConfigError, MemorydError
+from memoryd.server import Server
+from memoryd_client import Client, errors
+
+logger = logging.getLogger("memoryd")
+
+EXIT_HEALTHY, EXIT_DEGRADED, EXIT_FAILING = 0, 1, 2
+EXIT_CONFIG = 78  # EX_CONFIG: systemd's Restart=on-failure should not spin on it forever
+_STATE_EXIT = {"healthy": EXIT_HEALTHY, "degraded": EXIT_DEGRADED, "recovering": EXIT_DEGRADED}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memoryd", description="Memory daemon for LLM agents.")
+    parser.add_argument("--version", action="version", version=f"memoryd {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run the daemon in the foreground")
+    _add_config_flags(run)
+
+    status = commands.add_parser("status", help="show the daemon's health")
+    status.add_argument("--socket", type=Path, help="the daemon's socket (default: from config)")
+    status.add_argument("--json", action="store_true", help="print the full snapshot as JSON")
+    status.add_argument("--timeout", type=float, default=3.0, help="seconds to wait (3)")
+
+    check = commands.add_parser("check-config", help="validate and print the effective config")
+    _add_config_flags(check)
+    return parser
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML config file")
+    parser.add_argument("--socket-path", type=Path, help="overrides socket_path")
+    parser.add_argument("--data-dir", type=Path, help="overrides data_dir")
+    parser.add_argument("--backend", choices=("auto", "redis", "local"), help="overrides backend")
+    parser.add_argument("--redis-url", help="overrides redis_url")
+    parser.add_argument(
+        "--wal-fsync", choices=("always", "everysec", "no"), help="overrides wal_fsync"
+    )
+    parser.add_argument("--log-level", help="overrides log_level")
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        args.config,
+        socket_path=args.socket_path,
+        data_dir=args.data_dir,
+        backend=args.backend,
+        redis_url=args.redis_url,
+        wal_fsync=args.wal_fsync,
+        log_level=args.log_level,
+    )
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("memoryd")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    _configure_logging(settings.log_level)
+    server = Server(settings, reload=lambda: _settings(args))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        try:
+            runner.run(server.serve())
+        except MemorydError as exc:
+            logger.critical("memoryd stopped: %s", exc)
+            return 1
+    return 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    for name, value in settings.masked().items():
+        print(f"{name} = {json.dumps(value)}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    socket_path = args.socket
+    if socket_path is None:
+        try:
+            socket_path = load_settings().socket_path
+        except ConfigError:
+            socket_path = None
+    try:
+        with Client(socket_path, timeout_s=args.timeout) as client:
+            snapshot = client.status()
+    except (errors.MemorydError, OSError) as exc:
+        if args.json:
+            print(json.dumps({"state": "unreachable", "error": str(exc)}))
+        else:
+            print(f"memoryd: unreachable at {socket_path or 'the default socket'}: {exc}")
+        return EXIT_FAILING
+    if args.json:
+        print(json.dumps(snapshot, indent=2, sort_keys=True))
+    else:
+        print(render_status(snapshot))
+    return _STATE_EXIT.get(str(snapshot.get("state")), EXIT_FAILING)
+
+
+def render_status(s: dict[str, Any]) -> str:
+    """One screen for a human."""
+    store, wal, proc = s["store"], s["wal"], s["process"]
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["since"]))
+    lines = [
+        f"memoryd {s['version']}  pid {s['pid']}  up {_duration(s['uptime_s'])}",
+        f"state      {s['state'].upper()} since {since} ({s['reason']})",
+        f"socket     {s['socket']}  clients {s['clients']}",
+        f"store      {store['kind']} {store.get('address', '')}  "
+        f"version {store.get('server_version') or '?'}  ping {_ms(store.get('ping_ms'))}",
+    ]
+    if store.get("last_error"):
+        lines.append(f"           last error: {store['last_error']}")
+    lines += [
+        f"wal        fsync {wal['fsync']}  {wal['segments']} segments  "
+        f"{_bytes(wal['bytes'])} of {_bytes(wal['max_bytes'])}",
+        f"backlog    {wal['backlog_records']} writes  {_bytes(wal['backlog_bytes'])}  "
+        f"oldest {wal['oldest_unapplied_age_s']:.1f}s  applied {wal['applied_records']}",
+    ]
+    damage = (wal["corrupt_records"], wal["torn_tail_bytes"], wal["quarantined_segments"])
+    if any(damage):
+        lines.append(
+            f"damage     {damage[0]} corrupt records skipped, {damage[1]} torn bytes cut, "
+            f"{damage[2]} segments quarantined"
+        )
+    lines.append(
+        f"process    rss {_bytes(proc['rss_bytes'])}  "
+        f"cpu {proc['cpu_user_s'] + proc['cpu_system_s']:.1f}s"
+        f"  disk free {_bytes(proc['disk_free_bytes'])}  loop lag {_ms(s['event_loop_lag_ms'])}"
+    )
+    if s["requests"]:
+        lines.append("requests   method        count   errors   rate/s   p50 ms   p99 ms")
+        for method, m in s["requests"].items():
+            lines.append(
+                f"           {method:<12} {m['count']:>6} {m['errors']:>8} {m['rate_per_s']:>8}"
+                f" {m['p50_ms']:>8} {m['p99_ms']:>8}"
+            )
+    return "\n".join(lines)
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}ms"
+
+
+def _bytes(value: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f}{unit}" if unit == "B" else f"{value:.1f}{unit}"
+        value /= 1024
+    return f"{value}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "check-config": cmd_check_config}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        code = COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"memoryd: bad configuration: {exc}", file=sys.stderr)
+        code = EXIT_CONFIG
+    sys.exit(code)

@@ -1,0 +1,92 @@
+"""The flusher: applies the backlog to the store, in order, in batches.
+
+One batch at a time, oldest first.  A batch that fails is applied again
+whole (every operation is idempotent), after a backoff, until the store takes
+it; nothing behind it overtakes it.  Progress is checkpointed in the WAL so a
+restart replays only what the store may not have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from memoryd.backlog import Backlog
+from memoryd.health import Health
+from memoryd.stores.base import Store, StoreError, StoreUnavailable
+from memoryd.wal import Wal
+
+logger = logging.getLogger(__name__)
+
+
+class Flusher:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        backlog: Backlog,
+        wal: Wal,
+        health: Health,
+        batch_max: int,
+        checkpoint_interval_s: float,
+    ) -> None:
+        self.store = store
+        self.backlog = backlog
+        self.wal = wal
+        self.health = health
+        self.batch_max = batch_max
+        self.checkpoint_interval_s = checkpoint_interval_s
+        self.applied_seq = wal.applied_seq
+        self.applied_records = 0
+        self._applied_changed = asyncio.Condition()
+        self._last_checkpoint_s = time.monotonic()
+
+    async def run(self) -> None:
+        """Apply batches until cancelled."""
+        while True:
+            await self.backlog.wait_nonempty()
+            if not await self.apply_one_batch():
+                await self.health.wait_store_usable()
+            await self._checkpoint_if_due()
+
+    async def apply_one_batch(self) -> bool:
+        """Apply the oldest batch; False if the store refused it."""
+        batch = self.backlog.head(self.batch_max)
+        if not batch:
+            return True
+        started_s = time.monotonic()
+        try:
+            await self.store.apply([entry.op for entry in batch], time.time())
+        except (StoreUnavailable, StoreError) as exc:
+            self.health.store_failed(exc)
+            return False
+        self.health.store_succeeded(time.monotonic() - started_s)
+        self.backlog.mark_applied(len(batch))
+        self.applied_records += len(batch)
+        async with self._applied_changed:
+            self.applied_seq = batch[-1].seq
+            self._applied_changed.notify_all()
+        return True
+
+    async def wait_applied(self, seq: int) -> None:
+        """Return once the store has applied every entry up to ``seq``."""
+        async with self._applied_changed:
+            await self._applied_changed.wait_for(lambda: self.applied_seq >= seq)
+
+    async def _checkpoint_if_due(self) -> None:
+        if time.monotonic() - self._last_checkpoint_s >= self.checkpoint_interval_s:
+            await self.checkpoint()
+
+    async def checkpoint(self) -> None:
+        self._last_checkpoint_s = time.monotonic()
+        await self.wal.checkpoint(self.applied_seq)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Apply what is left (used at shutdown); True if the backlog emptied."""
+        deadline = time.monotonic() + timeout_s
+        while len(self.backlog) and time.monotonic() < deadline:
+            if not await self.apply_one_batch():
+                await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+        await self.checkpoint()
+        return not len(self.backlog)

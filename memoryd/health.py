@@ -1,0 +1,148 @@
+"""The health monitor: probes the store on its own schedule, owns the state.
+
+States (the contract): ``healthy``; ``degraded`` (store unreachable, writes
+buffered in the WAL); ``recovering`` (store back, draining the backlog);
+``failing`` (the WAL cannot take writes).  The probe runs independently of
+traffic, so recovery is noticed even when nobody writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable
+from enum import StrEnum
+
+from memoryd.stores.base import Store, StoreError, StoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+
+class State(StrEnum):
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    RECOVERING = "recovering"
+    FAILING = "failing"
+
+
+_SEVERITY = {State.HEALTHY: 0, State.RECOVERING: 1, State.DEGRADED: 2, State.FAILING: 3}
+
+
+class Health:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        backlog_size: Callable[[], int],
+        probe_interval_s: float = 1.0,
+        probe_timeout_s: float = 0.5,
+        backoff_base_s: float = 0.2,
+        backoff_cap_s: float = 5.0,
+        successes_to_recover: int = 3,
+        on_change: Callable[[State, str], None] = lambda state, why: None,
+    ) -> None:
+        self.store = store
+        self._backlog_size = backlog_size
+        self.probe_interval_s = probe_interval_s
+        self.probe_timeout_s = probe_timeout_s
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self.successes_to_recover = successes_to_recover
+        self.on_change = on_change
+        self.state = State.HEALTHY
+        self.since = time.time()
+        self.reason = "started"
+        self.last_error: str | None = None
+        self.ping_latency_s: float | None = None
+        self.loop_lag_s = 0.0
+        self.wal_failure: str | None = None
+        self._failures = 0
+        self._successes = 0
+        self._usable = asyncio.Event()
+        self._usable.set()
+        self._wake_probe = asyncio.Event()
+
+    @property
+    def store_down(self) -> bool:
+        return self.state is State.DEGRADED
+
+    def _set(self, state: State, reason: str) -> None:
+        if state is self.state:
+            return
+        worse = _SEVERITY[state] > _SEVERITY[self.state]
+        previous, self.state, self.since, self.reason = self.state, state, time.time(), reason
+        if worse:
+            logger.warning("health %s -> %s: %s", previous.value, state.value, reason)
+        else:
+            logger.info("health %s -> %s: %s", previous.value, state.value, reason)
+        if state is State.DEGRADED:
+            self._usable.clear()
+        else:
+            self._usable.set()
+        self.on_change(state, reason)
+
+    # Reports from the flusher and the WAL.
+
+    def store_failed(self, exc: BaseException) -> None:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self._successes = 0
+        if self.state in (State.HEALTHY, State.RECOVERING):
+            self._set(
+                State.DEGRADED,
+                f"store unreachable ({self.last_error}); writes go on into the WAL "
+                "and are applied when it returns",
+            )
+        self._wake_probe.set()
+
+    def store_succeeded(self, latency_s: float) -> None:
+        self.ping_latency_s = latency_s
+        if self.state is State.RECOVERING and self._backlog_size() == 0:
+            self._set(State.HEALTHY, "backlog drained")
+
+    def wal_failed(self, reason: str) -> None:
+        self.wal_failure = reason
+        self._set(State.FAILING, reason)
+
+    async def wait_store_usable(self) -> None:
+        await self._usable.wait()
+
+    # The probe.
+
+    async def run(self) -> None:
+        """Probe forever; cancel to stop."""
+        while True:
+            delay_s = self._next_delay_s()
+            slept_from = time.monotonic()
+            self._wake_probe.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_probe.wait(), delay_s)
+            self.loop_lag_s = max(0.0, time.monotonic() - slept_from - delay_s)
+            await self._probe()
+
+    def _next_delay_s(self) -> float:
+        if self.state is not State.DEGRADED:
+            return self.probe_interval_s
+        # Full jitter: spread the probes of many daemons hitting one Redis.
+        ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** min(self._failures, 16))
+        return random.uniform(0, ceiling)
+
+    async def _probe(self) -> None:
+        try:
+            latency_s = await asyncio.wait_for(self.store.ping(), self.probe_timeout_s)
+        except (StoreUnavailable, StoreError, TimeoutError) as exc:
+            self._failures += 1
+            self.store_failed(exc)
+            return
+        self._failures = 0
+        self.ping_latency_s = latency_s
+        self._successes += 1
+        if self.state is State.DEGRADED and self._successes >= self.successes_to_recover:
+            if self._backlog_size():
+                self._set(State.RECOVERING, "store reachable again; draining the backlog")
+            else:
+                self._set(State.HEALTHY, "store reachable again")
+        elif self.state is State.RECOVERING and self._backlog_size() == 0:
+            self._set(State.HEALTHY, "backlog drained")

@@ -1,0 +1,344 @@
+"""The daemon's lifecycle: startup, serving, and an orderly shutdown.
+
+startup: recover the WAL into the backlog, connect the store (an unreachable
+store is not fatal: the daemon starts degraded), start the flusher, the
+health probe and the expiry sweep, listen, tell systemd READY=1.
+
+shutdown (SIGTERM/SIGINT): STOPPING=1, stop accepting connections, answer
+new requests with ``shutting_down``, let in-flight requests finish, drain the
+backlog into the store, checkpoint, close the WAL and the store.  Everything
+is bounded by ``shutdown_timeout_s``; what does not reach the store in time
+stays in the WAL for the next start.  A second signal skips the waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from memoryd import __version__
+from memoryd.backlog import Backlog
+from memoryd.config import Settings
+from memoryd.errors import ConfigError
+from memoryd.flusher import Flusher
+from memoryd.health import Health, State
+from memoryd.metrics import Metrics
+from memoryd.protocol import Connection, ConnectionRegistry
+from memoryd.service import Service
+from memoryd.stores import create_store
+from memoryd.stores.base import StoreError, StoreUnavailable
+from memoryd.systemd import Notifier
+from memoryd.wal import Wal, WalFatalError
+
+logger = logging.getLogger(__name__)
+
+WAL_DIR_NAME = "wal"
+
+
+class Server:
+    def __init__(self, settings: Settings, *, reload: Callable[[], Settings] | None = None) -> None:
+        self.settings = settings
+        self._reload = reload
+        self.notifier = Notifier()
+        self.metrics = Metrics()
+        self.registry = ConnectionRegistry()
+        self.backlog = Backlog()
+        self.store = create_store(settings)
+        self.wal = Wal(
+            settings.data_dir / WAL_DIR_NAME,
+            fsync=settings.wal_fsync,
+            max_bytes=settings.wal_max_bytes,
+            segment_bytes=settings.wal_segment_bytes,
+            on_durable=self.backlog.extend,
+        )
+        self.health = Health(
+            self.store, backlog_size=lambda: len(self.backlog), on_change=self._state_changed
+        )
+        self.flusher = Flusher(
+            store=self.store,
+            backlog=self.backlog,
+            wal=self.wal,
+            health=self.health,
+            batch_max=settings.flush_batch_max,
+            checkpoint_interval_s=settings.checkpoint_interval_s,
+        )
+        self.service = Service(
+            settings,
+            store=self.store,
+            wal=self.wal,
+            backlog=self.backlog,
+            flusher=self.flusher,
+            health=self.health,
+            status=self.status,
+        )
+        self.started_at = time.time()
+        self.should_exit = asyncio.Event()
+        self.force_exit = False
+        self.fatal_error: BaseException | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._process = psutil.Process()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def serve(self) -> None:
+        """Run until a signal or a fatal WAL error; raise the latter."""
+        self._install_signal_handlers()
+        try:
+            await self.startup()
+            await self.should_exit.wait()
+        finally:
+            await self.shutdown()
+            self._remove_signal_handlers()
+        if self.fatal_error is not None:
+            raise WalFatalError(str(self.fatal_error)) from self.fatal_error
+
+    async def startup(self) -> None:
+        logger.info(
+            "memoryd %s starting (pid %d, store %s, fsync %s)",
+            __version__,
+            os.getpid(),
+            self.store.kind,
+            self.settings.wal_fsync,
+        )
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        recovery = self.wal.open()
+        self.wal.on_fatal = self._wal_fatal
+        self.backlog.extend(recovery.entries)
+        if recovery.entries:
+            logger.info(
+                "WAL replay: %d unapplied writes (seq %d..%d) queued for the store",
+                len(recovery.entries),
+                recovery.entries[0].seq,
+                recovery.entries[-1].seq,
+            )
+        await self._open_store()
+        self._spawn(self.flusher.run(), "flusher")
+        self._spawn(self.health.run(), "health")
+        self._spawn(self._sweep_expired(), "sweep")
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            self._new_connection, sock=self._listen_socket()
+        )
+        logger.info("listening on %s", self.settings.socket_path)
+        self.notifier.ready(self._status_line())
+
+    async def shutdown(self) -> None:
+        self.notifier.stopping()
+        logger.info("shutting down: no new connections, finishing in-flight requests")
+        deadline = time.monotonic() + self.settings.shutdown_timeout_s
+        self.registry.accepting = False
+        if self._server is not None:
+            self._server.close()
+        await self._wait_inflight(deadline)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.fatal_error is None and not self.force_exit and self.wal.written_seq:
+            drained = await self._drain(deadline)
+            if not drained:
+                logger.warning(
+                    "%d writes not applied before shutdown_timeout_s; they stay in "
+                    "the WAL and are applied at the next start",
+                    len(self.backlog),
+                )
+        for connection in list(self.registry.connections):
+            if connection.transport is not None:
+                connection.transport.close()
+        if self.fatal_error is None:
+            await self.wal.close()
+        await self.store.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.settings.socket_path.unlink()
+        logger.info("stopped")
+
+    async def _drain(self, deadline: float) -> bool:
+        remaining_s = max(0.0, deadline - time.monotonic())
+        try:
+            return await self.flusher.drain(remaining_s)
+        except OSError as exc:
+            logger.warning("final checkpoint failed (%s); the next start replays more", exc)
+            return False
+
+    async def _wait_inflight(self, deadline: float) -> None:
+        while self.registry.inflight() and time.monotonic() < deadline and not self.force_exit:
+            await asyncio.sleep(0.01)
+
+    async def _open_store(self) -> None:
+        try:
+            await self.store.open()
+        except StoreUnavailable as exc:
+            self.health.store_failed(exc)
+        except StoreError as exc:
+            raise ConfigError(f"store: {exc}") from exc
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        logger.critical("background task %s failed", task.get_name(), exc_info=task.exception())
+        self.fatal_error = task.exception()
+        self.should_exit.set()
+
+    def _wal_fatal(self, exc: BaseException) -> None:
+        self.health.wal_failed(f"WAL fdatasync failed: {exc}")
+        self.fatal_error = exc
+        self.should_exit.set()
+
+    async def _sweep_expired(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sweep_interval_s)
+            if self.health.store_down:
+                continue
+            try:
+                removed = await self.store.sweep(time.time())
+            except (StoreUnavailable, StoreError) as exc:
+                self.health.store_failed(exc)
+                continue
+            if removed:
+                logger.info("expiry sweep removed %d records", removed)
+
+    # ------------------------------------------------------------ socket
+
+    def _listen_socket(self) -> socket.socket:
+        path = self.settings.socket_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            if _is_listening(path):
+                raise ConfigError(f"socket_path {path}: another memoryd is listening there")
+            path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Bind under a tight umask so the socket never exists with looser permissions.
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(f"socket_path {path}: {exc.strerror}") from exc
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, self.settings.socket_mode)
+        sock.listen(1024)
+        sock.setblocking(False)
+        return sock
+
+    def _new_connection(self) -> Connection:
+        return Connection(
+            self.service,
+            self.registry,
+            self.metrics,
+            max_message_bytes=self.settings.max_message_bytes,
+            max_inflight=self.settings.max_inflight_per_connection,
+            max_connections=self.settings.max_connections,
+        )
+
+    # ------------------------------------------------------------ signals
+
+    def _install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self._handle_exit, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._handle_reload)
+
+    def _remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(signum)
+
+    def _handle_exit(self, signum: int) -> None:
+        if self.should_exit.is_set():
+            # Acknowledged writes are already durable in the WAL: skip the waiting.
+            logger.warning("second %s: exiting without waiting", signal.Signals(signum).name)
+            self.force_exit = True
+            return
+        logger.info("%s received", signal.Signals(signum).name)
+        self.should_exit.set()
+
+    def _handle_reload(self) -> None:
+        if self._reload is None:
+            return
+        try:
+            settings = self._reload()
+        except ConfigError as exc:
+            logger.error("SIGHUP: config not reloaded, keeping the running one: %s", exc)
+            return
+        logging.getLogger("memoryd").setLevel(settings.log_level)
+        logger.info("SIGHUP: log level now %s", settings.log_level)
+
+    # ------------------------------------------------------------ status
+
+    def _state_changed(self, state: State, reason: str) -> None:
+        self.notifier.status(self._status_line())
+
+    def _status_line(self) -> str:
+        return (
+            f"{self.health.state.value}; backlog {len(self.backlog)} writes; "
+            f"{len(self.registry.connections)} clients"
+        )
+
+    def status(self) -> dict[str, Any]:
+        """The snapshot ``memoryd status --json`` prints."""
+        store = self.store.describe()
+        store["ping_ms"] = (
+            round(self.health.ping_latency_s * 1000, 3) if self.health.ping_latency_s else None
+        )
+        store["last_error"] = self.health.last_error
+        wal = self.wal.describe()
+        wal.update(
+            backlog_records=len(self.backlog),
+            backlog_bytes=self.backlog.bytes,
+            oldest_unapplied_age_s=round(self.backlog.oldest_age_s(), 3),
+            applied_records=self.flusher.applied_records,
+        )
+        return {
+            "state": self.health.state.value,
+            "since": self.health.since,
+            "reason": self.health.reason,
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started_at, 3),
+            "socket": str(self.settings.socket_path),
+            "store": store,
+            "wal": wal,
+            "clients": len(self.registry.connections),
+            "requests": self.metrics.snapshot(),
+            "process": self._process_stats(),
+            "event_loop_lag_ms": round(self.health.loop_lag_s * 1000, 3),
+        }
+
+    def _process_stats(self) -> dict[str, Any]:
+        with self._process.oneshot():
+            rss = self._process.memory_info().rss
+            cpu = self._process.cpu_times()
+        disk = psutil.disk_usage(str(self.settings.data_dir))
+        return {
+            "rss_bytes": rss,
+            "cpu_user_s": round(cpu.user, 3),
+            "cpu_system_s": round(cpu.system, 3),
+            "data_dir": str(self.settings.data_dir),
+            "disk_free_bytes": disk.free,
+        }
+
+
+def _is_listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True

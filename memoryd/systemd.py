@@ -1,0 +1,42 @@
+"""sd_notify(3) without libsystemd: one datagram to ``$NOTIFY_SOCKET``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+logger = logging.getLogger(__name__)
+
+
+class Notifier:
+    """Sends READY=1, STATUS=..., STOPPING=1 when systemd (or a test) listens."""
+
+    def __init__(self, address: str | None = None) -> None:
+        address = os.environ.get("NOTIFY_SOCKET") if address is None else address
+        if address and address.startswith("@"):
+            address = "\0" + address[1:]  # the abstract namespace
+        self.address = address or None
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None
+
+    def notify(self, *lines: str) -> None:
+        if self.address is None:
+            return
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.sendto("\n".join(lines).encode(), self.address)
+        except OSError as exc:
+            # systemd gone is no reason to stop serving clients.
+            logger.warning("could not notify systemd at %s: %s", self.address, exc)
+
+    def ready(self, status: str) -> None:
+        self.notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")
+
+    def status(self, status: str) -> None:
+        self.notify(f"STATUS={status}")
+
+    def stopping(self) -> None:
+        self.notify("STOPPING=1", "STATUS=shutting down")

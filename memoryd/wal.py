@@ -1,0 +1,560 @@
+"""The write-ahead log: every write is here before it is acknowledged.
+
+Layout under ``<data_dir>/wal/``:
+
+- segment files ``<first seq, 20 digits>.wal``: an 8-byte magic, then frames;
+- ``checkpoint``: the highest sequence number the store has applied, written
+  to a temp file, fsynced, renamed and the directory fsynced;
+- ``quarantine/``: bytes recovery could not make sense of, kept for an operator.
+
+A frame is ``length u32 | crc32 u32 | seq u64 | payload``, little-endian; the
+checksum covers length, seq and payload, so a torn or garbled frame is never
+taken for a good one.  Sequence numbers strictly increase (a failed write may
+leave a gap).
+
+Group commit: appends made during one loop iteration are written together and
+covered by one fdatasync, run in a worker thread so the loop keeps accepting
+the next group meanwhile.  With ``always`` an append completes only after the
+fdatasync that covers it has returned; with ``everysec`` after the write, a
+background task syncing once a second; with ``no`` after the write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import logging
+import os
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from memoryd.errors import MemorydError
+from memoryd.ops import Entry, Op, OpDecodeError, decode_op, encode_op
+
+logger = logging.getLogger(__name__)
+
+MAGIC = b"MDWAL\x00\x01\n"
+FRAME = struct.Struct("<IIQ")
+_CRC_PREFIX = struct.Struct("<IQ")
+SEGMENT_SUFFIX = ".wal"
+CHECKPOINT_NAME = "checkpoint"
+QUARANTINE_DIR = "quarantine"
+# A frame longer than this is damage, not data: records are bounded far below.
+MAX_FRAME_PAYLOAD_BYTES = 256 * 1024 * 1024
+
+FsyncPolicy = Literal["always", "everysec", "no"]
+
+
+class WalError(MemorydError):
+    """The WAL could not take a write."""
+
+
+class WalFullError(WalError):
+    """Taking the write would pass ``wal_max_bytes`` or the disk is full."""
+
+
+class WalFatalError(WalError):
+    """fdatasync failed: what reached the disk is unknown, so memoryd stops."""
+
+
+def encode_frame(seq: int, payload: bytes) -> bytes:
+    crc = zlib.crc32(payload, zlib.crc32(_CRC_PREFIX.pack(len(payload), seq)))
+    return FRAME.pack(len(payload), crc, seq) + payload
+
+
+def segment_name(first_seq: int) -> str:
+    return f"{first_seq:020d}{SEGMENT_SUFFIX}"
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------- reading
+
+
+@dataclass(slots=True)
+class SegmentScan:
+    """What reading one segment found."""
+
+    path: Path
+    first_seq: int
+    entries: list[Entry] = field(default_factory=list)
+    last_seq: int = 0
+    valid_bytes: int = 0
+    torn_tail_bytes: int = 0
+    corrupt_records: int = 0
+    quarantined_bytes: int = 0
+
+
+def _read_frames(data: bytes, scan: SegmentScan, after_seq: int) -> None:
+    """Fill ``scan`` from a segment's bytes; stops at the first unreadable point."""
+    offset = len(MAGIC)
+    end = len(data)
+    while offset < end:
+        if end - offset < FRAME.size:
+            scan.torn_tail_bytes = end - offset
+            return
+        length, crc, seq = FRAME.unpack_from(data, offset)
+        payload_start = offset + FRAME.size
+        if length > MAX_FRAME_PAYLOAD_BYTES or seq <= scan.last_seq:
+            scan.quarantined_bytes = end - offset
+            return
+        if payload_start + length > end:
+            scan.torn_tail_bytes = end - offset
+            return
+        payload = data[payload_start : payload_start + length]
+        offset = payload_start + length
+        if zlib.crc32(payload, zlib.crc32(_CRC_PREFIX.pack(length, seq))) != crc:
+            # A complete frame with a bad checksum: skip it, the next one may be fine.
+            scan.corrupt_records += 1
+            scan.valid_bytes = offset
+            continue
+        scan.last_seq = seq
+        scan.valid_bytes = offset
+        if seq <= after_seq:
+            continue
+        try:
+            scan.entries.append(Entry(seq, decode_op(payload)))
+        except OpDecodeError:
+            scan.corrupt_records += 1
+
+
+def scan_segment(path: Path, after_seq: int) -> SegmentScan:
+    """Read one segment, keeping the entries with a sequence number above ``after_seq``."""
+    first_seq = int(path.name.removesuffix(SEGMENT_SUFFIX))
+    scan = SegmentScan(path, first_seq, last_seq=first_seq - 1)
+    data = path.read_bytes()
+    if data[: len(MAGIC)] != MAGIC:
+        scan.quarantined_bytes = len(data)
+        return scan
+    scan.valid_bytes = len(MAGIC)
+    _read_frames(data, scan, after_seq)
+    return scan
+
+
+def list_segments(wal_dir: Path) -> list[Path]:
+    segments = []
+    for path in wal_dir.glob(f"*{SEGMENT_SUFFIX}"):
+        stem = path.name.removesuffix(SEGMENT_SUFFIX)
+        if stem.isdigit():
+            segments.append(path)
+    return sorted(segments, key=lambda p: int(p.name.removesuffix(SEGMENT_SUFFIX)))
+
+
+def read_checkpoint(wal_dir: Path) -> int:
+    """The applied sequence number on disk; 0 when missing or unreadable
+    (replaying everything again is safe: every apply is idempotent)."""
+    try:
+        data = json.loads((wal_dir / CHECKPOINT_NAME).read_text())
+        applied = int(data["applied_seq"])
+    except FileNotFoundError:
+        return 0
+    except (ValueError, KeyError, TypeError, OSError) as exc:
+        logger.warning("WAL checkpoint unreadable (%s); replaying every segment", exc)
+        return 0
+    return max(applied, 0)
+
+
+def write_checkpoint(wal_dir: Path, applied_seq: int) -> None:
+    tmp = wal_dir / (CHECKPOINT_NAME + ".tmp")
+    body = json.dumps({"applied_seq": applied_seq, "written_at": time.time()})
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, body.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, wal_dir / CHECKPOINT_NAME)
+    fsync_directory(wal_dir)
+
+
+# --------------------------------------------------------------------- recovery
+
+
+@dataclass(slots=True)
+class Recovery:
+    """What start-up found in the WAL directory."""
+
+    applied_seq: int = 0
+    last_seq: int = 0
+    entries: list[Entry] = field(default_factory=list)
+    segments: int = 0
+    torn_tail_bytes: int = 0
+    corrupt_records: int = 0
+    quarantined_segments: int = 0
+
+
+def _quarantine(wal_dir: Path, scan: SegmentScan) -> None:
+    """Move the bytes past the last readable frame out of the log."""
+    quarantine = wal_dir / QUARANTINE_DIR
+    quarantine.mkdir(exist_ok=True)
+    data = scan.path.read_bytes()[scan.valid_bytes :]
+    target = quarantine / f"{scan.path.name}.{int(time.time())}.{scan.valid_bytes}"
+    target.write_bytes(data)
+    logger.warning(
+        "WAL segment %s: %d unreadable bytes from offset %d moved to %s",
+        scan.path.name,
+        len(data),
+        scan.valid_bytes,
+        target,
+    )
+
+
+def recover(wal_dir: Path) -> Recovery:
+    """Scan every segment, repair what can be repaired, return the unapplied entries.
+
+    Never raises for damage: a torn tail is truncated, a bad record skipped
+    and counted, unreadable bytes moved to ``quarantine/``.
+    """
+    wal_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        (wal_dir / (CHECKPOINT_NAME + ".tmp")).unlink()
+    result = Recovery(applied_seq=read_checkpoint(wal_dir))
+    result.last_seq = result.applied_seq
+    for path in list_segments(wal_dir):
+        scan = scan_segment(path, result.applied_seq)
+        if scan.quarantined_bytes:
+            _quarantine(wal_dir, scan)
+            result.quarantined_segments += 1
+        if scan.torn_tail_bytes:
+            logger.warning(
+                "WAL segment %s: torn tail of %d bytes truncated", path.name, scan.torn_tail_bytes
+            )
+        if scan.quarantined_bytes or scan.torn_tail_bytes:
+            os.truncate(path, scan.valid_bytes)
+        result.torn_tail_bytes += scan.torn_tail_bytes
+        result.corrupt_records += scan.corrupt_records
+        result.segments += 1
+        result.entries.extend(e for e in scan.entries if e.seq > result.last_seq)
+        result.last_seq = max(result.last_seq, scan.last_seq)
+    if result.corrupt_records:
+        logger.warning("WAL: %d damaged records skipped", result.corrupt_records)
+    return result
+
+
+# --------------------------------------------------------------------- writing
+
+
+@dataclass(slots=True)
+class _Segment:
+    path: Path
+    first_seq: int
+    fd: int
+    size: int
+
+
+@dataclass(slots=True)
+class _Waiter:
+    seq: int
+    future: asyncio.Future[None]
+
+
+OnDurable = Callable[[Sequence[Entry]], None]
+
+
+class Wal:
+    """Appends operations durably and hands them, in order, to ``on_durable``."""
+
+    def __init__(
+        self,
+        wal_dir: Path,
+        *,
+        fsync: FsyncPolicy,
+        max_bytes: int,
+        segment_bytes: int,
+        on_durable: OnDurable,
+    ) -> None:
+        self.wal_dir = wal_dir
+        self.fsync_policy: FsyncPolicy = fsync
+        self.max_bytes = max_bytes
+        self.segment_bytes = segment_bytes
+        self._on_durable = on_durable
+        self._segment: _Segment | None = None
+        self._closed_segments: dict[Path, int] = {}  # path -> first seq, oldest first
+        self._retired_fds: list[int] = []
+        self._next_seq = 1
+        self.written_seq = 0
+        self.synced_seq = 0
+        self.applied_seq = 0
+        self.total_bytes = 0
+        self._buffer: list[Entry] = []
+        self._frames: list[bytes] = []
+        self._unsynced: list[Entry] = []
+        self._waiters: list[_Waiter] = []
+        self._flush_scheduled = False
+        self._sync_task: asyncio.Task[None] | None = None
+        self._everysec_task: asyncio.Task[None] | None = None
+        self.fatal_error: BaseException | None = None
+        self.on_fatal: Callable[[BaseException], None] = lambda exc: None
+        self.recovery = Recovery()
+
+    # ----------------------------------------------------------- lifecycle
+
+    def open(self) -> Recovery:
+        """Recover the directory and get ready to append (blocking; call at start)."""
+        self.recovery = recover(self.wal_dir)
+        self.applied_seq = self.recovery.applied_seq
+        self._next_seq = self.recovery.last_seq + 1
+        self.written_seq = self.synced_seq = self.recovery.last_seq
+        segments = list_segments(self.wal_dir)
+        for path in segments:
+            self._closed_segments[path] = int(path.name.removesuffix(SEGMENT_SUFFIX))
+            self.total_bytes += path.stat().st_size
+        self._open_segment(self._next_seq)
+        if self.fsync_policy == "everysec":
+            self._everysec_task = asyncio.get_running_loop().create_task(self._sync_every_second())
+        return self.recovery
+
+    async def close(self) -> None:
+        """Write and sync what is buffered, then release the files."""
+        if self._buffer and self.fatal_error is None:
+            self._flush()
+        while self._sync_task is not None:
+            await asyncio.shield(self._sync_task)
+        if self._everysec_task is not None:
+            self._everysec_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._everysec_task
+        if self._unsynced and self.fatal_error is None:
+            self._start_sync()
+            assert self._sync_task is not None
+            await self._sync_task
+        if self._segment is not None:
+            os.close(self._segment.fd)
+            self._segment = None
+        for fd in self._retired_fds:
+            os.close(fd)
+        self._retired_fds.clear()
+
+    # ----------------------------------------------------------- appending
+
+    async def append(self, ops: Sequence[Op]) -> list[int]:
+        """Append ``ops`` as consecutive entries; return their sequence numbers
+        once they are durable under the fsync policy."""
+        if self.fatal_error is not None:
+            raise WalFatalError("the WAL stopped after an fsync failure") from self.fatal_error
+        payloads = [encode_op(op) for op in ops]
+        frames = [encode_frame(self._next_seq + i, p) for i, p in enumerate(payloads)]
+        size = sum(len(f) for f in frames) + sum(len(f) for f in self._frames)
+        if self.total_bytes + size > self.max_bytes:
+            raise WalFullError(
+                f"the WAL holds {self.total_bytes} bytes; wal_max_bytes is {self.max_bytes}"
+            )
+        seqs = list(range(self._next_seq, self._next_seq + len(ops)))
+        self._next_seq += len(ops)
+        self._buffer.extend(Entry(seq, op) for seq, op in zip(seqs, ops, strict=True))
+        self._frames.extend(frames)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(_Waiter(seqs[-1], future))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        await future
+        return seqs
+
+    def _flush(self) -> None:
+        """Write everything appended during this loop iteration in one go."""
+        self._flush_scheduled = False
+        if not self._buffer:
+            return
+        entries, frames = self._buffer, self._frames
+        self._buffer, self._frames = [], []
+        try:
+            self._write(frames, entries[0].seq)
+        except OSError as exc:
+            self._fail_waiters(entries[0].seq, entries[-1].seq, _write_error(exc))
+            return
+        self.written_seq = entries[-1].seq
+        if self.fsync_policy != "no":
+            self._unsynced.extend(entries)
+        if self.fsync_policy != "always":
+            self._deliver(entries)
+        elif self._sync_task is None:
+            self._start_sync()
+
+    def _write(self, frames: list[bytes], first_seq: int) -> None:
+        assert self._segment is not None
+        if self._segment.size >= self.segment_bytes:
+            self._rotate(first_seq)
+        segment = self._segment
+        data = b"".join(frames)
+        try:
+            written = os.write(segment.fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, "short write to the WAL")
+        except OSError:
+            # Cut the partial frame off so recovery never sees half a write.
+            with contextlib.suppress(OSError):
+                os.ftruncate(segment.fd, segment.size)
+                os.lseek(segment.fd, segment.size, os.SEEK_SET)
+            raise
+        segment.size += len(data)
+        self.total_bytes += len(data)
+
+    def _deliver(self, entries: Sequence[Entry]) -> None:
+        """The entries are durable: hand them on, then release their appenders."""
+        self._on_durable(entries)
+        last = entries[-1].seq
+        keep = []
+        for waiter in self._waiters:
+            if waiter.seq <= last:
+                if not waiter.future.done():
+                    waiter.future.set_result(None)
+            else:
+                keep.append(waiter)
+        self._waiters = keep
+
+    def _fail_waiters(self, first_seq: int, last_seq: int, exc: BaseException) -> None:
+        keep = []
+        for waiter in self._waiters:
+            if first_seq <= waiter.seq <= last_seq:
+                if not waiter.future.done():
+                    waiter.future.set_exception(exc)
+            else:
+                keep.append(waiter)
+        self._waiters = keep
+
+    # ----------------------------------------------------------- syncing
+
+    def _start_sync(self) -> None:
+        entries, self._unsynced = self._unsynced, []
+        fds = [*self._retired_fds]
+        retired, self._retired_fds = self._retired_fds, []
+        if self._segment is not None:
+            fds.append(self._segment.fd)
+        loop = asyncio.get_running_loop()
+        self._sync_task = loop.create_task(self._sync(fds, retired, entries))
+
+    async def _sync(self, fds: list[int], retired: list[int], entries: list[Entry]) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, _fdatasync_all, fds)
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        finally:
+            for fd in retired:
+                os.close(fd)
+        if entries:
+            self.synced_seq = entries[-1].seq
+            if self.fsync_policy == "always":
+                self._deliver(entries)
+        self._sync_task = None
+        if self._unsynced and self.fsync_policy == "always":
+            self._start_sync()
+
+    async def _sync_every_second(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if (self._unsynced or self._retired_fds) and self._sync_task is None:
+                self._start_sync()
+
+    def _fatal(self, exc: OSError) -> None:
+        # A failed fdatasync may have dropped dirty pages; retrying could report
+        # success for data that is gone.  Stop and let replay sort it out.
+        logger.critical("WAL fdatasync failed (%s); memoryd must stop and replay on restart", exc)
+        self.fatal_error = exc
+        self._sync_task = None
+        error = WalFatalError(f"WAL fdatasync failed: {exc}")
+        self._fail_waiters(0, self._next_seq, error)
+        self.on_fatal(exc)
+
+    # ----------------------------------------------------------- segments
+
+    def _open_segment(self, first_seq: int) -> None:
+        path = self.wal_dir / segment_name(first_seq)
+        existing = list_segments(self.wal_dir)
+        if existing and existing[-1].stat().st_size < self.segment_bytes:
+            # Keep appending to the newest segment rather than starting a file per start.
+            path = existing[-1]
+            first_seq = int(path.name.removesuffix(SEGMENT_SUFFIX))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        size = os.fstat(fd).st_size
+        if size == 0:
+            os.write(fd, MAGIC)
+            os.fsync(fd)
+            fsync_directory(self.wal_dir)
+            size = len(MAGIC)
+            self.total_bytes += size
+        self._closed_segments.pop(path, None)
+        self._segment = _Segment(path, first_seq, fd, size)
+
+    def _rotate(self, first_seq: int) -> None:
+        assert self._segment is not None
+        old = self._segment
+        if self.fsync_policy == "no":
+            os.close(old.fd)
+        else:
+            # Closed only after the sync that covers its last frames.
+            self._retired_fds.append(old.fd)
+        self._closed_segments[old.path] = old.first_seq
+        path = self.wal_dir / segment_name(first_seq)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.write(fd, MAGIC)
+        self._segment = _Segment(path, first_seq, fd, len(MAGIC))
+        self.total_bytes += len(MAGIC)
+        fsync_directory(self.wal_dir)
+
+    # ----------------------------------------------------------- checkpoint
+
+    async def checkpoint(self, applied_seq: int) -> None:
+        """Record that the store has applied everything up to ``applied_seq``,
+        then delete the segments that hold nothing newer."""
+        if applied_seq <= self.applied_seq:
+            return
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, write_checkpoint, self.wal_dir, applied_seq)
+        self.applied_seq = applied_seq
+        for path in list(self._deletable_segments(applied_seq)):
+            size = path.stat().st_size
+            path.unlink()
+            self._closed_segments.pop(path, None)
+            self.total_bytes -= size
+
+    def _deletable_segments(self, applied_seq: int) -> Iterator[Path]:
+        """Closed segments whose successor starts at or below applied_seq + 1."""
+        firsts = sorted(self._closed_segments.items(), key=lambda item: item[1])
+        successors = [seq for _, seq in firsts[1:]]
+        if self._segment is not None:
+            successors.append(self._segment.first_seq)
+        for (path, _), next_first in zip(firsts, successors, strict=True):
+            if next_first - 1 <= applied_seq:
+                yield path
+
+    # ----------------------------------------------------------- status
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "fsync": self.fsync_policy,
+            "segments": len(self._closed_segments) + (1 if self._segment else 0),
+            "bytes": self.total_bytes,
+            "max_bytes": self.max_bytes,
+            "written_seq": self.written_seq,
+            "synced_seq": self.synced_seq,
+            "applied_seq": self.applied_seq,
+            "corrupt_records": self.recovery.corrupt_records,
+            "torn_tail_bytes": self.recovery.torn_tail_bytes,
+            "quarantined_segments": self.recovery.quarantined_segments,
+        }
+
+
+def _fdatasync_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.fdatasync(fd)
+
+
+def _write_error(exc: OSError) -> WalError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return WalFullError(f"the WAL's disk is full: {exc.strerror}")
+    return WalError(f"the WAL write failed: {exc.strerror}")
