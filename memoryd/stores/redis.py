@@ -1,0 +1,464 @@
+"""The Redis store: records as HASHes, indexes as ZSETs, one Lua script per write.
+
+The key layout is the contract of DESIGN.md ("Storage layout in Redis"); the
+names come from memoryd.stores.keys only.  Every write of one agent in a batch
+is one call of ``apply.lua``, atomic on the agent's shard, and all the calls
+of a batch travel in one non-transactional pipeline: one round trip per batch.
+Reads go through ``page.lua`` (one round trip per page of an index) and repair
+what they find stale: an expired record or an index entry without its HASH.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from importlib import resources
+from typing import Any
+
+import msgpack
+import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    BusyLoadingError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from memoryd.config import mask_url
+from memoryd.ops import Clear, Delete, Op, Put, Replace
+from memoryd.records import Query, Record, decode_record, is_expired, matches
+from memoryd.stores.base import AgentStats, StoreError, StoreUnavailable
+from memoryd.stores.keys import AgentKeys, KeySpace
+
+logger = logging.getLogger(__name__)
+
+# A record's HASH outlives its expires_at by this much.  Reads stop returning
+# the record at expires_at (its expiry index entry and the record itself say
+# so); during the grace the HASH still tells the record's type and size, so
+# the sweep or a read repair removes its index entries and subtracts its bytes
+# exactly.  Past the grace Redis drops the HASH on its own, and a repair falls
+# back to finding the type in the type ZSETs and recounting the bytes.
+EXPIRY_GRACE_S = 3600.0
+
+# Backoff between the library's retries of a command whose connection broke.
+BACKOFF_BASE_S = 0.05
+BACKOFF_CAP_S = 1.0
+
+SCAN_COUNT = 1000  # keys per SCAN step: few round trips, short server stalls
+SWEEP_AGENTS_PER_PIPELINE = 256
+MIN_PAGE = 32
+MAX_PAGE = 1000
+
+# Replies that mean "not now" rather than "never": a Redis still loading its
+# dataset, busy in a script, or a replica promoted/demoted mid-failover.
+_TRANSIENT_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY")
+
+
+def _script_text(name: str) -> str:
+    return resources.files("memoryd.stores").joinpath(name).read_text(encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _translated(action: str) -> Iterator[None]:
+    """Turn redis-py's exceptions into the store's own, at the boundary."""
+    try:
+        yield
+    except (
+        BusyLoadingError,
+        RedisConnectionError,
+        RedisTimeoutError,
+        ReadOnlyError,
+        TimeoutError,
+        OSError,
+    ) as exc:
+        raise StoreUnavailable(f"redis {action}: {exc}") from exc
+    except ResponseError as exc:
+        if str(exc).startswith(_TRANSIENT_REPLIES):
+            raise StoreUnavailable(f"redis {action}: {exc}") from exc
+        raise StoreError(f"redis {action}: {exc}") from exc
+    except RedisError as exc:
+        raise StoreError(f"redis {action}: {exc}") from exc
+
+
+def _score(value: float) -> str:
+    # repr() is the shortest string that parses back to the same double, so
+    # Redis stores exactly the float the record holds.
+    return repr(float(value))
+
+
+def _record_args(tag: str, record: Record, data: bytes) -> list[str | bytes]:
+    expires_at = record["expires_at"]
+    if expires_at is None:
+        expiry, pexpireat_ms = "", ""
+    else:
+        expiry = _score(expires_at)
+        pexpireat_ms = str(math.ceil((expires_at + EXPIRY_GRACE_S) * 1000))
+    return [
+        tag,
+        record["id"],
+        record["type"],
+        _score(record["created_at"]),
+        expiry,
+        pexpireat_ms,
+        data,
+    ]
+
+
+def _op_args(op: Op, now_s: float) -> list[str | bytes]:
+    """One operation as the apply script's flat ARGV words."""
+    match op:
+        case Put(record=record, data=data):
+            return [] if is_expired(record, now_s) else _record_args("P", record, data)
+        case Replace(record=record, data=data):
+            # A replacement that has already expired leaves the record gone.
+            if is_expired(record, now_s):
+                return ["D", record["id"]]
+            return _record_args("R", record, data)
+        case Delete(record_id=record_id):
+            return ["D", record_id]
+        case Clear():
+            return ["C"]
+
+
+def _group_by_agent(ops: Sequence[Op], now_s: float) -> dict[str, list[str | bytes]]:
+    """Each agent's operations, in order; agents in order of first appearance."""
+    grouped: dict[str, list[str | bytes]] = {}
+    for op in ops:
+        words = _op_args(op, now_s)
+        if words:
+            grouped.setdefault(op.agent_id, []).extend(words)
+    return grouped
+
+
+def _pairs(flat: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
+    return zip(flat[0::2], flat[1::2], strict=True)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _parse_stats(stats_pairs: Sequence[Any], types_pairs: Sequence[Any]) -> AgentStats:
+    fields = {_text(name): _text(value) for name, value in _pairs(stats_pairs)}
+    count = int(fields.get("count", "0"))
+    if count == 0:
+        return AgentStats()
+    return AgentStats(
+        count=count,
+        by_type={_text(name): int(value) for name, value in _pairs(types_pairs)},
+        bytes=int(fields.get("bytes", "0")),
+        oldest=float(fields["oldest"]) if "oldest" in fields else None,
+        newest=float(fields["newest"]) if "newest" in fields else None,
+    )
+
+
+def _page_size(query: Query) -> int:
+    # Without filters beyond type and time nearly every entry matches, so a
+    # page of about `limit` suffices; otherwise read ahead more per trip.
+    wanted = query.limit * 4 if query.needs_record else query.limit + 8
+    return max(MIN_PAGE, min(MAX_PAGE, wanted))
+
+
+class RedisStore:
+    """A Store on one Redis server (standalone, via a URL)."""
+
+    kind = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        key_prefix: str = "",
+        max_memories: int = 1000,
+        pool_size: int = 32,
+        socket_timeout_s: float = 1.0,
+        connect_timeout_s: float = 1.0,
+        retries: int = 2,
+    ) -> None:
+        self._url = url
+        self._keys = KeySpace(key_prefix)
+        self._max_memories = max_memories
+        self._pool_size = pool_size
+        self._socket_timeout_s = socket_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._retries = retries
+        self._client: aioredis.Redis | None = None
+        self._apply_script: AsyncScript | None = None
+        self._page_script: AsyncScript | None = None
+        self._server_version: str | None = None
+
+    # -- life cycle ---------------------------------------------------------
+
+    def _connect(self) -> aioredis.Redis:
+        # Library retries (resending a command after a broken connection or a
+        # timeout) are safe here: every apply is idempotent, and the only
+        # effects of reads are repairs, which are idempotent too.
+        retry = Retry(
+            ExponentialWithJitterBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S), self._retries
+        )
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self._url,
+            max_connections=self._pool_size,
+            # Waiting longer than one command may take for a free connection
+            # only hides an overload; better to fail and let the caller back off.
+            timeout=self._connect_timeout_s + self._socket_timeout_s,
+            socket_timeout=self._socket_timeout_s,
+            socket_connect_timeout=self._connect_timeout_s,
+            retry=retry,
+            decode_responses=False,
+        )
+        client = aioredis.Redis(connection_pool=pool)
+        self._apply_script = client.register_script(_script_text("apply.lua"))
+        self._page_script = client.register_script(_script_text("page.lua"))
+        return client
+
+    async def open(self) -> None:
+        if self._client is None:
+            self._client = self._connect()
+        client = self._client
+        with _translated("open"):
+            info = await client.info("server")
+            self._server_version = str(info.get("redis_version", "")) or None
+            await self._load_scripts()
+        logger.info(
+            "redis store at %s (server %s, key prefix %r)",
+            mask_url(self._url),
+            self._server_version,
+            self._keys.prefix,
+        )
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose(close_connection_pool=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "address": mask_url(self._url),
+            "server_version": self._server_version,
+        }
+
+    async def ping(self) -> float:
+        client = self._require_client()
+        started = time.perf_counter()
+        with _translated("ping"):
+            await client.ping()
+        return time.perf_counter() - started
+
+    # -- writes -------------------------------------------------------------
+
+    async def apply(self, ops: Sequence[Op], now_s: float) -> None:
+        grouped = _group_by_agent(ops, now_s)
+        if not grouped:
+            return
+
+        def queue(pipe: Pipeline) -> None:
+            for agent_id, words in grouped.items():
+                self._queue_apply(pipe, self._keys.agent(agent_id), now_s, words)
+
+        await self._run_pipeline("apply", queue)
+
+    async def sweep(self, now_s: float) -> int:
+        client = self._require_client()
+        removed = 0
+        agents: list[str] = []
+        with _translated("sweep"):
+            async for key in client.scan_iter(match=self._keys.expiry_pattern(), count=SCAN_COUNT):
+                agent_id = self._keys.agent_of_expiry_key(_text(key))
+                if agent_id is not None:
+                    agents.append(agent_id)
+                if len(agents) >= SWEEP_AGENTS_PER_PIPELINE:
+                    removed += await self._expire(agents, now_s)
+                    agents = []
+        if agents:
+            removed += await self._expire(agents, now_s)
+        if removed:
+            logger.info("sweep removed %d expired records", removed)
+        return removed
+
+    async def _expire(self, agent_ids: Sequence[str], now_s: float) -> int:
+        """Run the apply script's expire step for each agent; how many records it removed."""
+
+        def queue(pipe: Pipeline) -> None:
+            for agent_id in agent_ids:
+                self._queue_apply(pipe, self._keys.agent(agent_id), now_s, [])
+
+        results = await self._run_pipeline("sweep", queue)
+        return sum(int(result[0]) for result in results)
+
+    def _apply_args(self, keys: AgentKeys, now_s: float) -> list[str | bytes]:
+        return [keys.memory_prefix, keys.type_prefix, _score(now_s), str(self._max_memories)]
+
+    def _queue_apply(
+        self, pipe: Pipeline, keys: AgentKeys, now_s: float, words: list[str | bytes]
+    ) -> None:
+        # EVALSHA queued directly: a Script object in a pipeline would cost a
+        # SCRIPT EXISTS round trip on every execute; NOSCRIPT is handled in
+        # _run_pipeline instead.
+        script = self._require_script(self._apply_script)
+        script_keys = keys.script_keys
+        pipe.evalsha(
+            script.sha, len(script_keys), *script_keys, *self._apply_args(keys, now_s), *words
+        )
+
+    async def _run_pipeline(self, action: str, queue: Callable[[Pipeline], None]) -> list[Any]:
+        client = self._require_client()
+        with _translated(action):
+            for attempt in range(2):
+                pipe = client.pipeline(transaction=False)
+                queue(pipe)
+                results: list[Any] = await pipe.execute(raise_on_error=False)
+                lost_scripts = any(isinstance(result, NoScriptError) for result in results)
+                if lost_scripts and attempt == 0:
+                    # Redis restarted or flushed its scripts.  Sending the whole
+                    # pipeline again is safe: each script call is idempotent.
+                    logger.info("redis does not know the scripts any more; loading them again")
+                    await self._load_scripts()
+                    continue
+                for result in results:
+                    if isinstance(result, Exception):
+                        raise result
+                return results
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _call_apply(self, agent_id: str, words: list[str | bytes], now_s: float) -> Any:
+        keys = self._keys.agent(agent_id)
+        script = self._require_script(self._apply_script)
+        with _translated("apply"):
+            return await script(
+                keys=keys.script_keys, args=[*self._apply_args(keys, now_s), *words]
+            )
+
+    async def _repair(self, agent_id: str, stale_ids: Sequence[str], now_s: float) -> None:
+        """Remove what a read found stale: expired records, index entries without a HASH."""
+        words: list[str | bytes] = []
+        for record_id in stale_ids:
+            words += ["E", record_id]
+        await self._call_apply(agent_id, words, now_s)
+        logger.debug("repaired %d stale entries of agent %s", len(stale_ids), agent_id)
+
+    async def _load_scripts(self) -> None:
+        client = self._require_client()
+        for script in (self._apply_script, self._page_script):
+            loaded = self._require_script(script)
+            loaded.sha = await client.script_load(loaded.script)
+
+    # -- reads --------------------------------------------------------------
+
+    async def get(self, agent_id: str, record_id: str, now_s: float) -> Record | None:
+        client = self._require_client()
+        with _translated("get"):
+            data = await client.hget(self._keys.agent(agent_id).memory(record_id), "data")
+        if not isinstance(data, bytes):  # None: absent (decode_responses is off, never str)
+            return None
+        record = self._decode(agent_id, record_id, data)
+        if record is None:
+            return None
+        if is_expired(record, now_s):
+            await self._repair(agent_id, [], now_s)
+            return None
+        return record
+
+    async def query(self, agent_id: str, query: Query, now_s: float) -> list[Record]:
+        if query.limit <= 0 or (query.types is not None and not query.types):
+            return []
+        keys = self._keys.agent(agent_id)
+        index = keys.list
+        if query.types is not None and len(query.types) == 1:
+            (only_type,) = query.types
+            index = keys.type(only_type)
+        low = "-inf" if query.since is None else _score(query.since)
+        high = "+inf" if query.until is None else "(" + _score(query.until)
+        page_size = _page_size(query)
+        found: list[Record] = []
+        stale: list[str] = []
+        offset = 0
+        while len(found) < query.limit:
+            page = await self._page(index, keys, query, (low, high), offset, page_size)
+            for record_id, data in _pairs(page):
+                if data is None:
+                    stale.append(_text(record_id))
+                    continue
+                record = self._decode(agent_id, _text(record_id), data)
+                if record is None:
+                    continue
+                if is_expired(record, now_s):
+                    stale.append(_text(record_id))
+                elif matches(record, query, now_s):
+                    found.append(record)
+                    if len(found) == query.limit:
+                        break
+            if len(page) < 2 * page_size:
+                break
+            offset += page_size
+        # Repaired only now, so that the offsets of the pages above stay put.
+        if stale:
+            await self._repair(agent_id, stale, now_s)
+        return found
+
+    async def _page(
+        self,
+        index: str,
+        keys: AgentKeys,
+        query: Query,
+        bounds: tuple[str, str],
+        offset: int,
+        count: int,
+    ) -> list[Any]:
+        script = self._require_script(self._page_script)
+        low, high = bounds
+        with _translated("query"):
+            page: list[Any] = await script(
+                keys=[index],
+                args=[keys.memory_prefix, query.order, low, high, offset, count],
+            )
+        return page
+
+    async def stats(self, agent_id: str, now_s: float) -> AgentStats:
+        # The apply script with no operations: the expire step, then the stats
+        # and types HASHes read in the same atomic step.
+        result = await self._call_apply(agent_id, [], now_s)
+        return _parse_stats(result[1], result[2])
+
+    async def agents(self, prefix: str, limit: int) -> list[str]:
+        client = self._require_client()
+        found: set[str] = set()
+        with _translated("agents"):
+            pattern = self._keys.stats_pattern(prefix)
+            async for key in client.scan_iter(match=pattern, count=SCAN_COUNT):
+                agent_id = self._keys.agent_of_stats_key(_text(key))
+                if agent_id is not None:
+                    found.add(agent_id)
+        return sorted(found)[: max(limit, 0)]
+
+    # -- helpers ------------------------------------------------------------
+
+    def _decode(self, agent_id: str, record_id: str, data: bytes) -> Record | None:
+        try:
+            return decode_record(data)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            # Never log the content itself; the key is enough to look at it.
+            logger.warning("undecodable record %s of agent %s skipped", record_id, agent_id)
+            return None
+
+    def _require_client(self) -> aioredis.Redis:
+        if self._client is None:
+            raise StoreUnavailable("redis store is not open")
+        return self._client
+
+    @staticmethod
+    def _require_script(script: AsyncScript | None) -> AsyncScript:
+        if script is None:
+            raise StoreUnavailable("redis store is not open")
+        return script

@@ -1,0 +1,404 @@
+"""The Redis store, seen from inside Redis: the key layout contract, no orphans, repair, outages."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.exceptions import BusyLoadingError, ReadOnlyError, ResponseError
+
+from memoryd.ops import Clear, Delete, Put, Replace
+from memoryd.records import Query, decode_record
+from memoryd.stores import RedisStore, StoreError, StoreUnavailable
+from memoryd.stores.redis import EXPIRY_GRACE_S, _translated
+from tests.harness import RedisServer
+from tests.test_stores import NOW, make_record, put
+
+A = "craftsman_1"
+BASE = "agent:{craftsman_1}:"
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    store = RedisStore(redis_url, max_memories=5)
+    await store.open()
+    yield store
+    await store.close()
+
+
+def text_keys(conn: redis.Redis) -> set[str]:
+    return {key.decode() for key in conn.scan_iter(count=1000)}
+
+
+def agent_keys(conn: redis.Redis, prefix: str = "") -> dict[str, set[str]]:
+    """Our keys by agent id, each without the ``{prefix}agent:{A}:`` part."""
+    head = prefix + "agent:{"
+    found: dict[str, set[str]] = defaultdict(set)
+    for key in text_keys(conn):
+        if key.startswith(head):
+            agent_id, _, rest = key[len(head) :].partition("}:")
+            found[agent_id].add(rest)
+    return found
+
+
+def assert_consistent(conn: redis.Redis, prefix: str = "") -> None:
+    """Every index entry has its record, every record is indexed, stats are exact."""
+    for agent_id, rests in agent_keys(conn, prefix).items():
+        base = f"{prefix}agent:{{{agent_id}}}:"
+        listed = {
+            m.decode(): s for m, s in conn.zrange(base + "memories:list", 0, -1, withscores=True)
+        }
+        assert listed, f"{agent_id}: keys left without records: {sorted(rests)}"
+        records = {rest[len("memory:") :] for rest in rests if rest.startswith("memory:")}
+        assert records == set(listed), f"{agent_id}: records and list differ"
+
+        types = {t.decode(): int(n) for t, n in conn.hgetall(base + "memories:types").items()}
+        type_zsets = {rest[len("memories:type:") :] for rest in rests if "memories:type:" in rest}
+        assert set(types) == type_zsets
+        by_type: dict[str, int] = defaultdict(int)
+        expiring: dict[str, float] = {}
+        for record_id, created_at in listed.items():
+            record = decode_record(conn.hget(base + "memory:" + record_id, "data"))
+            assert conn.hget(base + "memory:" + record_id, "type") == record["type"].encode()
+            assert record["created_at"] == created_at
+            type_key = base + "memories:type:" + record["type"]
+            assert conn.zscore(type_key, record_id) == created_at
+            by_type[record["type"]] += 1
+            if record["expires_at"] is not None:
+                expiring[record_id] = record["expires_at"]
+        assert types == by_type
+        assert {t: conn.zcard(base + "memories:type:" + t) for t in types} == by_type
+        expiry = {
+            m.decode(): s for m, s in conn.zrange(base + "memories:expiry", 0, -1, withscores=True)
+        }
+        assert expiry == expiring
+
+        stats = {k.decode(): v.decode() for k, v in conn.hgetall(base + "stats").items()}
+        assert int(stats["count"]) == len(listed)
+        size = sum(conn.hstrlen(base + "memory:" + record_id, "data") for record_id in listed)
+        assert int(stats["bytes"]) == size
+        assert float(stats["oldest"]) == min(listed.values())
+        assert float(stats["newest"]) == max(listed.values())
+
+
+# -- the layout ---------------------------------------------------------------
+
+
+async def test_key_layout(store: RedisStore, redis_conn: redis.Redis) -> None:
+    first = Put.of(make_record("1", A, type="discussion", expires_at=NOW + 100))
+    second = Put.of(make_record("2", A, type="speech", content="話す"))
+    third = Put.of(make_record("3", A, type="speech"))
+    await store.apply([first, second, third], NOW)
+
+    assert agent_keys(redis_conn) == {
+        A: {
+            "memory:1",
+            "memory:2",
+            "memory:3",
+            "memories:list",
+            "memories:types",
+            "memories:type:discussion",
+            "memories:type:speech",
+            "stats",
+            "memories:expiry",
+        }
+    }
+    assert redis_conn.type(BASE + "memory:1") == b"hash"
+    assert redis_conn.hgetall(BASE + "memory:1") == {b"type": b"discussion", b"data": first.data}
+    assert redis_conn.hgetall(BASE + "memory:2") == {b"type": b"speech", b"data": second.data}
+    assert redis_conn.zrange(BASE + "memories:list", 0, -1, withscores=True) == [
+        (b"1", NOW + 1),
+        (b"2", NOW + 2),
+        (b"3", NOW + 3),
+    ]
+    assert redis_conn.hgetall(BASE + "memories:types") == {b"discussion": b"1", b"speech": b"2"}
+    assert redis_conn.zrange(BASE + "memories:type:speech", 0, -1, withscores=True) == [
+        (b"2", NOW + 2),
+        (b"3", NOW + 3),
+    ]
+    assert redis_conn.zrange(BASE + "memories:expiry", 0, -1, withscores=True) == [
+        (b"1", NOW + 100)
+    ]
+    stats = {k.decode(): v.decode() for k, v in redis_conn.hgetall(BASE + "stats").items()}
+    assert set(stats) == {"count", "bytes", "oldest", "newest", "last_write"}
+    assert int(stats["count"]) == 3
+    assert int(stats["bytes"]) == len(first.data) + len(second.data) + len(third.data)
+    assert float(stats["oldest"]) == NOW + 1
+    assert float(stats["newest"]) == NOW + 3
+    assert float(stats["last_write"]) == NOW
+
+    # The HASH of an expiring record lives until expires_at plus the grace.
+    assert redis_conn.pttl(BASE + "memory:1") > 0
+    expected_ms = math.ceil((NOW + 100 + EXPIRY_GRACE_S) * 1000)
+    assert redis_conn.execute_command("PEXPIRETIME", BASE + "memory:1") == expected_ms
+    assert redis_conn.pttl(BASE + "memory:2") == -1
+    assert_consistent(redis_conn)
+
+
+async def test_replace_updates_the_hash_and_expiry(
+    store: RedisStore, redis_conn: redis.Redis
+) -> None:
+    await store.apply([put("1", A, expires_at=NOW + 100), put("2", A)], NOW)
+    replacement = Replace.of(make_record("1", A, content="new text", expires_at=None))
+    await store.apply([replacement], NOW)
+
+    assert redis_conn.hget(BASE + "memory:1", "data") == replacement.data
+    assert redis_conn.pttl(BASE + "memory:1") == -1
+    assert redis_conn.exists(BASE + "memories:expiry") == 0
+    assert_consistent(redis_conn)
+
+
+async def test_no_orphans_after_trim_expiry_delete_clear(
+    store: RedisStore, redis_conn: redis.Redis
+) -> None:
+    types = ["discussion", "speech", "keywords"]
+    ops = [
+        put(str(n), agent, type=types[n % 3], expires_at=NOW + n if n % 4 == 0 else None)
+        for n in range(1, 13)
+        for agent in (A, "consumer_1")
+    ]
+    await store.apply(ops, NOW)
+    assert_consistent(redis_conn)
+    assert redis_conn.zcard(BASE + "memories:list") == 5
+
+    await store.apply([Delete(A, "10"), Delete(A, "1")], NOW)
+    assert_consistent(redis_conn)
+
+    assert await store.sweep(NOW + 12) == 4  # "8" and "12" of each agent
+    assert_consistent(redis_conn)
+
+    await store.apply([Clear(A)], NOW + 12)
+    assert_consistent(redis_conn)
+    assert A not in agent_keys(redis_conn)
+
+    await store.apply([Delete("consumer_1", n) for n in ("8", "9", "10", "11")], NOW + 12)
+    assert agent_keys(redis_conn) == {}
+    assert text_keys(redis_conn) == set()
+
+
+async def test_key_prefix_is_in_front_of_every_key(redis_url: str, redis_conn: redis.Redis) -> None:
+    store = RedisStore(redis_url, key_prefix="mem:", max_memories=5)
+    plain = RedisStore(redis_url, max_memories=5)
+    await store.open()
+    await plain.open()
+    try:
+        await store.apply([put("1", A, expires_at=NOW + 5), put("2", A, type="speech")], NOW)
+
+        assert all(key.startswith("mem:agent:{craftsman_1}:") for key in text_keys(redis_conn))
+        assert_consistent(redis_conn, prefix="mem:")
+        assert await store.agents("", 10) == [A]
+        assert await plain.agents("", 10) == []
+        assert await plain.sweep(NOW + 5) == 0
+        assert await store.sweep(NOW + 5) == 1
+        assert_consistent(redis_conn, prefix="mem:")
+    finally:
+        await store.close()
+        await plain.close()
+
+
+async def test_clear_leaves_other_keys_alone(store: RedisStore, redis_conn: redis.Redis) -> None:
+    redis_conn.set("unrelated", "keep")
+    redis_conn.set("session:{craftsman_1}", "keep")
+    await store.apply([put("1", A), put("2", "craftsman_10"), put("3", "craftsman")], NOW)
+
+    await store.apply([Clear(A)], NOW)
+
+    assert redis_conn.get("unrelated") == b"keep"
+    assert redis_conn.get("session:{craftsman_1}") == b"keep"
+    assert set(agent_keys(redis_conn)) == {"craftsman_10", "craftsman"}
+    assert_consistent(redis_conn)
+
+
+# -- repair -------------------------------------------------------------------
+
+
+async def test_a_read_repairs_an_expired_record(store: RedisStore, redis_conn: redis.Redis) -> None:
+    await store.apply([put("1", A, expires_at=NOW + 10), put("2", A)], NOW)
+
+    assert await store.query(A, Query(limit=10), NOW + 10) == [make_record("2", A)]
+
+    assert redis_conn.exists(BASE + "memory:1") == 0
+    assert redis_conn.zscore(BASE + "memories:list", "1") is None
+    assert redis_conn.zscore(BASE + "memories:type:discussion", "1") is None
+    assert redis_conn.exists(BASE + "memories:expiry") == 0
+    assert_consistent(redis_conn)
+
+
+async def test_get_repairs_an_expired_record(store: RedisStore, redis_conn: redis.Redis) -> None:
+    await store.apply([put("1", A, expires_at=NOW + 10)], NOW)
+
+    assert await store.get(A, "1", NOW + 10) is None
+
+    assert text_keys(redis_conn) == set()
+
+
+async def test_repair_when_the_hash_is_already_gone(
+    store: RedisStore, redis_conn: redis.Redis
+) -> None:
+    await store.apply(
+        [
+            put("1", A, expires_at=NOW + 10),
+            put("2", A, type="speech", content="evicted"),
+            put("3", A, content="x" * 300),
+        ],
+        NOW,
+    )
+    # As if the grace had passed for "1" and Redis had evicted "2".
+    redis_conn.delete(BASE + "memory:1", BASE + "memory:2")
+
+    assert await store.query(A, Query(limit=10), NOW + 10) == [
+        make_record("3", A, content="x" * 300)
+    ]
+
+    assert_consistent(redis_conn)
+    stats = await store.stats(A, NOW + 10)
+    assert stats.count == 1
+    assert stats.by_type == {"discussion": 1}
+    assert stats.bytes == len(put("3", A, content="x" * 300).data)
+
+
+async def test_stats_repair_a_record_whose_hash_expired(
+    store: RedisStore, redis_conn: redis.Redis
+) -> None:
+    await store.apply([put("1", A, type="speech", expires_at=NOW + 10), put("2", A)], NOW)
+    redis_conn.delete(BASE + "memory:1")
+
+    stats = await store.stats(A, NOW + 10)
+
+    assert stats.as_dict() == {
+        "count": 1,
+        "by_type": {"discussion": 1},
+        "bytes": len(put("2", A).data),
+        "oldest": NOW + 2,
+        "newest": NOW + 2,
+    }
+    assert_consistent(redis_conn)
+
+
+async def test_a_put_over_a_dangling_index_entry_stores_the_record(
+    store: RedisStore, redis_conn: redis.Redis
+) -> None:
+    await store.apply([put("1", A), put("2", A)], NOW)
+    redis_conn.delete(BASE + "memory:1")
+
+    await store.apply([put("1", A, content="again")], NOW)
+
+    assert await store.get(A, "1", NOW) == make_record("1", A, content="again")
+    assert_consistent(redis_conn)
+
+
+# -- scripts and round trips --------------------------------------------------
+
+
+async def test_one_script_call_per_agent_and_no_script_checks(
+    store: RedisStore, redis_conn: redis.Redis
+) -> None:
+    redis_conn.config_resetstat()
+    await store.apply([put(str(n), agent) for n in range(1, 4) for agent in ("a", "b", "c")], NOW)
+
+    commands = redis_conn.info("commandstats")
+    assert commands["cmdstat_evalsha"]["calls"] == 3
+    assert not any("script" in name for name in commands)
+
+
+async def test_lost_scripts_are_loaded_again(store: RedisStore, redis_conn: redis.Redis) -> None:
+    redis_conn.script_flush()
+    await store.apply([put("1", A)], NOW)
+    redis_conn.script_flush()
+    assert (await store.stats(A, NOW)).count == 1
+    redis_conn.script_flush()
+    assert len(await store.query(A, Query(), NOW)) == 1
+
+
+async def test_agents_ignore_keys_that_only_look_like_ours(
+    store: RedisStore, redis_conn: redis.Redis
+) -> None:
+    await store.apply([put("1", A)], NOW)
+    redis_conn.set("agent:{craftsman_1}:memories:type:x}:stats", "not an agent")
+    redis_conn.set("agent:{bad agent}:stats", "not an agent")
+    redis_conn.set("agent:{craftsman_1}:memories:type:y}:memories:expiry", "not an index")
+
+    assert await store.agents("", 10) == [A]
+    assert await store.sweep(NOW + 10**9) == 0
+
+
+# -- failures -------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+async def test_store_unavailable_when_redis_is_killed(private_redis: RedisServer) -> None:
+    store = RedisStore(private_redis.url, retries=1, socket_timeout_s=0.5, connect_timeout_s=0.5)
+    await store.open()
+    try:
+        await store.apply([put("1", A)], NOW)
+        private_redis.kill()
+
+        calls: list[Callable[[], Awaitable[Any]]] = [
+            lambda: store.apply([put("2", A)], NOW),
+            lambda: store.get(A, "1", NOW),
+            lambda: store.query(A, Query(), NOW),
+            lambda: store.stats(A, NOW),
+            lambda: store.agents("", 10),
+            lambda: store.sweep(NOW),
+            store.ping,
+        ]
+        for call in calls:
+            with pytest.raises(StoreUnavailable) as caught:
+                await call()
+            assert isinstance(caught.value.__cause__, redis.RedisError | OSError)
+
+        # A new server knows none of the scripts: they are loaded again.
+        private_redis.start()
+        await store.apply([put("3", A)], NOW)
+        assert [r["id"] for r in await store.query(A, Query(), NOW)] == ["3"]
+    finally:
+        await store.close()
+
+
+async def test_open_without_a_server_is_store_unavailable(private_redis: RedisServer) -> None:
+    private_redis.kill()
+    store = RedisStore(private_redis.url, retries=0, connect_timeout_s=0.5)
+    with pytest.raises(StoreUnavailable):
+        await store.open()
+    await store.close()
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (BusyLoadingError("Redis is loading the dataset in memory"), StoreUnavailable),
+        (ResponseError("LOADING Redis is loading the dataset in memory"), StoreUnavailable),
+        (ReadOnlyError("You can't write against a read only replica."), StoreUnavailable),
+        (redis.ConnectionError("refused"), StoreUnavailable),
+        (redis.TimeoutError("timed out"), StoreUnavailable),
+        (ResponseError("ERR Error running script"), StoreError),
+        (redis.DataError("bad value"), StoreError),
+    ],
+)
+def test_redis_errors_are_translated(error: Exception, expected: type[Exception]) -> None:
+    with pytest.raises(expected) as caught, _translated("test"):
+        raise error
+    assert type(caught.value) is expected
+    assert caught.value.__cause__ is error
+
+
+def test_describe_never_shows_the_password() -> None:
+    store = RedisStore("redis://memoryd:s3cret@127.0.0.1:1/0")
+
+    description = store.describe()
+
+    assert description["kind"] == "redis"
+    assert "s3cret" not in description["address"]
+    assert description["address"] == "redis://memoryd:***@127.0.0.1:1/0"
