@@ -80,6 +80,20 @@ class ConnectError(MemorydError, ConnectionError):
     retryable = True
 
 
+class ConnectionLost(ConnectError):
+    """The connection broke after it was made, with a request in flight: the
+    daemon may or may not have executed it."""
+
+    code = "connection_lost"
+
+
+class ClientClosed(ConnectError):
+    """The client was closed; calls in flight and later calls fail with this."""
+
+    code = "client_closed"
+    retryable = False
+
+
 class MemorydTimeoutError(MemorydError, TimeoutError):
     """No answer within the call's deadline."""
 
