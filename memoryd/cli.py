@@ -85,6 +85,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
             runner.run(server.serve())
+        except ConfigError:
+            raise
         except MemorydError as exc:
             logger.critical("memoryd stopped: %s", exc)
             return 1

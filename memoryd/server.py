@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -43,6 +44,7 @@ from memoryd.wal import Wal, WalFatalError
 logger = logging.getLogger(__name__)
 
 WAL_DIR_NAME = "wal"
+LOCK_NAME = "memoryd.lock"
 
 
 class Server:
@@ -88,6 +90,8 @@ class Server:
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._process = psutil.Process()
+        self._lock_fd: int | None = None
+        self._owns_socket = False
 
     # ------------------------------------------------------------ lifecycle
 
@@ -112,6 +116,10 @@ class Server:
             self.settings.wal_fsync,
         )
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
+        # Claim the socket before touching the WAL: a second daemon must not
+        # "repair" the log the first one is writing.
+        listen_socket = self._listen_socket()
         recovery = self.wal.open()
         self.wal.on_fatal = self._wal_fatal
         self.backlog.extend(recovery.entries)
@@ -127,7 +135,7 @@ class Server:
         self._spawn(self.health.run(), "health")
         self._spawn(self._sweep_expired(), "sweep")
         self._server = await asyncio.get_running_loop().create_unix_server(
-            self._new_connection, sock=self._listen_socket()
+            self._new_connection, sock=listen_socket
         )
         logger.info("listening on %s", self.settings.socket_path)
         self.notifier.ready(self._status_line())
@@ -156,11 +164,12 @@ class Server:
         for connection in list(self.registry.connections):
             if connection.transport is not None:
                 connection.transport.close()
-        if self.fatal_error is None:
+        if self.fatal_error is None and self._lock_fd is not None:
             await self.wal.close()
         await self.store.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.settings.socket_path.unlink()
+        if self._owns_socket:
+            with contextlib.suppress(FileNotFoundError):
+                self.settings.socket_path.unlink()
         logger.info("stopped")
 
     async def _drain(self, deadline: float) -> bool:
@@ -215,6 +224,18 @@ class Server:
 
     # ------------------------------------------------------------ socket
 
+    def _lock_data_dir(self) -> None:
+        lock_path = self.settings.data_dir / LOCK_NAME
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                f"data_dir {self.settings.data_dir}: another memoryd is using it"
+            ) from None
+        self._lock_fd = fd  # held for the life of the process
+
     def _listen_socket(self) -> socket.socket:
         path = self.settings.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -232,6 +253,7 @@ class Server:
             raise ConfigError(f"socket_path {path}: {exc.strerror}") from exc
         finally:
             os.umask(old_umask)
+        self._owns_socket = True
         os.chmod(path, self.settings.socket_mode)
         sock.listen(1024)
         sock.setblocking(False)

@@ -524,11 +524,11 @@ class Wal:
 
     def _deletable_segments(self, applied_seq: int) -> Iterator[Path]:
         """Closed segments whose successor starts at or below applied_seq + 1."""
-        firsts = sorted(self._closed_segments.items(), key=lambda item: item[1])
-        successors = [seq for _, seq in firsts[1:]]
+        closed = sorted(self._closed_segments.items(), key=lambda item: item[1])
+        starts = [first for _, first in closed]
         if self._segment is not None:
-            successors.append(self._segment.first_seq)
-        for (path, _), next_first in zip(firsts, successors, strict=True):
+            starts.append(self._segment.first_seq)
+        for (path, _), next_first in zip(closed, starts[1:], strict=False):
             if next_first - 1 <= applied_seq:
                 yield path
 
