@@ -56,10 +56,16 @@ class Backlog:
     async def wait_nonempty(self) -> None:
         await self._nonempty.wait()
 
-    def head(self, max_entries: int) -> list[Entry]:
-        """The oldest entries, left in place until ``mark_applied``."""
-        count = min(max_entries, len(self._queue))
-        return [self._queue[i].entry for i in range(count)]
+    def head(self, max_entries: int, max_bytes: int) -> list[Entry]:
+        """The oldest entries (at least one, if any), left in place until ``mark_applied``."""
+        batch: list[Entry] = []
+        size = 0
+        for queued in self._queue:
+            if batch and (len(batch) >= max_entries or size + queued.size_bytes > max_bytes):
+                break
+            batch.append(queued.entry)
+            size += queued.size_bytes
+        return batch
 
     def mark_applied(self, count: int) -> None:
         """Drop the ``count`` oldest entries: the store has applied them."""

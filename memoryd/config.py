@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     wal_segment_bytes: int = Field(default=64 * MiB, ge=4 * KiB, le=1 * GiB)
     checkpoint_interval_s: float = Field(default=1.0, gt=0, le=3600)
     flush_batch_max: int = Field(default=512, ge=1, le=100_000)
+    # Bounded in bytes too, so one batch never outlasts redis_socket_timeout_s.
+    flush_batch_max_bytes: int = Field(default=4 * MiB, ge=64 * KiB, le=256 * MiB)
 
     # Connections and requests.
     max_message_bytes: int = Field(default=wire.DEFAULT_MAX_MESSAGE_BYTES, ge=4 * KiB, le=512 * MiB)

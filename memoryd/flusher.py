@@ -29,6 +29,7 @@ class Flusher:
         wal: Wal,
         health: Health,
         batch_max: int,
+        batch_max_bytes: int,
         checkpoint_interval_s: float,
     ) -> None:
         self.store = store
@@ -36,15 +37,25 @@ class Flusher:
         self.wal = wal
         self.health = health
         self.batch_max = batch_max
+        self.batch_max_bytes = batch_max_bytes
         self.checkpoint_interval_s = checkpoint_interval_s
         self.applied_seq = wal.applied_seq
         self.applied_records = 0
         self._applied_changed = asyncio.Condition()
         self._last_checkpoint_s = time.monotonic()
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Make ``run()`` return after the batch in hand.
+
+        Cancelling alone is not enough: redis-py can swallow a CancelledError
+        that lands inside a command, and the loop would go on.
+        """
+        self._stopping = True
 
     async def run(self) -> None:
-        """Apply batches until cancelled."""
-        while True:
+        """Apply batches until ``stop()``."""
+        while not self._stopping:
             await self.backlog.wait_nonempty()
             if not await self.apply_one_batch():
                 await self.health.wait_store_usable()
@@ -52,7 +63,7 @@ class Flusher:
 
     async def apply_one_batch(self) -> bool:
         """Apply the oldest batch; False if the store refused it."""
-        batch = self.backlog.head(self.batch_max)
+        batch = self.backlog.head(self.batch_max, self.batch_max_bytes)
         if not batch:
             return True
         started_s = time.monotonic()

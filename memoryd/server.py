@@ -72,6 +72,7 @@ class Server:
             wal=self.wal,
             health=self.health,
             batch_max=settings.flush_batch_max,
+            batch_max_bytes=settings.flush_batch_max_bytes,
             checkpoint_interval_s=settings.checkpoint_interval_s,
         )
         self.service = Service(
@@ -148,12 +149,8 @@ class Server:
         if self._server is not None:
             self._server.close()
         await self._wait_inflight(deadline)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self.fatal_error is None and not self.force_exit and self.wal.written_seq:
+        flusher_stopped = await self._stop_background_tasks(deadline)
+        if flusher_stopped and self.fatal_error is None and not self.force_exit:
             drained = await self._drain(deadline)
             if not drained:
                 logger.warning(
@@ -171,6 +168,19 @@ class Server:
             with contextlib.suppress(FileNotFoundError):
                 self.settings.socket_path.unlink()
         logger.info("stopped")
+
+    async def _stop_background_tasks(self, deadline: float) -> bool:
+        """Cancel the background tasks; whether the flusher has really stopped."""
+        self.flusher.stop()
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=max(1.0, deadline - time.monotonic()))
+        stuck = [task.get_name() for task in self._tasks if not task.done()]
+        if stuck:
+            logger.warning("background tasks did not stop in time: %s", ", ".join(stuck))
+        # A flusher still running must not race a final drain: it stays in the WAL.
+        return "flusher" not in stuck
 
     async def _drain(self, deadline: float) -> bool:
         remaining_s = max(0.0, deadline - time.monotonic())

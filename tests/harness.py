@@ -208,7 +208,10 @@ class Daemon:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        code = self.process.wait(timeout_s)
+        try:
+            code = self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            raise TimeoutError(f"daemon did not exit after SIGTERM:\n{self.log()}") from exc
         self.process = None
         return code
 
