@@ -97,8 +97,10 @@ class Backlog:
 # ------------------------------------------------------------------ read merge
 
 
-def merge_get(stored: Record | None, entries: Sequence[Entry], record_id: str) -> Record | None:
-    """One record as it will be once ``entries`` are applied."""
+def merge_get(
+    stored: Record | None, entries: Sequence[Entry], record_id: str, now_s: float
+) -> Record | None:
+    """One record as it will be once ``entries`` are applied, unless expired by ``now_s``."""
     record = stored
     for entry in entries:
         op = entry.op
@@ -112,7 +114,7 @@ def merge_get(stored: Record | None, entries: Sequence[Entry], record_id: str) -
             record = op.record if record is None else record
         else:
             record = op.record if record is not None else None
-    return record
+    return None if record is None or is_expired(record, now_s) else record
 
 
 def store_fetch_limit(query: Query, entries: Sequence[Entry]) -> int:

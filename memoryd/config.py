@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=1024, ge=1)
     max_inflight_per_connection: int = Field(default=128, ge=1, le=100_000)
     request_timeout_s: float = Field(default=10.0, gt=0)
+    # How long a read waits for the agent's own writes to reach a healthy store
+    # before laying them over the store's answer instead.
+    read_barrier_timeout_s: float = Field(default=0.05, ge=0, le=10)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -134,6 +137,9 @@ class Settings(BaseSettings):
         )
 
 
+_LEGACY_REDIS_PARTS = ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD", "REDIS_USERNAME")
+
+
 def _legacy_bool(raw: str) -> bool:
     # The original system lost a release to `ENABLE_REDIS=true  # comment`.
     word = raw.split("#", 1)[0].strip().lower()
@@ -159,7 +165,7 @@ class LegacyEnvSource(PydanticBaseSettingsSource):
             values["default_ttl_s"] = env["MEMORY_TTL"]
         if "REDIS_URL" in env:
             values["redis_url"] = env["REDIS_URL"]
-        elif any(name in env for name in ("REDIS_HOST", "REDIS_PORT", "REDIS_DB")):
+        elif any(name in env for name in _LEGACY_REDIS_PARTS):
             values["redis_url"] = _url_from_parts(env)
         if "ENABLE_REDIS" in env and not _legacy_bool(env["ENABLE_REDIS"]):
             values["backend"] = "local"

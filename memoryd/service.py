@@ -33,7 +33,7 @@ from memoryd.errors import (
 )
 from memoryd.flusher import Flusher
 from memoryd.health import Health
-from memoryd.ops import Clear, Delete, Op, Put, Replace
+from memoryd.ops import Clear, Delete, Entry, Op, Put, Replace
 from memoryd.records import Query, Record
 from memoryd.stores.base import Store, StoreError, StoreUnavailable
 from memoryd.validation import Args
@@ -167,7 +167,9 @@ class Service:
             where = f"records[{index}]."
             if not isinstance(item, dict):
                 raise InvalidRequest(f"records[{index}]", "must be a map")
-            item_args = Args(item, _RECORD_FIELDS - {"durability"}, where)
+            item_args = Args(item, _RECORD_FIELDS, where)
+            if self._durability(item_args) == "store":
+                durability = "store"
             put = Put.of(self._new_record(item_args, now_s))
             self._check_size(put.data, put.record, item_args)
             puts.append(put)
@@ -179,7 +181,7 @@ class Service:
         args = Args(values, _UPDATE_FIELDS | {"agent_id", "id"})
         agent_id = _agent_id(args)
         record_id = _record_id(args, "id")
-        if not any(args.has(name) for name in _UPDATE_FIELDS):
+        if not any(name in args.values for name in _UPDATE_FIELDS):
             raise InvalidRequest(
                 "", f"nothing to update: give any of {', '.join(sorted(_UPDATE_FIELDS))}"
             )
@@ -273,7 +275,9 @@ class Service:
     # ------------------------------------------------------------ internals
 
     def _durability(self, args: Args) -> str:
-        return v.choice("durability", args.optional("durability", "local"), ("local", "store"))
+        return v.choice(
+            args.name("durability"), args.optional("durability", "local"), ("local", "store")
+        )
 
     def _new_record(self, args: Args, now_s: float) -> Record:
         created_at = (
@@ -299,6 +303,11 @@ class Service:
 
     def _changes(self, args: Args, now_s: float) -> dict[str, Any]:
         changes: dict[str, Any] = {}
+        for name in ("content", "importance", "tags", "metadata"):
+            if name in args.values and args.values[name] is None:
+                raise InvalidRequest(name, "must not be nil (leave it out to keep it)")
+        if "ttl_s" in args.values and args.values["ttl_s"] is None:
+            changes["expires_at"] = None  # nil, like 0: never expires
         if args.has("content"):
             changes["content"] = args.values["content"]
         if args.has("importance"):
@@ -356,19 +365,38 @@ class Service:
             if not lock.locked() and self._agent_locks.get(agent_id) is lock:
                 del self._agent_locks[agent_id]
 
+    async def _pending(self, agent_id: str) -> tuple[Entry, ...]:
+        """The agent's not-yet-applied writes, after giving the flusher a moment.
+
+        While the store is healthy a read waits briefly for the agent's own
+        writes to be applied, so that it sees exactly what the store holds
+        (trimming included).  If they are not applied in time, or the store
+        is down, the read lays them over the store's answer instead.  The
+        snapshot is taken before the store is asked: writes applied while it
+        answers are then laid over again, which is harmless (idempotent).
+        """
+        last_seq = self.backlog.last_seq_for(agent_id)
+        if last_seq and not self.health.store_down:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    self.flusher.wait_applied(last_seq), self.settings.read_barrier_timeout_s
+                )
+        return tuple(self.backlog.for_agent(agent_id))
+
     async def _get(self, agent_id: str, record_id: str) -> Record | None:
-        entries = self.backlog.for_agent(agent_id)
+        entries = await self._pending(agent_id)
         stored = None
+        now_s = time.time()
         if not hides_store(entries) and not self.health.store_down:
             try:
-                stored = await self.store.get(agent_id, record_id, time.time())
+                stored = await self.store.get(agent_id, record_id, now_s)
             except (StoreUnavailable, StoreError) as exc:
                 self.health.store_failed(exc)
-        return merge_get(stored, entries, record_id)
+        return merge_get(stored, entries, record_id, now_s)
 
     async def _query(self, agent_id: str, query: Query) -> dict[str, Any]:
+        entries = await self._pending(agent_id)
         now_s = time.time()
-        entries = self.backlog.for_agent(agent_id)
         degraded = self.health.store_down
         stored: list[Record] = []
         if not degraded and not hides_store(entries):

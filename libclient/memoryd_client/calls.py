@@ -52,7 +52,8 @@ class Unset(enum.Enum):
         return "UNSET"
 
 
-# ``update(content=None)`` sets the content to nil; leaving it out changes nothing.
+# Leaving a field of ``update`` out changes nothing; ``ttl_s=None`` removes the
+# expiry, and None for any other field is refused by the daemon.
 UNSET: Final = Unset.UNSET
 
 

@@ -210,8 +210,8 @@ class Client:
         ttl_s: float | None | Unset = UNSET,
         timeout_s: float | None = None,
     ) -> Record:
-        """Change the given fields of a record (only those, None included);
-        returns the updated record."""
+        """Change the given fields of a record, only those; ``ttl_s=None`` (or 0)
+        removes the expiry.  Returns the updated record."""
         call = calls.update(
             agent_id,
             id,

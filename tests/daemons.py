@@ -1,0 +1,333 @@
+"""Fixtures and helpers for the end-to-end suites: real daemons, real clients.
+
+Test modules load this file with ``pytest_plugins = ["tests.daemons"]`` and
+import its helpers too, so it is imported before pytest could rewrite its
+asserts: PYTEST_DONT_REWRITE says that this is intended.
+
+One daemon per store kind serves a whole session (it starts in about half a
+second); tests keep out of each other's way with unique agent ids
+(``new_agent``).  Daemons with special settings (a small ``max_memories``)
+are started the first time a test asks for them and then shared as well.
+The Redis daemons share a Redis of their own (``daemons_redis``), never flushed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgpack
+import pytest
+import redis
+
+import memoryd_client
+from tests.harness import Daemon, RedisServer
+
+STORE_KINDS = ("local", "redis")
+# Short enough that the expiry tests see the sweep within a second.
+SWEEP_INTERVAL_S = "0.5"
+TRIM_MAX_MEMORIES = 5
+
+T = TypeVar("T")
+
+
+@dataclass
+class Env:
+    """A running daemon, the kind of store behind it and how to look inside that store."""
+
+    kind: str
+    daemon: Daemon
+    redis_server: RedisServer | None = None
+    _redis: redis.Redis | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.daemon.socket_path
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.daemon.data_dir / "store.sqlite3"
+
+    def client(self, **kwargs: Any) -> memoryd_client.Client:
+        return memoryd_client.Client(self.daemon.socket_path, **kwargs)
+
+    # -- what the store holds, read directly --------------------------------
+
+    def redis_conn(self) -> redis.Redis:
+        """A new connection to the daemon's Redis (close it, e.g. with ``with``)."""
+        assert self.redis_server is not None, "only the redis daemon has a Redis"
+        return redis.Redis(unix_socket_path=str(self.redis_server.socket_path))
+
+    @property
+    def _conn(self) -> redis.Redis:
+        if self._redis is None:
+            self._redis = self.redis_conn()
+        return self._redis
+
+    def close(self) -> None:
+        if self._redis is not None:
+            self._redis.close()
+            self._redis = None
+        self.daemon.cleanup()
+
+    def redis_keys(self, agent_id: str) -> set[str]:
+        """Every key of ``agent_id`` in Redis, found with SCAN."""
+        return {key.decode() for key in self._conn.scan_iter(match=f"*{{{agent_id}}}*", count=1000)}
+
+    def sqlite_rows(self, agent_id: str) -> list[tuple[Any, ...]]:
+        """The local store's rows of ``agent_id``, read through a separate connection."""
+        if not self.sqlite_path.exists():
+            return []
+        conn = sqlite3.connect(f"file:{self.sqlite_path}?mode=ro", uri=True, timeout=5)
+        try:
+            return list(
+                conn.execute(
+                    "SELECT id, type, created_at, expires_at FROM records WHERE agent_id = ?",
+                    (agent_id,),
+                )
+            )
+        finally:
+            conn.close()
+
+    def stored_ids(self, agent_id: str) -> set[str]:
+        """The ids the store itself (not the daemon's overlay) holds for ``agent_id``."""
+        if self.kind == "redis":
+            members = self._conn.zrange(f"agent:{{{agent_id}}}:memories:list", 0, -1)
+            return {member.decode() for member in members}
+        return {row[0] for row in self.sqlite_rows(agent_id)}
+
+    def store_has_traces(self, marker: str) -> bool:
+        """Whether anything in the store mentions ``marker`` (keys or agent ids)."""
+        if self.kind == "redis":
+            return any(True for _ in self._conn.scan_iter(match=f"*{marker}*", count=1000))
+        if not self.sqlite_path.exists():
+            return False
+        conn = sqlite3.connect(f"file:{self.sqlite_path}?mode=ro", uri=True, timeout=5)
+        try:
+            row = conn.execute(
+                "SELECT COUNT(*) FROM records WHERE instr(agent_id, ?) > 0", (marker,)
+            ).fetchone()
+        finally:
+            conn.close()
+        return bool(row[0])
+
+
+def new_agent(tag: str = "agent") -> str:
+    """An agent id no other test uses."""
+    return f"{tag}-{uuid.uuid4().hex[:16]}"
+
+
+def eventually(
+    probe: Callable[[], T],
+    accept: Callable[[T], bool] = bool,
+    *,
+    timeout_s: float = 5.0,
+    what: str = "the condition",
+) -> T:
+    """Poll ``probe`` until ``accept`` takes its value; that value, or AssertionError."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = probe()
+        if accept(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}: {value!r}")
+        time.sleep(0.02)
+
+
+def start_env(kind: str, redis_server: RedisServer, **env: str) -> Env:
+    overrides = {"MEMORYD_SWEEP_INTERVAL_S": SWEEP_INTERVAL_S, **env}
+    if kind == "redis":
+        overrides["MEMORYD_REDIS_URL"] = redis_server.url
+        overrides["MEMORYD_BACKEND"] = "redis"
+    else:
+        overrides["MEMORYD_BACKEND"] = "local"
+    daemon = Daemon(env_overrides=overrides)
+    try:
+        daemon.start()
+    except BaseException:
+        daemon.cleanup()
+        raise
+    return Env(kind, daemon, redis_server if kind == "redis" else None)
+
+
+@contextlib.contextmanager
+def env_of(kind: str, redis_server: RedisServer, **env: str) -> Iterator[Env]:
+    started = start_env(kind, redis_server, **env)
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+# -- raw protocol --------------------------------------------------------------
+
+
+class RawConnection:
+    """MessagePack-RPC by hand, for what the client library refuses to send."""
+
+    def __init__(self, path: Path, timeout_s: float = 10.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout_s)
+        self.sock.connect(str(path))
+        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        self._msgid = 0
+
+    def send(self, message: Any) -> None:
+        self.sock.sendall(msgpack.packb(message, use_bin_type=True))
+
+    def receive(self) -> Any:
+        while True:
+            for obj in self.unpacker:
+                return obj
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("the daemon closed the connection")
+            self.unpacker.feed(chunk)
+
+    def call(self, method: str, args: dict[str, Any] | None = None) -> tuple[Any, Any]:
+        """One request; its (error, result)."""
+        self._msgid += 1
+        self.send([0, self._msgid, method, [] if args is None else [args]])
+        response = self.receive()
+        assert response[0] == 1 and response[1] == self._msgid, response
+        return response[2], response[3]
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- the command line ----------------------------------------------------------
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any variable memoryd reads."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("MEMORYD_", "REDIS_", "ENABLE_REDIS", "MEMORY_", "NOTIFY_"))
+    }
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "memoryd", *args],
+        env=clean_env() if env is None else env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+# -- fixtures ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def daemons_redis() -> Iterator[RedisServer]:
+    """A Redis of these daemons' own: their sweeps must not touch the data of
+    tests that use the session Redis, and its flushes must not touch theirs."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def _envs(daemons_redis: RedisServer) -> Iterator[dict[tuple[str, str], Env]]:
+    """Daemons by (store kind, flavour), started on first use, stopped at the end."""
+    envs: dict[tuple[str, str], Env] = {}
+    try:
+        yield envs
+    finally:
+        for started in envs.values():
+            started.close()
+
+
+def _env(
+    envs: dict[tuple[str, str], Env],
+    kind: str,
+    flavour: str,
+    daemons_redis: RedisServer,
+    **settings: str,
+) -> Env:
+    key = (kind, flavour)
+    if key not in envs:
+        envs[key] = start_env(kind, daemons_redis, **settings)
+    started = envs[key]
+    process = started.daemon.process
+    assert process is not None and process.poll() is None, started.daemon.log()
+    return started
+
+
+@pytest.fixture
+def env(_envs: dict[tuple[str, str], Env], store_kind: str, daemons_redis: RedisServer) -> Env:
+    """The shared daemon of this store kind (default settings, fast sweep)."""
+    return _env(_envs, store_kind, "default", daemons_redis)
+
+
+@pytest.fixture
+def trim_env(_envs: dict[tuple[str, str], Env], store_kind: str, daemons_redis: RedisServer) -> Env:
+    """A shared daemon of this store kind with ``max_memories`` = 5."""
+    return _env(
+        _envs,
+        store_kind,
+        "trim",
+        daemons_redis,
+        MEMORYD_MAX_MEMORIES=str(TRIM_MAX_MEMORIES),
+    )
+
+
+@pytest.fixture
+def client(env: Env) -> Iterator[memoryd_client.Client]:
+    with env.client() as connected:
+        yield connected
+
+
+@pytest.fixture
+async def aclient(env: Env) -> AsyncIterator[memoryd_client.AsyncClient]:
+    async with memoryd_client.AsyncClient(env.socket_path) as connected:
+        yield connected
+
+
+@pytest.fixture
+def agent() -> str:
+    return new_agent()
+
+
+@pytest.fixture
+def redis_env(_envs: dict[tuple[str, str], Env], daemons_redis: RedisServer) -> Env:
+    """The shared Redis daemon, for tests that look inside Redis itself."""
+    return _env(_envs, "redis", "default", daemons_redis)
+
+
+@pytest.fixture
+def local_env(_envs: dict[tuple[str, str], Env], daemons_redis: RedisServer) -> Env:
+    """The shared local (SQLite) daemon."""
+    return _env(_envs, "local", "default", daemons_redis)
