@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -124,9 +125,9 @@ class Service:
     async def hello(self, values: Mapping[str, Any], peer: Peer) -> dict[str, Any]:
         args = Args(values, frozenset({"client", "protocol"}))
         if args.has("client"):
-            _short_string(args, "client")
+            v.text("client", args.values["client"], max_chars=256)
         if args.has("protocol"):
-            _integer(args, "protocol")
+            v.integer("protocol", args.values["protocol"], 1, 2**31)
         return {
             "server": "memoryd",
             "version": __version__,
@@ -400,7 +401,7 @@ class Service:
         degraded = self.health.store_down
         stored: list[Record] = []
         if not degraded and not hides_store(entries):
-            fetch = Query(**{**_fields(query), "limit": store_fetch_limit(query, entries)})
+            fetch = dataclasses.replace(query, limit=store_fetch_limit(query, entries))
             try:
                 stored = await self.store.query(agent_id, fetch, now_s)
             except (StoreUnavailable, StoreError) as exc:
@@ -441,24 +442,9 @@ class Service:
         )
 
 
-def _fields(query: Query) -> dict[str, Any]:
-    return {name: getattr(query, name) for name in Query.__slots__}
-
-
 def _agent_id(args: Args) -> str:
     return v.agent_id("agent_id", args.required("agent_id"))
 
 
 def _record_id(args: Args, name: str) -> str:
     return v.record_id(name, args.required(name))
-
-
-def _short_string(args: Args, name: str) -> str:
-    value = args.values[name]
-    if not isinstance(value, str) or len(value) > 256:
-        raise InvalidRequest(name, "must be a string of at most 256 characters")
-    return value
-
-
-def _integer(args: Args, name: str) -> int:
-    return v.integer(name, args.values[name], 0, 2**31)

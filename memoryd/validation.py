@@ -133,12 +133,7 @@ def choice(name: str, value: Any, options: tuple[str, ...]) -> str:
 
 
 def author(name: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    text = _string(name, value)
-    if not 0 < len(text) <= MAX_AUTHOR_CHARS:
-        raise InvalidRequest(name, f"must be 1-{MAX_AUTHOR_CHARS} characters")
-    return text
+    return None if value is None else text(name, value, max_chars=MAX_AUTHOR_CHARS)
 
 
 def tags(name: str, value: Any) -> list[str]:
@@ -147,9 +142,7 @@ def tags(name: str, value: Any) -> list[str]:
     if len(value) > MAX_TAGS:
         raise InvalidRequest(name, f"at most {MAX_TAGS} tags")
     for index, tag in enumerate(value):
-        text = _string(f"{name}[{index}]", tag)
-        if not 0 < len(text) <= MAX_TAG_CHARS:
-            raise InvalidRequest(f"{name}[{index}]", f"must be 1-{MAX_TAG_CHARS} characters")
+        text(f"{name}[{index}]", tag, max_chars=MAX_TAG_CHARS)
     return list(value)
 
 
@@ -185,11 +178,16 @@ def limit(name: str, value: Any) -> int:
     return integer(name, value, 1, MAX_LIMIT)
 
 
+def text(name: str, value: Any, *, max_chars: int) -> str:
+    """A non-empty string of at most ``max_chars`` characters."""
+    result = _string(name, value)
+    if not 0 < len(result) <= max_chars:
+        raise InvalidRequest(name, f"must be 1-{max_chars} characters")
+    return result
+
+
 def query_text(name: str, value: Any) -> str:
-    text = _string(name, value)
-    if not 0 < len(text) <= MAX_QUERY_CHARS:
-        raise InvalidRequest(name, f"must be 1-{MAX_QUERY_CHARS} characters")
-    return text
+    return text(name, value, max_chars=MAX_QUERY_CHARS)
 
 
 def prefix(name: str, value: Any) -> str:
