@@ -1,7 +1,8 @@
 """The record, the read query, and the rules every store filters by.
 
-A record travels as a plain dict (it is packed onto the wire as it is); the
-stores keep it msgpack-encoded.  The filter and search rules live here once so
+A record travels as a plain dict (it is packed onto the wire as it is); its
+shape is the client's ``memoryd_client.types.Record``, defined once for both
+sides.  The stores keep it msgpack-encoded.  The filter and search rules live here once so
 that the Redis store, the local store and the overlay of not-yet-applied
 writes answer a query identically.
 """
@@ -10,25 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import Any
 
 import msgpack
 
+from memoryd_client.types import Order, Record
 
-class Record(TypedDict):
-    id: str
-    agent_id: str
-    type: str
-    content: Any
-    author: str | None
-    importance: float
-    tags: list[str]
-    metadata: dict[str, Any]
-    created_at: float
-    expires_at: float | None
-
-
-Order = Literal["newest", "oldest"]
+__all__ = ["Order", "Query", "Record", "decode_record", "encode_record", "matches", "select"]
 
 
 @dataclass(frozen=True, slots=True)
