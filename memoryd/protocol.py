@@ -79,6 +79,7 @@ class Connection(asyncio.Protocol):
         self.tasks: set[asyncio.Task[None]] = set()
         self._unfed = bytearray()
         self._fed_bytes = 0
+        self._message_start = 0  # stream offset where the message being decoded began
         self._reading_paused = False
         self._writing_paused = False
         self._closing = False
@@ -138,13 +139,20 @@ class Connection(asyncio.Protocol):
                     wire.INVALID_REQUEST, f"undecodable msgpack: {type(exc).__name__}"
                 )
                 return
+            self._message_start = self.unpacker.tell()
             self._handle(message)
         self._update_reading()
 
     def _feed_more(self) -> bool:
-        """Feed the Unpacker as much unfed input as it may hold; False if none moved."""
-        buffered = self._fed_bytes - self.unpacker.tell()
-        room = self.unpacker_capacity - buffered
+        """Feed the Unpacker as much unfed input as it may hold; False if none moved.
+
+        Called only when no complete message is buffered, so everything fed
+        since the last message ended belongs to the one being decoded.  The
+        Unpacker decodes a message as its bytes arrive, so this count, not
+        what it still buffers, is what bounds the size of one message.
+        """
+        message_bytes = self._fed_bytes - self._message_start
+        room = self.unpacker_capacity - message_bytes
         if not self._unfed:
             return False
         if room <= 0:

@@ -205,6 +205,20 @@ def test_message_larger_than_max_message_bytes(conn: RawConnection, daemon: Daem
     assert_still_serving(daemon)
 
 
+def test_message_of_many_small_values_is_bounded_too(conn: RawConnection, daemon: Daemon) -> None:
+    # The decoder builds a message as its bytes arrive; the limit must count
+    # the message's bytes, not just what is still buffered.
+    many = msgpack.packb(
+        [0, 1, "add", [{"agent_id": "a", "type": "t", "content": [["ab"] * 100] * 2000}]]
+    )
+    try:
+        conn.send_bytes(many)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    assert_protocol_error(conn, "too_large")
+    assert_still_serving(daemon)
+
+
 def test_unknown_method_is_an_error_response_not_a_close(conn: RawConnection) -> None:
     conn.send([0, 5, "frobnicate", []])
     [response] = conn.receive(1)
