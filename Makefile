@@ -1,0 +1,124 @@
+# memoryd: two commands for a newcomer.
+#
+#   make run    create .venv, install, run the daemon in the foreground (local store, ./.run/)
+#   make test   create .venv with the test tools, then lint, typecheck and the whole test suite
+#
+# Other targets: lint, typecheck, pytest (tests only), install, install-test, clean, help.
+# pip uses the machine's own index configuration; nothing here overrides it.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+
+PYTHON ?= python3
+VENV := $(CURDIR)/.venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+
+# A Unix socket path must fit in about 100 bytes: override RUN_DIR if the
+# checkout lives deep down, e.g. `make run RUN_DIR=/tmp/memoryd-dev`.
+RUN_DIR ?= $(CURDIR)/.run
+SOCKET := $(RUN_DIR)/memoryd.sock
+DATA_DIR := $(RUN_DIR)/data
+DEV_CONFIG := config/dev.toml
+# Extra flags for `memoryd run`, e.g. make run ARGS="--redis-url redis://localhost:6379/0"
+ARGS ?=
+
+LINT_PATHS := memoryd libclient tests
+TYPED_PATHS := memoryd libclient/memoryd_client
+
+PYPROJECTS := pyproject.toml libclient/pyproject.toml
+STAMP_RUN := $(VENV)/.installed-run
+STAMP_TEST := $(VENV)/.installed-test
+
+.PHONY: help run test lint typecheck pytest install install-test redis-server clean
+
+help:
+	@echo "make run        install into .venv and run memoryd in the foreground (socket under $(RUN_DIR))"
+	@echo "make test       install the test tools, then lint, typecheck and run the test suite"
+	@echo "make lint       ruff check + ruff format --check"
+	@echo "make typecheck  mypy --strict"
+	@echo "make pytest     the test suite only"
+	@echo "make clean      remove .venv, .run and caches"
+
+# ---------------------------------------------------------------- environment
+
+$(BIN)/python:
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: apt-get install python3 python3-venv" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+		|| { echo "memoryd needs Python 3.11 or newer; $(PYTHON) is $$($(PYTHON) -V 2>&1)" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV) \
+		|| { rm -rf $(VENV); echo "could not create $(VENV): apt-get install python3-venv" >&2; exit 1; }
+
+# Re-installs when a pyproject.toml changes; the sources are installed editable.
+$(STAMP_RUN): $(PYPROJECTS) | $(BIN)/python
+	$(PIP) install --quiet -e libclient -e .
+	@touch $@
+
+$(STAMP_TEST): $(PYPROJECTS) | $(BIN)/python
+	$(PIP) install --quiet -e libclient -e '.[test]'
+	@touch $@ $(STAMP_RUN)
+
+install: $(STAMP_RUN)
+install-test: $(STAMP_TEST)
+
+# The tests start their own redis-server processes (never the machine's shared one).
+redis-server:
+	@if ! command -v redis-server >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "redis-server not found: installing it with apt-get"; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -q; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server; \
+		else \
+			echo "redis-server is needed by the tests; install it with:" >&2; \
+			echo "    sudo apt-get update && sudo apt-get install -y redis-server" >&2; \
+			exit 1; \
+		fi; \
+	fi
+
+# ---------------------------------------------------------------- run
+
+define CLIENT_SNIPPET
+export MEMORYD_SOCKET_PATH=$(SOCKET)
+$(BIN)/python - <<'EOF'
+from memoryd_client import Client
+with Client() as client:
+    client.add("craftsman_1", "discussion", "Oak for the frame, walnut for the top.")
+    for record in client.recent("craftsman_1", limit=5):
+        print(record["type"], record["content"])
+EOF
+endef
+export CLIENT_SNIPPET
+
+run: $(STAMP_RUN)
+	@mkdir -p $(RUN_DIR) $(DATA_DIR)
+	@echo "memoryd socket: $(SOCKET)"
+	@echo "data:           $(DATA_DIR)"
+	@echo
+	@echo "Try it from another terminal:"
+	@echo
+	@printf '%s\n' "$$CLIENT_SNIPPET"
+	@echo
+	@echo "Status: $(BIN)/memoryd status --socket $(SOCKET)    Stop: Ctrl-C"
+	@echo
+	exec $(BIN)/memoryd run --config $(DEV_CONFIG) --socket-path $(SOCKET) --data-dir $(DATA_DIR) $(ARGS)
+
+# ---------------------------------------------------------------- checks
+
+test: lint typecheck pytest
+
+lint: $(STAMP_TEST)
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+
+typecheck: $(STAMP_TEST)
+	$(BIN)/mypy --strict $(TYPED_PATHS)
+
+pytest: $(STAMP_TEST) redis-server
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) $(RUN_DIR) .mypy_cache .ruff_cache .pytest_cache .hypothesis build
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -name '*.egg-info' -type d -prune -exec rm -rf {} +
