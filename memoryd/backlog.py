@@ -10,6 +10,7 @@ one that has applied none of it.
 from __future__ import annotations
 
 import asyncio
+import enum
 import time
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -97,10 +98,25 @@ class Backlog:
 # ------------------------------------------------------------------ read merge
 
 
+class Unknown(enum.Enum):
+    """What the store holds when it could not be asked."""
+
+    UNKNOWN = "unknown"
+
+
+UNKNOWN = Unknown.UNKNOWN
+
+
 def merge_get(
-    stored: Record | None, entries: Sequence[Entry], record_id: str, now_s: float
-) -> Record | None:
-    """One record as it will be once ``entries`` are applied, unless expired by ``now_s``."""
+    stored: Record | None | Unknown, entries: Sequence[Entry], record_id: str, now_s: float
+) -> Record | None | Unknown:
+    """One record as it will be once ``entries`` are applied, unless expired by ``now_s``.
+
+    With the store unknown, the answer stays unknown unless the backlog
+    alone decides it (a put, replace, delete or clear of the record).  A
+    pending Replace is trusted to hit a live record: the service accepted it
+    only after seeing the record.
+    """
     record = stored
     for entry in entries:
         op = entry.op
@@ -111,10 +127,12 @@ def merge_get(
         elif op.record["id"] != record_id:
             continue
         elif isinstance(op, Put):
-            record = op.record if record is None else record
+            record = op.record if record is None or record is UNKNOWN else record
         else:
             record = op.record if record is not None else None
-    return None if record is None or is_expired(record, now_s) else record
+    if record is None or record is UNKNOWN:
+        return record
+    return None if is_expired(record, now_s) else record
 
 
 def store_fetch_limit(query: Query, entries: Sequence[Entry]) -> int:

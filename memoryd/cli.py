@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -191,4 +192,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"memoryd: bad configuration: {exc}", file=sys.stderr)
         code = EXIT_CONFIG
+    except BrokenPipeError:
+        # `memoryd status | head`: the reader left; no traceback for that.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = EXIT_HEALTHY
     sys.exit(code)

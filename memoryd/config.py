@@ -88,6 +88,17 @@ class Settings(BaseSettings):
 
     SECRET_FIELDS: ClassVar[frozenset[str]] = frozenset({"redis_url"})
 
+    @field_validator("socket_mode", mode="before")
+    @classmethod
+    def _octal_mode(cls, value: object) -> object:
+        # A mode written as text is octal, as chmod(1) reads it: "0660", "0o660".
+        if isinstance(value, str):
+            try:
+                return int(value.strip().lower().removeprefix("0o"), 8)
+            except ValueError:
+                raise ValueError("must be an octal file mode such as 0660") from None
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_log_level(cls, value: object) -> object:
@@ -117,6 +128,7 @@ class Settings(BaseSettings):
         """Every setting, with passwords masked, as check-config prints them."""
         values = self.model_dump(mode="json")
         values["redis_url"] = mask_url(self.redis_url)
+        values["socket_mode"] = f"0{self.socket_mode:o}"
         values["store"] = self.store_kind
         return values
 

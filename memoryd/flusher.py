@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from memoryd.backlog import Backlog
 from memoryd.health import Health
@@ -56,7 +57,13 @@ class Flusher:
     async def run(self) -> None:
         """Apply batches until ``stop()``."""
         while not self._stopping:
-            await self.backlog.wait_nonempty()
+            try:
+                await asyncio.wait_for(self.backlog.wait_nonempty(), self.checkpoint_interval_s)
+            except TimeoutError:
+                # Idle: record what the last batches applied, so a restart
+                # replays little and applied segments can go.
+                await self._checkpoint_if_due()
+                continue
             if not await self.apply_one_batch():
                 await self.health.wait_store_usable()
             await self._checkpoint_if_due()
@@ -86,17 +93,22 @@ class Flusher:
             await self._applied_changed.wait_for(lambda: self.applied_seq >= seq)
 
     async def _checkpoint_if_due(self) -> None:
-        if time.monotonic() - self._last_checkpoint_s >= self.checkpoint_interval_s:
+        due = time.monotonic() - self._last_checkpoint_s >= self.checkpoint_interval_s
+        if due and self.applied_seq > self.wal.applied_seq:
             await self.checkpoint()
 
     async def checkpoint(self) -> None:
         self._last_checkpoint_s = time.monotonic()
         await self.wal.checkpoint(self.applied_seq)
 
-    async def drain(self, timeout_s: float) -> bool:
-        """Apply what is left (used at shutdown); True if the backlog emptied."""
+    async def drain(self, timeout_s: float, give_up: Callable[[], bool]) -> bool:
+        """Apply what is left (used at shutdown); True if the backlog emptied.
+
+        Stops early when ``give_up()`` says so (a second SIGTERM): what is
+        left is safe in the WAL anyway.
+        """
         deadline = time.monotonic() + timeout_s
-        while len(self.backlog) and time.monotonic() < deadline:
+        while len(self.backlog) and time.monotonic() < deadline and not give_up():
             if not await self.apply_one_batch():
                 await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         await self.checkpoint()

@@ -59,6 +59,7 @@ class Health:
         self.ping_latency_s: float | None = None
         self.loop_lag_s = 0.0
         self.wal_failure: str | None = None
+        self.wal_full_reason: str | None = None
         self._failures = 0
         self._successes = 0
         self._usable = asyncio.Event()
@@ -103,8 +104,23 @@ class Health:
             self._set(State.HEALTHY, "backlog drained")
 
     def wal_failed(self, reason: str) -> None:
+        """The WAL cannot take writes (an fdatasync failed): for good."""
         self.wal_failure = reason
         self._set(State.FAILING, reason)
+
+    def wal_full(self, reason: str) -> None:
+        """Writes are refused with wal_full until the WAL has room again."""
+        self.wal_full_reason = reason
+        self._set(State.FAILING, f"{reason}; writes get wal_full, reads go on")
+
+    def wal_has_room(self) -> None:
+        if self.wal_full_reason is None or self.wal_failure is not None:
+            return
+        self.wal_full_reason = None
+        if self.state is State.FAILING:
+            # The probe moves us on to degraded if the store is down too.
+            draining = self._backlog_size() > 0
+            self._set(State.RECOVERING if draining else State.HEALTHY, "the WAL takes writes again")
 
     async def wait_store_usable(self) -> None:
         await self._usable.wait()

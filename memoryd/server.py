@@ -151,11 +151,11 @@ class Server:
         await self._wait_inflight(deadline)
         flusher_stopped = await self._stop_background_tasks(deadline)
         if flusher_stopped and self.fatal_error is None and not self.force_exit:
-            drained = await self._drain(deadline)
-            if not drained:
+            await self._drain(deadline)
+            if len(self.backlog):
                 logger.warning(
-                    "%d writes not applied before shutdown_timeout_s; they stay in "
-                    "the WAL and are applied at the next start",
+                    "%d writes not applied to the store before shutting down; they stay "
+                    "in the WAL and are applied at the next start",
                     len(self.backlog),
                 )
         for connection in list(self.registry.connections):
@@ -185,7 +185,7 @@ class Server:
     async def _drain(self, deadline: float) -> bool:
         remaining_s = max(0.0, deadline - time.monotonic())
         try:
-            return await self.flusher.drain(remaining_s)
+            return await self.flusher.drain(remaining_s, give_up=lambda: self.force_exit)
         except OSError as exc:
             logger.warning("final checkpoint failed (%s); the next start replays more", exc)
             return False
@@ -198,6 +198,9 @@ class Server:
         try:
             await self.store.open()
         except StoreUnavailable as exc:
+            if self.store.kind == "local":
+                # A file we cannot open will not heal by waiting: say so and stop.
+                raise ConfigError(f"data_dir {self.settings.data_dir}: {exc}") from exc
             self.health.store_failed(exc)
         except StoreError as exc:
             raise ConfigError(f"store: {exc}") from exc
@@ -225,12 +228,9 @@ class Server:
             if self.health.store_down:
                 continue
             try:
-                removed = await self.store.sweep(time.time())
+                await self.store.sweep(time.time())
             except (StoreUnavailable, StoreError) as exc:
                 self.health.store_failed(exc)
-                continue
-            if removed:
-                logger.info("expiry sweep removed %d records", removed)
 
     # ------------------------------------------------------------ socket
 

@@ -21,7 +21,15 @@ import msgpack
 
 from memoryd import __version__
 from memoryd import validation as v
-from memoryd.backlog import Backlog, hides_store, merge_get, merge_query, store_fetch_limit
+from memoryd.backlog import (
+    UNKNOWN,
+    Backlog,
+    Unknown,
+    hides_store,
+    merge_get,
+    merge_query,
+    store_fetch_limit,
+)
 from memoryd.config import Settings
 from memoryd.errors import (
     BackendUnavailable,
@@ -335,11 +343,15 @@ class Service:
 
     async def _append(self, ops: Sequence[Op]) -> list[int]:
         try:
-            return await self.wal.append(ops)
+            seqs = await self.wal.append(ops)
         except WalFullError as exc:
+            self.health.wal_full(str(exc))
             raise WalFull(str(exc)) from exc
         except WalError as exc:
             raise InternalError(str(exc)) from exc
+        if self.health.wal_full_reason is not None:
+            self.health.wal_has_room()
+        return seqs
 
     async def _wait_if_store_durability(self, durability: str, seq: int) -> None:
         if durability != "store":
@@ -385,15 +397,24 @@ class Service:
         return tuple(self.backlog.for_agent(agent_id))
 
     async def _get(self, agent_id: str, record_id: str) -> Record | None:
+        """The record, None if it is known not to exist, else BackendUnavailable."""
         entries = await self._pending(agent_id)
-        stored = None
         now_s = time.time()
-        if not hides_store(entries) and not self.health.store_down:
+        stored: Record | None | Unknown = UNKNOWN
+        if hides_store(entries):
+            stored = None
+        elif not self.health.store_down:
             try:
                 stored = await self.store.get(agent_id, record_id, now_s)
             except (StoreUnavailable, StoreError) as exc:
                 self.health.store_failed(exc)
-        return merge_get(stored, entries, record_id, now_s)
+        record = merge_get(stored, entries, record_id, now_s)
+        if record is UNKNOWN:
+            raise BackendUnavailable(
+                "the store is unreachable and the record is not among the writes memoryd "
+                "still holds; retry when the store is back"
+            )
+        return record
 
     async def _query(self, agent_id: str, query: Query) -> dict[str, Any]:
         entries = await self._pending(agent_id)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-from memoryd_client import Client
+from memoryd_client import Client, errors
 from tests.harness import Daemon, RedisServer, wait_until
 
 
@@ -153,3 +154,86 @@ def test_sigterm_finishes_in_flight_store_durable_writes(
     assert daemon.stop() == 0
     # The shutdown drained the backlog into the store before exiting.
     assert sorted(i.decode() for i in stored_ids(private_redis, "drained")) == sorted(ids)
+
+
+def test_reads_of_unknown_records_while_the_store_is_down_say_so(
+    private_redis: RedisServer, daemon_dir: Daemon
+) -> None:
+    daemon_dir.env_overrides = {"MEMORYD_REDIS_URL": private_redis.url}
+    daemon = daemon_dir.start()
+    with Client(daemon.socket_path, timeout_s=20) as client:
+        stored = client.add("outage", "note", "in the store", durability="store")["id"]
+        private_redis.kill()
+        pending = client.add("outage", "note", "in the WAL")["id"]
+        with Client(daemon.socket_path, retry=False) as once:
+            # Neither "not found" nor "deleted: false": memoryd cannot know.
+            with pytest.raises(errors.BackendUnavailable):
+                once.get("outage", stored)
+            with pytest.raises(errors.BackendUnavailable):
+                once.delete("outage", stored)
+            with pytest.raises(errors.BackendUnavailable):
+                once.update("outage", stored, importance=0.9)
+            assert once.get("outage", pending)["content"] == "in the WAL"
+            assert once.delete("outage", pending) is True
+            with pytest.raises(errors.NotFound):
+                once.get("outage", pending)
+
+
+def test_a_second_sigterm_skips_the_drain(private_redis: RedisServer, daemon_dir: Daemon) -> None:
+    daemon_dir.env_overrides = {
+        "MEMORYD_REDIS_URL": private_redis.url,
+        "MEMORYD_SHUTDOWN_TIMEOUT_S": "60",
+    }
+    daemon = daemon_dir.start()
+    private_redis.kill()
+    with Client(daemon.socket_path, timeout_s=20) as client:
+        client.add("impatient", "note", "buffered")
+    daemon.signal(signal.SIGTERM)
+    wait_until(lambda: "shutting down" in daemon.log(), 10, "the shutdown to start")
+    started = time.monotonic()
+    daemon.signal(signal.SIGTERM)
+    assert daemon.stop(timeout_s=15) == 0
+    assert time.monotonic() - started < 10
+    # What was acknowledged is still in the WAL for the next start.
+    private_redis.start()
+    daemon.start()
+    wait_until(lambda: len(stored_ids(private_redis, "impatient")) == 1, 20, "the replay")
+
+
+def test_a_full_wal_refuses_writes_and_reports_failing(
+    private_redis: RedisServer, daemon_dir: Daemon
+) -> None:
+    daemon_dir.env_overrides = {
+        "MEMORYD_REDIS_URL": private_redis.url,
+        "MEMORYD_WAL_MAX_BYTES": str(1024 * 1024),
+    }
+    daemon = daemon_dir.start()
+    private_redis.kill()  # nothing drains: the WAL only grows
+    with Client(daemon.socket_path, retry=False, timeout_s=20) as client:
+        accepted = []
+        with pytest.raises(errors.WalFull):
+            for n in range(100):
+                accepted.append(client.add("full", "note", "x" * 30_000, id=f"R{n:04d}")["id"])
+        assert 0 < len(accepted) < 100
+        assert client.status()["state"] == "failing"
+        # Reads keep working, and everything accepted is still readable.
+        assert len(client.recent("full", limit=100)) == len(accepted)
+    private_redis.start()
+    wait_until(lambda: len(stored_ids(private_redis, "full")) == len(accepted), 20, "the drain")
+    with Client(daemon.socket_path, timeout_s=20) as client:
+        assert client.add("full", "note", "room again")["id"]
+        assert client.status()["state"] in ("healthy", "recovering")
+
+
+def test_a_local_store_that_cannot_open_stops_the_start(daemon_dir: Daemon) -> None:
+    (daemon_dir.data_dir / "store.sqlite3").mkdir(parents=True)  # a directory, not a database
+    result = subprocess.run(
+        [sys.executable, "-m", "memoryd", "run"],
+        env={**daemon_dir.environment(), "NOTIFY_SOCKET": ""},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 78
+    assert "data_dir" in result.stderr.splitlines()[-1]
