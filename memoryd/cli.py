@@ -18,7 +18,8 @@ import uvloop
 from memoryd import __version__
 from memoryd.config import Settings, load_settings
 from memoryd.errors import ConfigError, MemorydError
-from memoryd.server import Server
+from memoryd.server import WAL_DIR_NAME, Server
+from memoryd.wal import inspect_wal
 from memoryd_client import Client, errors
 
 logger = logging.getLogger("memoryd")
@@ -43,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate and print the effective config")
     _add_config_flags(check)
+
+    wal = commands.add_parser("wal", help="look at the write-ahead log")
+    wal_commands = wal.add_subparsers(dest="wal_command", required=True)
+    inspect = wal_commands.add_parser("inspect", help="segments, records, checkpoint, damage")
+    inspect.add_argument("--data-dir", type=Path, help="the daemon's data_dir (default: config)")
+    inspect.add_argument("--config", type=Path, help="TOML config file, for data_dir")
+    inspect.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -99,6 +107,49 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for name, value in settings.masked().items():
         print(f"{name} = {json.dumps(value)}")
     return 0
+
+
+def cmd_wal(args: argparse.Namespace) -> int:
+    data_dir = args.data_dir or load_settings(args.config).data_dir
+    wal_dir = data_dir / WAL_DIR_NAME
+    if not wal_dir.is_dir():
+        print(f"memoryd: no WAL at {wal_dir}", file=sys.stderr)
+        return EXIT_FAILING
+    report = inspect_wal(wal_dir)
+    print(json.dumps(report, indent=2) if args.json else render_wal(report))
+    return EXIT_HEALTHY
+
+
+def render_wal(report: dict[str, Any]) -> str:
+    """The WAL as an operator reads it during an incident."""
+    checkpoint, totals = report["checkpoint"], report["totals"]
+    lines = [
+        f"wal        {report['wal_dir']}",
+        f"checkpoint applied_seq {checkpoint['applied_seq']}"
+        + ("" if checkpoint["exists"] else "  (no checkpoint file: everything replays)")
+        + ("  (leftover checkpoint.tmp)" if checkpoint["leftover_temp_file"] else ""),
+        f"totals     {totals['segments']} segments  {_bytes(totals['bytes'])}  "
+        f"{totals['records']} records  {totals['unapplied']} unapplied  "
+        f"{totals['corrupt_records']} corrupt",
+        "segment                         bytes  records        first         last  unapplied"
+        "  damage",
+    ]
+    for seg in report["segments"]:
+        damage = []
+        if seg["corrupt_records"]:
+            damage.append(f"{seg['corrupt_records']} bad checksum")
+        if seg["torn_tail_bytes"]:
+            damage.append(f"torn tail {seg['torn_tail_bytes']}B")
+        if seg["unreadable_bytes"]:
+            damage.append(f"unreadable {seg['unreadable_bytes']}B")
+        lines.append(
+            f"{seg['name']:<26} {seg['bytes']:>11} {seg['records']:>8} "
+            f"{seg['first_seq'] or '-':>12} {seg['last_seq'] or '-':>12} {seg['unapplied']:>10}"
+            f"  {', '.join(damage) or 'ok'}"
+        )
+    for item in report["quarantine"]:
+        lines.append(f"quarantine {item['name']}  {_bytes(item['bytes'])}")
+    return "\n".join(lines)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -182,7 +233,12 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "check-config": cmd_check_config}
+COMMANDS = {
+    "run": cmd_run,
+    "status": cmd_status,
+    "check-config": cmd_check_config,
+    "wal": cmd_wal,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -33,7 +34,7 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from memoryd.errors import MemorydError
 from memoryd.ops import Entry, Op, OpDecodeError, decode_op, encode_op
@@ -178,6 +179,67 @@ def write_checkpoint(wal_dir: Path, applied_seq: int) -> None:
         os.close(fd)
     os.replace(tmp, wal_dir / CHECKPOINT_NAME)
     fsync_directory(wal_dir)
+
+
+# --------------------------------------------------------------------- inspection
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentReport:
+    name: str
+    bytes: int
+    records: int
+    first_seq: int | None
+    last_seq: int | None
+    unapplied: int
+    corrupt_records: int
+    torn_tail_bytes: int
+    unreadable_bytes: int
+
+
+def _report(path: Path, applied_seq: int) -> SegmentReport:
+    scan = scan_segment(path, 0)
+    seqs = [entry.seq for entry in scan.entries]
+    return SegmentReport(
+        name=path.name,
+        bytes=path.stat().st_size,
+        records=len(seqs),
+        first_seq=seqs[0] if seqs else None,
+        last_seq=seqs[-1] if seqs else None,
+        unapplied=sum(1 for seq in seqs if seq > applied_seq),
+        corrupt_records=scan.corrupt_records,
+        torn_tail_bytes=scan.torn_tail_bytes,
+        unreadable_bytes=scan.quarantined_bytes,
+    )
+
+
+def inspect_wal(wal_dir: Path) -> dict[str, Any]:
+    """What an operator needs to see of a WAL directory; reads, never writes.
+
+    Safe while the daemon runs: the segment being appended to may show a
+    torn tail that is only a write in progress.
+    """
+    applied_seq = read_checkpoint(wal_dir)
+    segments = [_report(path, applied_seq) for path in list_segments(wal_dir)]
+    quarantine = wal_dir / QUARANTINE_DIR
+    quarantined = sorted(quarantine.iterdir()) if quarantine.is_dir() else []
+    return {
+        "wal_dir": str(wal_dir),
+        "checkpoint": {
+            "applied_seq": applied_seq,
+            "exists": (wal_dir / CHECKPOINT_NAME).exists(),
+            "leftover_temp_file": (wal_dir / (CHECKPOINT_NAME + ".tmp")).exists(),
+        },
+        "segments": [dataclasses.asdict(segment) for segment in segments],
+        "quarantine": [{"name": q.name, "bytes": q.stat().st_size} for q in quarantined],
+        "totals": {
+            "segments": len(segments),
+            "bytes": sum(segment.bytes for segment in segments),
+            "records": sum(segment.records for segment in segments),
+            "unapplied": sum(segment.unapplied for segment in segments),
+            "corrupt_records": sum(segment.corrupt_records for segment in segments),
+        },
+    }
 
 
 # --------------------------------------------------------------------- recovery

@@ -265,3 +265,35 @@ async def test_checkpoint_with_a_single_segment_deletes_nothing(tmp_path: Path) 
     assert read_checkpoint(tmp_path) == 2
     assert len(list_segments(tmp_path)) == 1
     await wal.close()
+
+
+def test_inspect_reports_segments_checkpoint_and_damage_without_changing_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from memoryd.cli import main
+
+    wal_dir = tmp_path / "wal"
+    ends = write_log(wal_dir, 5)
+    path = wal_dir / wal_module.segment_name(1)
+    data = bytearray(path.read_bytes())
+    data[ends[1] + 5] ^= 0xFF  # bad checksum in record 3
+    data += b"\x10\x00"  # a torn tail
+    path.write_bytes(bytes(data))
+    wal_module.write_checkpoint(wal_dir, 2)
+    before = path.read_bytes()
+
+    report = wal_module.inspect_wal(wal_dir)
+
+    assert path.read_bytes() == before, "inspect must never repair"
+    assert report["checkpoint"]["applied_seq"] == 2
+    [segment] = report["segments"]
+    assert (segment["records"], segment["first_seq"], segment["last_seq"]) == (4, 1, 5)
+    assert segment["unapplied"] == 2
+    assert segment["corrupt_records"] == 1
+    assert segment["torn_tail_bytes"] == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["wal", "inspect", "--data-dir", str(tmp_path)])
+    assert exit_info.value.code == 0
+    screen = capsys.readouterr().out
+    assert "applied_seq 2" in screen
+    assert "1 bad checksum, torn tail 2B" in screen
