@@ -38,7 +38,7 @@ from memoryd.protocol import Connection, ConnectionRegistry
 from memoryd.service import Service
 from memoryd.stores import create_store
 from memoryd.stores.base import StoreError, StoreUnavailable
-from memoryd.systemd import Notifier
+from memoryd.systemd import Notifier, watchdog_interval_s
 from memoryd.wal import Wal, WalFatalError
 
 logger = logging.getLogger(__name__)
@@ -135,6 +135,9 @@ class Server:
         self._spawn(self.flusher.run(), "flusher")
         self._spawn(self.health.run(), "health")
         self._spawn(self._sweep_expired(), "sweep")
+        interval_s = watchdog_interval_s()
+        if interval_s is not None:
+            self._spawn(self._feed_watchdog(interval_s), "watchdog")
         self._server = await asyncio.get_running_loop().create_unix_server(
             self._new_connection, sock=listen_socket
         )
@@ -231,6 +234,21 @@ class Server:
                 await self.store.sweep(time.time())
             except (StoreUnavailable, StoreError) as exc:
                 self.health.store_failed(exc)
+
+    async def _feed_watchdog(self, interval_s: float) -> None:
+        """WATCHDOG=1 from the event loop, only while the WAL writer makes progress.
+
+        A blocked loop sends nothing (this task cannot run); a WAL whose
+        oldest append has waited longer than the watchdog period is stuck
+        (a hung disk), so we stop pinging and let systemd restart us.
+        """
+        while True:
+            stalled_s = self.wal.stalled_for_s()
+            if stalled_s < 2 * interval_s:
+                self.notifier.watchdog()
+            else:
+                logger.warning("WAL writes stuck for %.1fs: not pinging the watchdog", stalled_s)
+            await asyncio.sleep(interval_s)
 
     # ------------------------------------------------------------ socket
 

@@ -40,3 +40,19 @@ class Notifier:
 
     def stopping(self) -> None:
         self.notify("STOPPING=1", "STATUS=shutting down")
+
+    def watchdog(self) -> None:
+        self.notify("WATCHDOG=1")
+
+
+def watchdog_interval_s() -> float | None:
+    """Half of ``$WATCHDOG_USEC`` when systemd watches this process, else None."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return int(usec) / 1_000_000 / 2
+    except ValueError:
+        logger.warning("WATCHDOG_USEC=%r is not a number; no watchdog pings", usec)
+        return None

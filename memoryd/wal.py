@@ -321,6 +321,7 @@ class _Segment:
 class _Waiter:
     seq: int
     future: asyncio.Future[None]
+    since: float = field(default_factory=time.monotonic)
 
 
 OnDurable = Callable[[Sequence[Entry]], None]
@@ -464,6 +465,12 @@ class Wal:
             raise
         segment.size += len(data)
         self.total_bytes += len(data)
+
+    def stalled_for_s(self) -> float:
+        """How long the oldest unacknowledged append has waited (0 if none)."""
+        if not self._waiters:
+            return 0.0
+        return time.monotonic() - self._waiters[0].since
 
     def _deliver(self, entries: Sequence[Entry]) -> None:
         """The entries are durable: hand them on, then release their appenders."""

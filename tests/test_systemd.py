@@ -1,0 +1,73 @@
+"""The sd_notify protocol, with a fake NOTIFY_SOCKET instead of systemd."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from memoryd_client import Client
+from tests.harness import Daemon, RedisServer, wait_until
+
+
+@pytest.fixture
+def daemon() -> Iterator[Daemon]:
+    daemon = Daemon()
+    try:
+        yield daemon
+    finally:
+        daemon.cleanup()
+
+
+def test_ready_only_once_the_socket_listens_then_stopping(daemon: Daemon) -> None:
+    daemon.start()
+    assert daemon.notify is not None
+    ready = [m for m in daemon.notify.poll() if "READY=1" in m.splitlines()]
+    assert len(ready) == 1
+    assert "STATUS=healthy" in ready[0]
+    assert f"MAINPID={daemon.process.pid}" in ready[0]  # type: ignore[union-attr]
+    with Client(daemon.socket_path) as client:  # READY=1 means it answers now
+        assert client.ping() == "pong"
+    assert daemon.stop() == 0
+    assert daemon.notify.saw("STOPPING=1")
+
+
+def test_watchdog_pings_at_half_the_period(daemon: Daemon) -> None:
+    daemon.env_overrides = {"WATCHDOG_USEC": "400000"}  # 0.4 s: a ping every 0.2 s
+    daemon.start()
+    assert daemon.notify is not None
+    time.sleep(1.2)
+    pings = [m for m in daemon.notify.poll() if m == "WATCHDOG=1"]
+    assert 3 <= len(pings) <= 9
+
+
+def test_no_watchdog_pings_for_another_pid(daemon: Daemon) -> None:
+    daemon.env_overrides = {"WATCHDOG_USEC": "400000", "WATCHDOG_PID": "1"}
+    daemon.start()
+    assert daemon.notify is not None
+    time.sleep(0.6)
+    assert "WATCHDOG=1" not in daemon.notify.poll()
+
+
+def test_state_changes_reach_systemd_as_status(daemon: Daemon) -> None:
+    redis_server = RedisServer().start()
+    try:
+        daemon.env_overrides = {"MEMORYD_REDIS_URL": redis_server.url}
+        daemon.start()
+        redis_server.kill()
+        assert daemon.notify is not None
+        notify = daemon.notify
+        wait_until(
+            lambda: any(m.startswith("STATUS=degraded") for m in notify.poll()),
+            15,
+            "STATUS=degraded",
+        )
+        redis_server.start()
+        wait_until(
+            lambda: any(m.startswith("STATUS=healthy") for m in notify.poll()[-3:]),
+            20,
+            "STATUS=healthy again",
+        )
+    finally:
+        redis_server.cleanup()
