@@ -192,7 +192,8 @@ def render_status(s: dict[str, Any]) -> str:
         f"wal        fsync {wal['fsync']}  {wal['segments']} segments  "
         f"{_bytes(wal['bytes'])} of {_bytes(wal['max_bytes'])}",
         f"backlog    {wal['backlog_records']} writes  {_bytes(wal['backlog_bytes'])}  "
-        f"oldest {wal['oldest_unapplied_age_s']:.1f}s  applied {wal['applied_records']}",
+        f"oldest {wal['oldest_unapplied_age_s']:.1f}s  applied {wal['applied_records']}  "
+        f"drain {wal['drain_rate_per_s']}/s",
     ]
     damage = (wal["corrupt_records"], wal["torn_tail_bytes"], wal["quarantined_segments"])
     if any(damage):

@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     # The write-ahead log.
     wal_fsync: Literal["always", "everysec", "no"] = "always"
     wal_max_bytes: int = Field(default=1 * GiB, ge=1 * MiB)
+    # Past this little free space under data_dir, writes get wal_full too.
+    min_free_disk_bytes: int = Field(default=64 * MiB, ge=0)
     wal_segment_bytes: int = Field(default=64 * MiB, ge=4 * KiB, le=1 * GiB)
     checkpoint_interval_s: float = Field(default=1.0, gt=0, le=3600)
     flush_batch_max: int = Field(default=512, ge=1, le=100_000)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 
 from memoryd.backlog import Backlog
@@ -45,6 +46,7 @@ class Flusher:
         self._applied_changed = asyncio.Condition()
         self._last_checkpoint_s = time.monotonic()
         self._stopping = False
+        self._recent_batches: deque[tuple[float, int]] = deque(maxlen=4096)
 
     def stop(self) -> None:
         """Make ``run()`` return after the batch in hand.
@@ -82,10 +84,17 @@ class Flusher:
         self.health.store_succeeded(time.monotonic() - started_s)
         self.backlog.mark_applied(len(batch))
         self.applied_records += len(batch)
+        self._recent_batches.append((time.monotonic(), len(batch)))
         async with self._applied_changed:
             self.applied_seq = batch[-1].seq
             self._applied_changed.notify_all()
         return True
+
+    def drain_rate_per_s(self, window_s: float = 10.0) -> float:
+        """Records applied per second over the last ``window_s``."""
+        since = time.monotonic() - window_s
+        applied = sum(count for at, count in self._recent_batches if at >= since)
+        return round(applied / window_s, 1)
 
     async def wait_applied(self, seq: int) -> None:
         """Return once the store has applied every entry up to ``seq``."""

@@ -62,6 +62,7 @@ class Server:
             max_bytes=settings.wal_max_bytes,
             segment_bytes=settings.wal_segment_bytes,
             on_durable=self.backlog.extend,
+            min_free_disk_bytes=settings.min_free_disk_bytes,
         )
         self.health = Health(
             self.store, backlog_size=lambda: len(self.backlog), on_change=self._state_changed
@@ -354,6 +355,7 @@ class Server:
             backlog_bytes=self.backlog.bytes,
             oldest_unapplied_age_s=round(self.backlog.oldest_age_s(), 3),
             applied_records=self.flusher.applied_records,
+            drain_rate_per_s=self.flusher.drain_rate_per_s(),
         )
         return {
             "state": self.health.state.value,

@@ -338,11 +338,15 @@ class Wal:
         max_bytes: int,
         segment_bytes: int,
         on_durable: OnDurable,
+        min_free_disk_bytes: int = 0,
     ) -> None:
         self.wal_dir = wal_dir
         self.fsync_policy: FsyncPolicy = fsync
         self.max_bytes = max_bytes
         self.segment_bytes = segment_bytes
+        self.min_free_disk_bytes = min_free_disk_bytes
+        self._free_disk_bytes = 0
+        self._free_disk_checked_at = -1.0
         self._on_durable = on_durable
         self._segment: _Segment | None = None
         self._closed_segments: dict[Path, int] = {}  # path -> first seq, oldest first
@@ -415,6 +419,11 @@ class Wal:
             raise WalFullError(
                 f"the WAL holds {self.total_bytes} bytes; wal_max_bytes is {self.max_bytes}"
             )
+        if self.free_disk_bytes() - size < self.min_free_disk_bytes:
+            raise WalFullError(
+                f"{self.free_disk_bytes()} bytes free under {self.wal_dir}; "
+                f"min_free_disk_bytes is {self.min_free_disk_bytes}"
+            )
         seqs = list(range(self._next_seq, self._next_seq + len(ops)))
         self._next_seq += len(ops)
         self._buffer.extend(Entry(seq, op) for seq, op in zip(seqs, ops, strict=True))
@@ -465,6 +474,15 @@ class Wal:
             raise
         segment.size += len(data)
         self.total_bytes += len(data)
+
+    def free_disk_bytes(self) -> int:
+        """Free space for the WAL, looked up at most twice a second."""
+        now = time.monotonic()
+        if now - self._free_disk_checked_at >= 0.5:
+            stat = os.statvfs(self.wal_dir)
+            self._free_disk_bytes = stat.f_bavail * stat.f_frsize
+            self._free_disk_checked_at = now
+        return self._free_disk_bytes
 
     def stalled_for_s(self) -> float:
         """How long the oldest unacknowledged append has waited (0 if none)."""

@@ -297,3 +297,16 @@ def test_inspect_reports_segments_checkpoint_and_damage_without_changing_anythin
     screen = capsys.readouterr().out
     assert "applied_seq 2" in screen
     assert "1 bad checksum, torn tail 2B" in screen
+
+
+async def test_free_disk_watermark_refuses_writes(tmp_path: Path) -> None:
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    wal, collected = make_wal(tmp_path, min_free_disk_bytes=free + 1024**3)
+    wal.open()
+    with pytest.raises(WalFullError, match="min_free_disk_bytes"):
+        await wal.append([Put.of(record(1))])
+    assert collected.entries == []
+    await wal.close()
+    reopened, _ = make_wal(tmp_path)
+    assert reopened.open().entries == []
+    await reopened.close()
