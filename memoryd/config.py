@@ -171,8 +171,9 @@ class LegacyEnvSource(PydanticBaseSettingsSource):
         return None, field_name, False  # __call__ below does the work.
 
     def __call__(self) -> dict[str, Any]:
-        env = os.environ
         values: dict[str, Any] = {}
+        # An exported but empty variable counts as unset, as in a shell script.
+        env = {name: value for name, value in os.environ.items() if value.strip()}
         if "MEMORY_MAX_SIZE" in env:
             values["max_memories"] = env["MEMORY_MAX_SIZE"]
         if "MEMORY_TTL" in env:
@@ -186,7 +187,7 @@ class LegacyEnvSource(PydanticBaseSettingsSource):
         return values
 
 
-def _url_from_parts(env: os._Environ[str]) -> str:
+def _url_from_parts(env: dict[str, str]) -> str:
     host = env.get("REDIS_HOST", "localhost")
     port = env.get("REDIS_PORT", "6379")
     db = env.get("REDIS_DB", "0")

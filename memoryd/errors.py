@@ -20,6 +20,11 @@ class ConfigError(MemorydError):
     """A setting has a value memoryd cannot run with."""
 
 
+class FatalError(MemorydError):
+    """Something the daemon cannot go on after (an fdatasync failure, a crashed
+    background task); it stops, and a restart replays the WAL."""
+
+
 class RequestError(MemorydError):
     """A request failed in a way its client is told about."""
 

@@ -60,17 +60,28 @@ class Health:
         self.loop_lag_s = 0.0
         self.wal_failure: str | None = None
         self.wal_full_reason: str | None = None
+        # The state is derived from these facts, so that, say, a full WAL
+        # never hides that the store is down too.
+        self._store_reachable = asyncio.Event()
+        self._store_reachable.set()
+        self._draining = False
         self._failures = 0
         self._successes = 0
-        self._usable = asyncio.Event()
-        self._usable.set()
         self._wake_probe = asyncio.Event()
 
     @property
     def store_down(self) -> bool:
-        return self.state is State.DEGRADED
+        return not self._store_reachable.is_set()
 
-    def _set(self, state: State, reason: str) -> None:
+    def _derive(self) -> State:
+        if self.wal_failure is not None or self.wal_full_reason is not None:
+            return State.FAILING
+        if self.store_down:
+            return State.DEGRADED
+        return State.RECOVERING if self._draining else State.HEALTHY
+
+    def _update(self, reason: str) -> None:
+        state = self._derive()
         if state is self.state:
             return
         worse = _SEVERITY[state] > _SEVERITY[self.state]
@@ -79,51 +90,44 @@ class Health:
             logger.warning("health %s -> %s: %s", previous.value, state.value, reason)
         else:
             logger.info("health %s -> %s: %s", previous.value, state.value, reason)
-        if state is State.DEGRADED:
-            self._usable.clear()
-        else:
-            self._usable.set()
         self.on_change(state, reason)
 
-    # Reports from the flusher and the WAL.
+    # Reports from the flusher, the service and the WAL.
 
     def store_failed(self, exc: BaseException) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
         self._successes = 0
-        if self.state in (State.HEALTHY, State.RECOVERING):
-            self._set(
-                State.DEGRADED,
+        if not self.store_down:
+            self._store_reachable.clear()
+            self._update(
                 f"store unreachable ({self.last_error}); writes go on into the WAL "
-                "and are applied when it returns",
+                "and are applied when it returns"
             )
         self._wake_probe.set()
 
     def store_succeeded(self, latency_s: float) -> None:
         self.ping_latency_s = latency_s
-        if self.state is State.RECOVERING and self._backlog_size() == 0:
-            self._set(State.HEALTHY, "backlog drained")
+        if self._draining and self._backlog_size() == 0:
+            self._draining = False
+            self._update("backlog drained")
 
     def wal_failed(self, reason: str) -> None:
         """The WAL cannot take writes (an fdatasync failed): for good."""
         self.wal_failure = reason
-        self._set(State.FAILING, reason)
+        self._update(reason)
 
     def wal_full(self, reason: str) -> None:
         """Writes are refused with wal_full until the WAL has room again."""
         self.wal_full_reason = reason
-        self._set(State.FAILING, f"{reason}; writes get wal_full, reads go on")
+        self._update(f"{reason}; writes get wal_full, reads go on")
 
     def wal_has_room(self) -> None:
-        if self.wal_full_reason is None or self.wal_failure is not None:
-            return
-        self.wal_full_reason = None
-        if self.state is State.FAILING:
-            # The probe moves us on to degraded if the store is down too.
-            draining = self._backlog_size() > 0
-            self._set(State.RECOVERING if draining else State.HEALTHY, "the WAL takes writes again")
+        if self.wal_full_reason is not None:
+            self.wal_full_reason = None
+            self._update("the WAL takes writes again")
 
     async def wait_store_usable(self) -> None:
-        await self._usable.wait()
+        await self._store_reachable.wait()
 
     # The probe.
 
@@ -139,7 +143,7 @@ class Health:
             await self._probe()
 
     def _next_delay_s(self) -> float:
-        if self.state is not State.DEGRADED:
+        if not self.store_down:
             return self.probe_interval_s
         # Full jitter: spread the probes of many daemons hitting one Redis.
         ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** min(self._failures, 16))
@@ -155,10 +159,13 @@ class Health:
         self._failures = 0
         self.ping_latency_s = latency_s
         self._successes += 1
-        if self.state is State.DEGRADED and self._successes >= self.successes_to_recover:
-            if self._backlog_size():
-                self._set(State.RECOVERING, "store reachable again; draining the backlog")
-            else:
-                self._set(State.HEALTHY, "store reachable again")
-        elif self.state is State.RECOVERING and self._backlog_size() == 0:
-            self._set(State.HEALTHY, "backlog drained")
+        if self.store_down and self._successes >= self.successes_to_recover:
+            # Several successes in a row, so one lucky ping does not flap the state.
+            self._draining = self._backlog_size() > 0
+            self._store_reachable.set()
+            self._update(
+                "store reachable again" + ("; draining the backlog" if self._draining else "")
+            )
+        elif self._draining and self._backlog_size() == 0:
+            self._draining = False
+            self._update("backlog drained")

@@ -30,7 +30,7 @@ import psutil
 from memoryd import __version__
 from memoryd.backlog import Backlog
 from memoryd.config import Settings
-from memoryd.errors import ConfigError
+from memoryd.errors import ConfigError, FatalError
 from memoryd.flusher import Flusher
 from memoryd.health import Health, State
 from memoryd.metrics import Metrics
@@ -39,7 +39,7 @@ from memoryd.service import Service
 from memoryd.stores import create_store
 from memoryd.stores.base import StoreError, StoreUnavailable
 from memoryd.systemd import Notifier, watchdog_interval_s
-from memoryd.wal import Wal, WalFatalError
+from memoryd.wal import Wal
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +89,8 @@ class Server:
         self.should_exit = asyncio.Event()
         self.force_exit = False
         self.fatal_error: BaseException | None = None
+        self.fatal_reason = ""
+        self._serving = False
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._process = psutil.Process()
@@ -107,7 +109,7 @@ class Server:
             await self.shutdown()
             self._remove_signal_handlers()
         if self.fatal_error is not None:
-            raise WalFatalError(str(self.fatal_error)) from self.fatal_error
+            raise FatalError(self.fatal_reason) from self.fatal_error
 
     async def startup(self) -> None:
         logger.info(
@@ -142,6 +144,7 @@ class Server:
         self._server = await asyncio.get_running_loop().create_unix_server(
             self._new_connection, sock=listen_socket
         )
+        self._serving = True
         logger.info("listening on %s", self.settings.socket_path)
         self.notifier.ready(self._status_line())
 
@@ -154,7 +157,8 @@ class Server:
             self._server.close()
         await self._wait_inflight(deadline)
         flusher_stopped = await self._stop_background_tasks(deadline)
-        if flusher_stopped and self.fatal_error is None and not self.force_exit:
+        # A start that failed half-way leaves the backlog in the WAL, untouched.
+        if flusher_stopped and self._serving and self.fatal_error is None and not self.force_exit:
             await self._drain(deadline)
             if len(self.backlog):
                 logger.warning(
@@ -219,11 +223,13 @@ class Server:
             return
         logger.critical("background task %s failed", task.get_name(), exc_info=task.exception())
         self.fatal_error = task.exception()
+        self.fatal_reason = f"background task {task.get_name()} failed: {self.fatal_error!r}"
         self.should_exit.set()
 
     def _wal_fatal(self, exc: BaseException) -> None:
         self.health.wal_failed(f"WAL fdatasync failed: {exc}")
         self.fatal_error = exc
+        self.fatal_reason = f"WAL fdatasync failed: {exc}"
         self.should_exit.set()
 
     async def _sweep_expired(self) -> None:

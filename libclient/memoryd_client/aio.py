@@ -63,7 +63,7 @@ class _Connection:
     ) -> None:
         self._reader = reader
         self._writer = writer
-        self._unpacker = wire.make_unpacker(max_message_bytes)
+        self._unpacker = wire.make_unpacker(max_message_bytes, max_container_items=None)
         self._pending: dict[int, asyncio.Future[wire.Response]] = {}
         # msgids whose callers gave up (timeout, cancellation): their late
         # answers are expected and dropped, unlike answers nobody asked for.

@@ -353,7 +353,7 @@ class Client:
             raise ClientClosed("the client is closed")
         if self._sock is None:
             self._sock = self._open(deadline)
-            self._unpacker = wire.make_unpacker(self._max_message_bytes)
+            self._unpacker = wire.make_unpacker(self._max_message_bytes, max_container_items=None)
         return self._sock
 
     def _open(self, deadline: float) -> socket.socket:

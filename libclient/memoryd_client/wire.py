@@ -34,6 +34,9 @@ DEFAULT_MAX_MESSAGE_BYTES: Final = 1024 * 1024
 # sit in the buffer next to a maximal one.
 UNPACKER_SLACK_BYTES: Final = 64 * 1024
 
+# No record can hold more items than this: it is max_record_bytes' default.
+MAX_CONTAINER_ITEMS: Final = 64 * 1024
+
 PROTOCOL_ERROR_EVENT: Final = "protocol_error"
 
 # Error codes, and which of them a client may retry.
@@ -79,18 +82,30 @@ def resolve_socket_path(path: str | os.PathLike[str] | None = None) -> str:
     return os.environ.get(SOCKET_PATH_ENV) or default_socket_path()
 
 
-def make_unpacker(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> msgpack.Unpacker:
+def make_unpacker(
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    max_container_items: int | None = MAX_CONTAINER_ITEMS,
+) -> msgpack.Unpacker:
     """A streaming Unpacker whose limits refuse oversize headers before allocating.
 
     msgpack derives ``max_str_len``, ``max_bin_len``, ``max_array_len`` and
     ``max_map_len`` from ``max_buffer_size``, so a five-byte header announcing
     a 4 GiB string fails at once instead of reserving memory for it.
     """
+    # An array or map header makes the decoder reserve room for every
+    # announced item, so the daemon caps their lengths tighter than strings.
+    # (None: msgpack's own cap, derived from the buffer size; clients use it.)
+    container_limits = (
+        {}
+        if max_container_items is None
+        else {"max_array_len": max_container_items, "max_map_len": max_container_items}
+    )
     return msgpack.Unpacker(
         raw=False,
         strict_map_key=True,
         use_list=True,
         max_buffer_size=max_message_bytes + UNPACKER_SLACK_BYTES,
+        **container_limits,
     )
 
 

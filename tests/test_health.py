@@ -1,0 +1,45 @@
+"""The health state is derived from independent facts: store reachability,
+the WAL's condition and the backlog."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from memoryd.health import Health, State
+from memoryd.stores.base import StoreUnavailable
+from memoryd.stores.local import LocalStore
+
+
+async def test_a_full_wal_does_not_hide_a_down_store(tmp_path: Path) -> None:
+    backlog = [5]
+    changes: list[State] = []
+    health = Health(
+        LocalStore(tmp_path, max_memories=10),
+        backlog_size=lambda: backlog[0],
+        on_change=lambda state, why: changes.append(state),
+    )
+    health.store_failed(StoreUnavailable("connection refused"))
+    assert health.state is State.DEGRADED and health.store_down
+    health.wal_full("wal_max_bytes reached")
+    assert health.state is State.FAILING
+    assert health.store_down, "the flusher must keep backing off while the store is down"
+    health.wal_has_room()
+    assert health.state is State.DEGRADED  # not healthy: the store is still down
+    assert changes == [State.DEGRADED, State.FAILING, State.DEGRADED]
+
+
+async def test_recovery_needs_several_probes_then_drains(tmp_path: Path) -> None:
+    backlog = [3]
+    store = LocalStore(tmp_path, max_memories=10)
+    await store.open()
+    health = Health(store, backlog_size=lambda: backlog[0], successes_to_recover=3)
+    health.store_failed(StoreUnavailable("connection refused"))
+    for _ in range(2):
+        await health._probe()
+        assert health.state is State.DEGRADED
+    await health._probe()
+    assert health.state is State.RECOVERING and not health.store_down
+    backlog[0] = 0
+    health.store_succeeded(0.001)
+    assert health.state is State.HEALTHY
+    await store.close()
