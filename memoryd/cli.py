@@ -16,6 +16,7 @@ from typing import Any
 import uvloop
 
 from memoryd import __version__
+from memoryd.alerts import Alerts
 from memoryd.config import Settings, load_settings
 from memoryd.errors import ConfigError, MemorydError
 from memoryd.server import WAL_DIR_NAME, Server
@@ -44,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check-config", help="validate and print the effective config")
     _add_config_flags(check)
+
+    alerts = commands.add_parser("alerts", help="damage kept for an operator: list or clear")
+    alerts.add_argument("action", choices=("list", "clear"))
+    alerts.add_argument("--data-dir", type=Path, help="the daemon's data_dir (default: config)")
+    alerts.add_argument("--config", type=Path, help="TOML config file, for data_dir")
 
     wal = commands.add_parser("wal", help="look at the write-ahead log")
     wal_commands = wal.add_subparsers(dest="wal_command", required=True)
@@ -109,6 +115,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_alerts(args: argparse.Namespace) -> int:
+    alerts = Alerts(args.data_dir or load_settings(args.config).data_dir)
+    if args.action == "clear":
+        print(f"cleared {alerts.clear()} alerts")
+        return EXIT_HEALTHY
+    for alert in alerts.entries():
+        print(_alert_line(alert))
+    return EXIT_HEALTHY
+
+
+def _alert_line(alert: dict[str, Any]) -> str:
+    at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(alert.get("at", 0))))
+    return f"{at}  {alert.get('kind')}: {alert.get('message')}"
+
+
 def cmd_wal(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or load_settings(args.config).data_dir
     wal_dir = data_dir / WAL_DIR_NAME
@@ -172,7 +193,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(snapshot, indent=2, sort_keys=True))
     else:
         print(render_status(snapshot))
-    return _STATE_EXIT.get(str(snapshot.get("state")), EXIT_FAILING)
+    code = _STATE_EXIT.get(str(snapshot.get("state")), EXIT_FAILING)
+    # Damage an operator has not cleared yet is worth a page even when healthy.
+    return max(code, EXIT_DEGRADED) if snapshot.get("alerts") else code
 
 
 def render_status(s: dict[str, Any]) -> str:
@@ -206,6 +229,10 @@ def render_status(s: dict[str, Any]) -> str:
         f"cpu {proc['cpu_user_s'] + proc['cpu_system_s']:.1f}s"
         f"  disk free {_bytes(proc['disk_free_bytes'])}  loop lag {_ms(s['event_loop_lag_ms'])}"
     )
+    alerts = s.get("alerts") or []
+    if alerts:
+        lines.append(f"ALERTS     {len(alerts)} (clear with `memoryd alerts clear`):")
+        lines += [f"           {_alert_line(alert)}" for alert in alerts[-5:]]
     if s["requests"]:
         lines.append("requests   method        count   errors   rate/s   p50 ms   p99 ms")
         for method, m in s["requests"].items():
@@ -239,6 +266,7 @@ COMMANDS = {
     "status": cmd_status,
     "check-config": cmd_check_config,
     "wal": cmd_wal,
+    "alerts": cmd_alerts,
 }
 
 

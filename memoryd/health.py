@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
 from memoryd.stores.base import Store, StoreError, StoreUnavailable
@@ -43,6 +43,8 @@ class Health:
         backoff_cap_s: float = 5.0,
         successes_to_recover: int = 3,
         on_change: Callable[[State, str], None] = lambda state, why: None,
+        check_store: Callable[[], Awaitable[None]] | None = None,
+        check_store_every: int = 5,
     ) -> None:
         self.store = store
         self._backlog_size = backlog_size
@@ -52,6 +54,11 @@ class Health:
         self.backoff_cap_s = backoff_cap_s
         self.successes_to_recover = successes_to_recover
         self.on_change = on_change
+        # A deeper look at the store (has it lost its data?), on reconnecting
+        # and every few probes: a quick restart can fall between two probes.
+        self.check_store = check_store
+        self.check_store_every = check_store_every
+        self._probes = 0
         self.state = State.HEALTHY
         self.since = time.time()
         self.reason = "started"
@@ -150,6 +157,7 @@ class Health:
         return random.uniform(0, ceiling)
 
     async def _probe(self) -> None:
+        self._probes += 1
         try:
             latency_s = await asyncio.wait_for(self.store.ping(), self.probe_timeout_s)
         except (StoreUnavailable, StoreError, TimeoutError) as exc:
@@ -161,6 +169,8 @@ class Health:
         self._successes += 1
         if self.store_down and self._successes >= self.successes_to_recover:
             # Several successes in a row, so one lucky ping does not flap the state.
+            if not await self._check_store():
+                return
             self._draining = self._backlog_size() > 0
             self._store_reachable.set()
             self._update(
@@ -169,3 +179,16 @@ class Health:
         elif self._draining and self._backlog_size() == 0:
             self._draining = False
             self._update("backlog drained")
+        elif not self.store_down and self._probes % self.check_store_every == 0:
+            await self._check_store()
+
+    async def _check_store(self) -> bool:
+        if self.check_store is None:
+            return True
+        try:
+            await self.check_store()
+        except (StoreUnavailable, StoreError) as exc:
+            self._successes = 0
+            self.store_failed(exc)
+            return False
+        return True

@@ -28,6 +28,7 @@ from typing import Any
 import psutil
 
 from memoryd import __version__
+from memoryd.alerts import Alerts
 from memoryd.backlog import Backlog
 from memoryd.config import Settings
 from memoryd.errors import ConfigError, FatalError
@@ -39,12 +40,14 @@ from memoryd.service import Service
 from memoryd.stores import create_store
 from memoryd.stores.base import StoreError, StoreUnavailable
 from memoryd.systemd import Notifier, watchdog_interval_s
-from memoryd.wal import Wal
+from memoryd.wal import QUARANTINE_DIR, Recovery, Wal
+from memoryd_client.ids import new_id
 
 logger = logging.getLogger(__name__)
 
 WAL_DIR_NAME = "wal"
 LOCK_NAME = "memoryd.lock"
+MARKER_NAME = "store-marker"
 
 
 class Server:
@@ -53,6 +56,7 @@ class Server:
         self._reload = reload
         self.notifier = Notifier()
         self.metrics = Metrics()
+        self.alerts = Alerts(settings.data_dir)
         self.registry = ConnectionRegistry()
         self.backlog = Backlog()
         self.store = create_store(settings)
@@ -65,7 +69,10 @@ class Server:
             min_free_disk_bytes=settings.min_free_disk_bytes,
         )
         self.health = Health(
-            self.store, backlog_size=lambda: len(self.backlog), on_change=self._state_changed
+            self.store,
+            backlog_size=lambda: len(self.backlog),
+            on_change=self._state_changed,
+            check_store=self.check_store_marker,
         )
         self.flusher = Flusher(
             store=self.store,
@@ -125,6 +132,7 @@ class Server:
         # "repair" the log the first one is writing.
         listen_socket = self._listen_socket()
         recovery = self.wal.open()
+        self._alert_on_damage(recovery)
         self.wal.on_fatal = self._wal_fatal
         self.backlog.extend(recovery.entries)
         if recovery.entries:
@@ -147,6 +155,31 @@ class Server:
         self._serving = True
         logger.info("listening on %s", self.settings.socket_path)
         self.notifier.ready(self._status_line())
+
+    def _alert_on_damage(self, recovery: Recovery) -> None:
+        if recovery.corrupt_records:
+            self.alerts.raise_alert(
+                "wal_corrupt_records",
+                f"{recovery.corrupt_records} WAL records failed their checksum and were skipped",
+            )
+        if recovery.quarantined_segments:
+            self.alerts.raise_alert(
+                "wal_quarantined",
+                f"unreadable bytes of {recovery.quarantined_segments} WAL segments moved to "
+                f"{self.wal.wal_dir / QUARANTINE_DIR}",
+            )
+        if recovery.missing_records:
+            self.alerts.raise_alert(
+                "wal_missing_records",
+                f"{recovery.missing_records} unapplied WAL records are missing (a segment "
+                "file was removed or lost)",
+            )
+        if recovery.checkpoint_ahead_by:
+            self.alerts.raise_alert(
+                "wal_checkpoint_ahead",
+                f"the checkpoint is {recovery.checkpoint_ahead_by} records ahead of the WAL "
+                "files (files removed by something other than memoryd?)",
+            )
 
     async def shutdown(self) -> None:
         self.notifier.stopping()
@@ -205,6 +238,7 @@ class Server:
     async def _open_store(self) -> None:
         try:
             await self.store.open()
+            await self.check_store_marker()
         except StoreUnavailable as exc:
             if self.store.kind == "local":
                 # A file we cannot open will not heal by waiting: say so and stop.
@@ -212,6 +246,30 @@ class Server:
             self.health.store_failed(exc)
         except StoreError as exc:
             raise ConfigError(f"store: {exc}") from exc
+
+    async def check_store_marker(self) -> None:
+        """Raise an alert if the store lost the data it had (Redis restarted empty).
+
+        The store keeps a token; this daemon remembers the last one it saw.
+        A store without it (or with another) has been emptied, flushed or
+        swapped: the records applied to it before are gone, and the WAL no
+        longer has them.  memoryd goes on with the store as it is, but says so.
+        """
+        path = self.settings.data_dir / MARKER_NAME
+        known = path.read_text().strip() if path.exists() else None
+        token = await self.store.marker(new_id())
+        if token == known:
+            return
+        if known is not None:
+            self.alerts.raise_alert(
+                "store_data_lost",
+                f"the store at {self.store.describe().get('address')} lost memoryd's marker: "
+                "it restarted empty, was flushed, or is another server; records applied to it "
+                "before now are not in it (only writes not yet applied were still in the WAL)",
+            )
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(token)
+        os.replace(tmp, path)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=name)
@@ -377,6 +435,7 @@ class Server:
             "requests": self.metrics.snapshot(),
             "process": self._process_stats(),
             "event_loop_lag_ms": round(self.health.loop_lag_s * 1000, 3),
+            "alerts": self.alerts.entries(),
         }
 
     def _process_stats(self) -> dict[str, Any]:

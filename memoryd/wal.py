@@ -256,6 +256,20 @@ class Recovery:
     torn_tail_bytes: int = 0
     corrupt_records: int = 0
     quarantined_segments: int = 0
+    # Unapplied sequence numbers no segment holds: a segment went missing.
+    missing_records: int = 0
+    # The checkpoint claims more than the files ever held: files were removed.
+    checkpoint_ahead_by: int = 0
+
+    @property
+    def damaged(self) -> bool:
+        """Damage beyond a torn tail, which every crash mid-write leaves."""
+        return bool(
+            self.corrupt_records
+            or self.quarantined_segments
+            or self.missing_records
+            or self.checkpoint_ahead_by
+        )
 
 
 def _quarantine(wal_dir: Path, scan: SegmentScan) -> None:
@@ -285,8 +299,12 @@ def recover(wal_dir: Path) -> Recovery:
         (wal_dir / (CHECKPOINT_NAME + ".tmp")).unlink()
     result = Recovery(applied_seq=read_checkpoint(wal_dir))
     result.last_seq = result.applied_seq
+    newest_on_disk = 0
     for path in list_segments(wal_dir):
         scan = scan_segment(path, result.applied_seq)
+        # Sequence numbers have no gaps (a failed write gives its numbers
+        # back), so a segment starting past the last number seen means lost data.
+        result.missing_records += max(0, scan.first_seq - result.last_seq - 1)
         if scan.quarantined_bytes:
             _quarantine(wal_dir, scan)
             result.quarantined_segments += 1
@@ -301,6 +319,9 @@ def recover(wal_dir: Path) -> Recovery:
         result.segments += 1
         result.entries.extend(e for e in scan.entries if e.seq > result.last_seq)
         result.last_seq = max(result.last_seq, scan.last_seq)
+        newest_on_disk = max(newest_on_disk, scan.last_seq)
+    if result.segments and newest_on_disk < result.applied_seq:
+        result.checkpoint_ahead_by = result.applied_seq - newest_on_disk
     if result.corrupt_records:
         logger.warning("WAL: %d damaged records skipped", result.corrupt_records)
     return result
@@ -446,6 +467,9 @@ class Wal:
         try:
             self._write(frames, entries[0].seq)
         except OSError as exc:
+            # Nothing of this group is on disk: its numbers are given back, so
+            # a gap in the log always means data went missing.
+            self._next_seq = entries[0].seq
             self._fail_waiters(entries[0].seq, entries[-1].seq, _write_error(exc))
             return
         self.written_seq = entries[-1].seq
@@ -633,6 +657,7 @@ class Wal:
             "corrupt_records": self.recovery.corrupt_records,
             "torn_tail_bytes": self.recovery.torn_tail_bytes,
             "quarantined_segments": self.recovery.quarantined_segments,
+            "missing_records": self.recovery.missing_records,
         }
 
 

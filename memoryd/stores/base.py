@@ -80,6 +80,11 @@ class Store(Protocol):
     async def ping(self) -> float:
         """Round-trip time in seconds."""
 
+    async def marker(self, candidate: str) -> str:
+        """The token that marks this store's dataset, set to ``candidate`` if it
+        has none.  A token that changes between two calls means the data the
+        store held is gone (a Redis restarted empty or flushed, a new file)."""
+
     async def sweep(self, now_s: float) -> int:
         """Remove expired records with their index entries; the number removed."""
 

@@ -90,6 +90,11 @@ class KeySpace:
     def agent(self, agent_id: str) -> AgentKeys:
         return AgentKeys(self.prefix, agent_id)
 
+    @property
+    def marker(self) -> str:
+        """STRING: a token set once per dataset, so a Redis that lost its data shows."""
+        return f"{self.prefix}memoryd:marker"
+
     def stats_pattern(self, agent_prefix: str = "") -> str:
         """SCAN MATCH pattern of the stats keys of agents whose id starts with ``agent_prefix``."""
         return f"{glob_escape(self.prefix)}{_AGENT}{glob_escape(agent_prefix)}*{_STATS}"

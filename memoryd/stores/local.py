@@ -45,6 +45,10 @@ CREATE INDEX IF NOT EXISTS records_by_time ON records (agent_id, created_at, id)
 CREATE INDEX IF NOT EXISTS records_by_type ON records (agent_id, type, created_at, id);
 CREATE INDEX IF NOT EXISTS records_by_expiry ON records (expires_at)
     WHERE expires_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
@@ -248,6 +252,15 @@ class LocalStore:
         started = time.perf_counter()
         await self._run("ping", lambda: self._db().execute("SELECT 1").fetchone())
         return time.perf_counter() - started
+
+    async def marker(self, candidate: str) -> str:
+        return await self._run("marker", lambda: self._marker_sync(candidate))
+
+    def _marker_sync(self, candidate: str) -> str:
+        db = self._db()
+        db.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('marker', ?)", (candidate,))
+        row = db.execute("SELECT value FROM meta WHERE name = 'marker'").fetchone()
+        return str(row[0])
 
     # -- writes -------------------------------------------------------------
 

@@ -256,6 +256,13 @@ class RedisStore:
             await client.ping()
         return time.perf_counter() - started
 
+    async def marker(self, candidate: str) -> str:
+        client = self._require_client()
+        with _translated("marker"):
+            await client.set(self._keys.marker, candidate, nx=True)
+            token = await client.get(self._keys.marker)
+        return _text(token) if token is not None else candidate
+
     # -- writes -------------------------------------------------------------
 
     async def apply(self, ops: Sequence[Op], now_s: float) -> None:
