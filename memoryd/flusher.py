@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 
 from memoryd.backlog import Backlog
+from memoryd.cache import RecentCache
 from memoryd.health import Health
 from memoryd.stores.base import Store, StoreError, StoreUnavailable
 from memoryd.wal import Wal
@@ -30,6 +31,7 @@ class Flusher:
         backlog: Backlog,
         wal: Wal,
         health: Health,
+        cache: RecentCache,
         batch_max: int,
         batch_max_bytes: int,
         checkpoint_interval_s: float,
@@ -38,6 +40,7 @@ class Flusher:
         self.backlog = backlog
         self.wal = wal
         self.health = health
+        self.cache = cache
         self.batch_max = batch_max
         self.batch_max_bytes = batch_max_bytes
         self.checkpoint_interval_s = checkpoint_interval_s
@@ -82,6 +85,7 @@ class Flusher:
             self.health.store_failed(exc)
             return False
         self.health.store_succeeded(time.monotonic() - started_s)
+        self.cache.applied([entry.op for entry in batch])
         self.backlog.mark_applied(len(batch))
         self.applied_records += len(batch)
         self._recent_batches.append((time.monotonic(), len(batch)))

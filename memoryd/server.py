@@ -30,6 +30,7 @@ import psutil
 from memoryd import __version__
 from memoryd.alerts import Alerts
 from memoryd.backlog import Backlog
+from memoryd.cache import RecentCache
 from memoryd.config import Settings
 from memoryd.errors import ConfigError, FatalError
 from memoryd.flusher import Flusher
@@ -74,11 +75,16 @@ class Server:
             on_change=self._state_changed,
             check_store=self.check_store_marker,
         )
+        self.cache = RecentCache(
+            per_agent=settings.degraded_cache_per_agent,
+            max_records=settings.degraded_cache_records,
+        )
         self.flusher = Flusher(
             store=self.store,
             backlog=self.backlog,
             wal=self.wal,
             health=self.health,
+            cache=self.cache,
             batch_max=settings.flush_batch_max,
             batch_max_bytes=settings.flush_batch_max_bytes,
             checkpoint_interval_s=settings.checkpoint_interval_s,
@@ -90,6 +96,7 @@ class Server:
             backlog=self.backlog,
             flusher=self.flusher,
             health=self.health,
+            cache=self.cache,
             status=self.status,
         )
         self.started_at = time.time()
@@ -419,6 +426,7 @@ class Server:
             backlog_bytes=self.backlog.bytes,
             oldest_unapplied_age_s=round(self.backlog.oldest_age_s(), 3),
             applied_records=self.flusher.applied_records,
+            cached_records=self.cache.size,
             drain_rate_per_s=self.flusher.drain_rate_per_s(),
         )
         return {

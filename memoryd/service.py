@@ -30,6 +30,7 @@ from memoryd.backlog import (
     merge_query,
     store_fetch_limit,
 )
+from memoryd.cache import RecentCache
 from memoryd.config import Settings
 from memoryd.errors import (
     BackendUnavailable,
@@ -96,6 +97,7 @@ class Service:
         backlog: Backlog,
         flusher: Flusher,
         health: Health,
+        cache: RecentCache,
         status: Callable[[], dict[str, Any]],
     ) -> None:
         self.settings = settings
@@ -104,6 +106,7 @@ class Service:
         self.backlog = backlog
         self.flusher = flusher
         self.health = health
+        self.cache = cache
         self._status = status
         self._agent_locks: dict[str, asyncio.Lock] = {}
         self.methods: dict[str, Handler] = {
@@ -400,7 +403,7 @@ class Service:
         """The record, None if it is known not to exist, else BackendUnavailable."""
         entries = await self._pending(agent_id)
         now_s = time.time()
-        stored: Record | None | Unknown = UNKNOWN
+        stored: Record | None | Unknown = self.cache.get(agent_id, record_id) or UNKNOWN
         if hides_store(entries):
             stored = None
         elif not self.health.store_down:
@@ -408,6 +411,8 @@ class Service:
                 stored = await self.store.get(agent_id, record_id, now_s)
             except (StoreUnavailable, StoreError) as exc:
                 self.health.store_failed(exc)
+            else:
+                self.cache.remember([stored] if stored is not None else [])
         record = merge_get(stored, entries, record_id, now_s)
         if record is UNKNOWN:
             raise BackendUnavailable(
@@ -428,7 +433,12 @@ class Service:
             except (StoreUnavailable, StoreError) as exc:
                 self.health.store_failed(exc)
                 degraded = True
-        records = merge_query(stored, entries, query, now_s) if entries else stored
+            else:
+                self.cache.remember(stored)
+        if degraded and not hides_store(entries):
+            stored = self.cache.records(agent_id)
+        merge = entries or degraded
+        records = merge_query(stored, entries, query, now_s) if merge else stored
         return {"records": records, "degraded": degraded}
 
     async def _exact_stats(self, agent_id: str) -> dict[str, Any]:

@@ -159,7 +159,10 @@ def test_sigterm_finishes_in_flight_store_durable_writes(
 def test_reads_of_unknown_records_while_the_store_is_down_say_so(
     private_redis: RedisServer, daemon_dir: Daemon
 ) -> None:
-    daemon_dir.env_overrides = {"MEMORYD_REDIS_URL": private_redis.url}
+    daemon_dir.env_overrides = {
+        "MEMORYD_REDIS_URL": private_redis.url,
+        "MEMORYD_DEGRADED_CACHE_PER_AGENT": "0",  # nothing cached: the store alone knows
+    }
     daemon = daemon_dir.start()
     with Client(daemon.socket_path, timeout_s=20) as client:
         stored = client.add("outage", "note", "in the store", durability="store")["id"]
@@ -237,3 +240,28 @@ def test_a_local_store_that_cannot_open_stops_the_start(daemon_dir: Daemon) -> N
     )
     assert result.returncode == 78
     assert "data_dir" in result.stderr.splitlines()[-1]
+
+
+def test_degraded_reads_answer_from_the_cache_and_the_backlog(
+    private_redis: RedisServer, daemon_dir: Daemon
+) -> None:
+    daemon_dir.env_overrides = {
+        "MEMORYD_REDIS_URL": private_redis.url,
+        "MEMORYD_DEGRADED_CACHE_PER_AGENT": "3",
+    }
+    daemon = daemon_dir.start()
+    with Client(daemon.socket_path, timeout_s=20) as client:
+        old = [client.add("cached", "note", n, durability="store")["id"] for n in range(5)]
+        private_redis.kill()
+        new = client.add("cached", "note", "while down")["id"]
+        started = time.monotonic()
+        answer = client.recent("cached", limit=10)
+        assert time.monotonic() - started < 2, "a degraded read must not wait on the store"
+        assert answer.degraded
+        # The newest 3 applied records (the cache) plus the one not yet applied.
+        assert [r["id"] for r in answer] == [new, *reversed(old[2:])]
+        assert client.get("cached", old[4])["content"] == 4
+        with pytest.raises(errors.BackendUnavailable):
+            client.get("cached", old[0], timeout_s=1)
+        status = client.status()
+        assert status["state"] == "degraded" and status["wal"]["cached_records"] == 3
