@@ -46,6 +46,30 @@ from memoryd_client.ids import new_id
 
 logger = logging.getLogger(__name__)
 
+# Settings SIGHUP applies to a running daemon; the others take a restart.
+RELOADABLE = frozenset(
+    {
+        "log_level",
+        "default_ttl_s",
+        "max_record_bytes",
+        "max_batch",
+        "sweep_interval_s",
+        "wal_max_bytes",
+        "min_free_disk_bytes",
+        "checkpoint_interval_s",
+        "flush_batch_max",
+        "flush_batch_max_bytes",
+        "degraded_cache_per_agent",
+        "degraded_cache_records",
+        "max_message_bytes",
+        "max_connections",
+        "max_inflight_per_connection",
+        "request_timeout_s",
+        "read_barrier_timeout_s",
+        "shutdown_timeout_s",
+    }
+)
+
 WAL_DIR_NAME = "wal"
 LOCK_NAME = "memoryd.lock"
 MARKER_NAME = "store-marker"
@@ -392,15 +416,48 @@ class Server:
         self.should_exit.set()
 
     def _handle_reload(self) -> None:
+        """SIGHUP: take the settings that can change at run time; keep the rest.
+
+        A config that does not load keeps the running one, whole.
+        """
         if self._reload is None:
             return
+        self.notifier.reloading()
         try:
             settings = self._reload()
         except ConfigError as exc:
             logger.error("SIGHUP: config not reloaded, keeping the running one: %s", exc)
+            self.notifier.ready(self._status_line())
             return
+        pending = sorted(
+            name
+            for name in type(settings).model_fields
+            if name not in RELOADABLE and getattr(settings, name) != getattr(self.settings, name)
+        )
+        if pending:
+            logger.warning("SIGHUP: %s changed; that takes a restart", ", ".join(pending))
+        self._apply_settings(settings.model_copy(update=self._fixed_values()))
+        logger.info("SIGHUP: settings reloaded")
+        self.notifier.ready(self._status_line())
+
+    def _fixed_values(self) -> dict[str, Any]:
+        return {
+            name: getattr(self.settings, name)
+            for name in type(self.settings).model_fields
+            if name not in RELOADABLE
+        }
+
+    def _apply_settings(self, settings: Settings) -> None:
+        self.settings = settings
+        self.service.settings = settings
+        self.wal.max_bytes = settings.wal_max_bytes
+        self.wal.min_free_disk_bytes = settings.min_free_disk_bytes
+        self.flusher.batch_max = settings.flush_batch_max
+        self.flusher.batch_max_bytes = settings.flush_batch_max_bytes
+        self.flusher.checkpoint_interval_s = settings.checkpoint_interval_s
+        self.cache.per_agent = settings.degraded_cache_per_agent
+        self.cache.max_records = settings.degraded_cache_records
         logging.getLogger("memoryd").setLevel(settings.log_level)
-        logger.info("SIGHUP: log level now %s", settings.log_level)
 
     # ------------------------------------------------------------ status
 

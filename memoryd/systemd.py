@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +41,10 @@ class Notifier:
 
     def stopping(self) -> None:
         self.notify("STOPPING=1", "STATUS=shutting down")
+
+    def reloading(self) -> None:
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading")
 
     def watchdog(self) -> None:
         self.notify("WATCHDOG=1")

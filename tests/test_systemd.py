@@ -71,3 +71,34 @@ def test_state_changes_reach_systemd_as_status(daemon: Daemon) -> None:
         )
     finally:
         redis_server.cleanup()
+
+
+def test_sighup_reloads_limits_and_keeps_the_running_config_when_the_new_one_is_bad(
+    daemon: Daemon,
+) -> None:
+    import signal
+
+    from memoryd_client import errors
+
+    config = daemon.directory / "memoryd.toml"
+    config.write_text("max_batch = 5\n")
+    daemon.start("--config", str(config))
+    assert daemon.notify is not None
+    records = [{"agent_id": "reload", "type": "note", "content": n} for n in range(8)]
+    with Client(daemon.socket_path, retry=False) as client:
+        with pytest.raises(errors.TooLarge):
+            client.add_many(records)
+
+        config.write_text("max_batch = 10\nwal_fsync = 'no'\n")
+        daemon.signal(signal.SIGHUP)
+        wait_until(lambda: "SIGHUP: settings reloaded" in daemon.log(), 10, "the reload")
+        assert len(client.add_many(records)) == 8
+        assert "wal_fsync changed; that takes a restart" in daemon.log()
+        assert client.status()["wal"]["fsync"] == "always"
+        assert any("RELOADING=1" in m.splitlines() for m in daemon.notify.poll())
+
+        config.write_text("max_batch = 0\n")  # invalid: the running config stays
+        daemon.signal(signal.SIGHUP)
+        wait_until(lambda: "keeping the running one" in daemon.log(), 10, "the refusal")
+        assert len(client.add_many(records)) == 8
+        assert client.ping() == "pong"
