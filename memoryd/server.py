@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -235,10 +236,15 @@ class Server:
                 connection.transport.close()
         if self.fatal_error is None and self._lock_fd is not None:
             await self.wal.close()
+        else:
+            self.wal.abandon()
         await self.store.close()
         if self._owns_socket:
             with contextlib.suppress(FileNotFoundError):
                 self.settings.socket_path.unlink()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the data_dir lock
+            self._lock_fd = None
         logger.info("stopped")
 
     async def _stop_background_tasks(self, deadline: float) -> bool:
@@ -396,12 +402,16 @@ class Server:
     # ------------------------------------------------------------ signals
 
     def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # embedded (tests): whoever runs us sets should_exit
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._handle_exit, signum)
         loop.add_signal_handler(signal.SIGHUP, self._handle_reload)
 
     def _remove_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)

@@ -426,6 +426,16 @@ class Wal:
             os.close(fd)
         self._retired_fds.clear()
 
+    def abandon(self) -> None:
+        """Release the files without writing or syncing anything more (after
+        an fdatasync failure, whatever is unsynced stays unacknowledged)."""
+        if self._segment is not None:
+            os.close(self._segment.fd)
+            self._segment = None
+        for fd in self._retired_fds:
+            os.close(fd)
+        self._retired_fds.clear()
+
     # ----------------------------------------------------------- appending
 
     async def append(self, ops: Sequence[Op]) -> list[int]:
