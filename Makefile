@@ -32,7 +32,7 @@ PYPROJECTS := pyproject.toml libclient/pyproject.toml
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 
-.PHONY: help run test lint typecheck pytest install install-test redis-server clean
+.PHONY: help run test lint typecheck pytest drill install install-test redis-server clean
 
 help:
 	@echo "make run        install into .venv and run memoryd in the foreground (socket under $(RUN_DIR))"
@@ -40,6 +40,7 @@ help:
 	@echo "make lint       ruff check + ruff format --check"
 	@echo "make typecheck  mypy --strict"
 	@echo "make pytest     the test suite only"
+	@echo "make drill      a minute of writes through a Redis outage and a kill -9; nothing may be lost"
 	@echo "make clean      remove .venv, .run and caches"
 
 # ---------------------------------------------------------------- environment
@@ -117,6 +118,10 @@ typecheck: $(STAMP_TEST)
 
 pytest: $(STAMP_TEST) redis-server
 	$(BIN)/python -m pytest
+
+# The fault drill: real Redis and daemon, Redis killed for 20 s, then the daemon killed -9.
+drill: $(STAMP_TEST) redis-server
+	$(BIN)/python -m tests.drill $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) .mypy_cache .ruff_cache .pytest_cache .hypothesis build
