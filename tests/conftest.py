@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.harness import RedisServer
+from tests.harness import Daemon, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -31,3 +31,23 @@ def redis_conn(redis_server: RedisServer) -> Iterator[redis.Redis]:
     """A plain blocking connection, to look at what the daemon stored."""
     with redis.Redis(unix_socket_path=str(redis_server.socket_path)) as conn:
         yield conn
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A Redis of the test's own, to kill, freeze or restart."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def daemon_dir() -> Iterator[Daemon]:
+    """A daemon not yet started: set env_overrides, then start() it."""
+    daemon = Daemon()
+    try:
+        yield daemon
+    finally:
+        daemon.cleanup()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 
@@ -12,24 +11,6 @@ from memoryd.ops import Put
 from memoryd.wal import segment_name
 from memoryd_client import Client
 from tests.harness import Daemon, RedisServer, wait_until
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
-@pytest.fixture
-def daemon_dir() -> Iterator[Daemon]:
-    daemon = Daemon()
-    try:
-        yield daemon
-    finally:
-        daemon.cleanup()
 
 
 def status_exit(daemon: Daemon) -> tuple[int, str]:

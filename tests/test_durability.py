@@ -6,32 +6,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 import redis
 
 from memoryd_client import Client, errors
 from tests.harness import Daemon, RedisServer, wait_until
-
-
-@pytest.fixture
-def private_redis() -> Iterator[RedisServer]:
-    """A Redis of the test's own, to kill and freeze."""
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
-@pytest.fixture
-def daemon_dir() -> Iterator[Daemon]:
-    daemon = Daemon()
-    try:
-        yield daemon
-    finally:
-        daemon.cleanup()
 
 
 def stored_ids(server: RedisServer, agent_id: str) -> list[bytes]:
