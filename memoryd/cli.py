@@ -218,11 +218,16 @@ def render_status(s: dict[str, Any]) -> str:
         f"oldest {wal['oldest_unapplied_age_s']:.1f}s  applied {wal['applied_records']}  "
         f"drain {wal['drain_rate_per_s']}/s",
     ]
-    damage = (wal["corrupt_records"], wal["torn_tail_bytes"], wal["quarantined_segments"])
+    damage = (
+        wal["corrupt_records"],
+        wal["torn_tail_bytes"],
+        wal["quarantined_segments"],
+        wal["missing_records"],
+    )
     if any(damage):
         lines.append(
             f"damage     {damage[0]} corrupt records skipped, {damage[1]} torn bytes cut, "
-            f"{damage[2]} segments quarantined"
+            f"{damage[2]} segments quarantined, {damage[3]} records missing"
         )
     lines.append(
         f"process    rss {_bytes(proc['rss_bytes'])}  "

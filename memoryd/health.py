@@ -45,6 +45,7 @@ class Health:
         on_change: Callable[[State, str], None] = lambda state, why: None,
         check_store: Callable[[], Awaitable[None]] | None = None,
         check_store_every: int = 5,
+        wal_has_room: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
         self._backlog_size = backlog_size
@@ -58,6 +59,9 @@ class Health:
         # and every few probes: a quick restart can fall between two probes.
         self.check_store = check_store
         self.check_store_every = check_store_every
+        # A full WAL clears on the next accepted write, or here once there is
+        # room again, so `failing` does not outlast its cause when nobody writes.
+        self._wal_has_room = wal_has_room
         self._probes = 0
         self.state = State.HEALTHY
         self.since = time.time()
@@ -158,6 +162,8 @@ class Health:
 
     async def _probe(self) -> None:
         self._probes += 1
+        if self.wal_full_reason is not None and self._wal_has_room():
+            self.wal_has_room()
         try:
             latency_s = await asyncio.wait_for(self.store.ping(), self.probe_timeout_s)
         except (StoreUnavailable, StoreError, TimeoutError) as exc:
@@ -173,6 +179,7 @@ class Health:
                 return
             self._draining = self._backlog_size() > 0
             self._store_reachable.set()
+            self.last_error = None
             self._update(
                 "store reachable again" + ("; draining the backlog" if self._draining else "")
             )

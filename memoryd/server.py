@@ -99,6 +99,7 @@ class Server:
             backlog_size=lambda: len(self.backlog),
             on_change=self._state_changed,
             check_store=self.check_store_marker,
+            wal_has_room=self.wal.has_room,
         )
         self.cache = RecentCache(
             per_agent=settings.degraded_cache_per_agent,
@@ -204,7 +205,7 @@ class Server:
             self.alerts.raise_alert(
                 "wal_missing_records",
                 f"{recovery.missing_records} unapplied WAL records are missing (a segment "
-                "file was removed or lost)",
+                "file was removed or lost, or its bytes were quarantined)",
             )
         if recovery.checkpoint_ahead_by:
             self.alerts.raise_alert(

@@ -9,8 +9,8 @@ Layout under ``<data_dir>/wal/``:
 
 A frame is ``length u32 | crc32 u32 | seq u64 | payload``, little-endian; the
 checksum covers length, seq and payload, so a torn or garbled frame is never
-taken for a good one.  Sequence numbers strictly increase (a failed write may
-leave a gap).
+taken for a good one.  Sequence numbers strictly increase without gaps (a
+failed write gives its numbers back), so a gap means lost data.
 
 Group commit: appends made during one loop iteration are written together and
 covered by one fdatasync, run in a worker thread so the loop keeps accepting
@@ -157,20 +157,30 @@ def list_segments(wal_dir: Path) -> list[Path]:
 def read_checkpoint(wal_dir: Path) -> int:
     """The applied sequence number on disk; 0 when missing or unreadable
     (replaying everything again is safe: every apply is idempotent)."""
+    return _checkpoint_fields(wal_dir)[0]
+
+
+def _checkpoint_fields(wal_dir: Path) -> tuple[int, int]:
+    """(applied_seq, synced_seq) of the checkpoint; zeros when there is none."""
     try:
         data = json.loads((wal_dir / CHECKPOINT_NAME).read_text())
         applied = int(data["applied_seq"])
+        synced = int(data.get("synced_seq", 0))
     except FileNotFoundError:
-        return 0
-    except (ValueError, KeyError, TypeError, OSError) as exc:
+        return 0, 0
+    except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
         logger.warning("WAL checkpoint unreadable (%s); replaying every segment", exc)
-        return 0
-    return max(applied, 0)
+        return 0, 0
+    return max(applied, 0), max(synced, 0)
 
 
-def write_checkpoint(wal_dir: Path, applied_seq: int) -> None:
+def write_checkpoint(wal_dir: Path, applied_seq: int, synced_seq: int = 0) -> None:
+    """Record what the store applied, and how far the log was synced then:
+    a later start that finds less on disk knows segments went missing."""
     tmp = wal_dir / (CHECKPOINT_NAME + ".tmp")
-    body = json.dumps({"applied_seq": applied_seq, "written_at": time.time()})
+    body = json.dumps(
+        {"applied_seq": applied_seq, "synced_seq": synced_seq, "written_at": time.time()}
+    )
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, body.encode())
@@ -297,7 +307,8 @@ def recover(wal_dir: Path) -> Recovery:
     wal_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         (wal_dir / (CHECKPOINT_NAME + ".tmp")).unlink()
-    result = Recovery(applied_seq=read_checkpoint(wal_dir))
+    applied_seq, synced_seq = _checkpoint_fields(wal_dir)
+    result = Recovery(applied_seq=applied_seq)
     result.last_seq = result.applied_seq
     newest_on_disk = 0
     for path in list_segments(wal_dir):
@@ -322,6 +333,9 @@ def recover(wal_dir: Path) -> Recovery:
         newest_on_disk = max(newest_on_disk, scan.last_seq)
     if result.segments and newest_on_disk < result.applied_seq:
         result.checkpoint_ahead_by = result.applied_seq - newest_on_disk
+    # Synced before the checkpoint was written, yet gone: the newest segments
+    # were lost (a gap between segments would not show it).
+    result.missing_records += max(0, synced_seq - max(newest_on_disk, result.applied_seq))
     if result.corrupt_records:
         logger.warning("WAL: %d damaged records skipped", result.corrupt_records)
     return result
@@ -379,7 +393,7 @@ class Wal:
         self.total_bytes = 0
         self._buffer: list[Entry] = []
         self._frames: list[bytes] = []
-        self._unsynced: list[Entry] = []
+        self._awaiting_sync: list[Entry] = []
         self._waiters: list[_Waiter] = []
         self._flush_scheduled = False
         self._sync_task: asyncio.Task[None] | None = None
@@ -415,7 +429,8 @@ class Wal:
             self._everysec_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._everysec_task
-        if self._unsynced and self.fatal_error is None:
+        if self.fatal_error is None and self.written_seq > self.synced_seq:
+            # Even under `no`: a clean stop leaves nothing to the page cache.
             self._start_sync()
             assert self._sync_task is not None
             await self._sync_task
@@ -483,11 +498,11 @@ class Wal:
             self._fail_waiters(entries[0].seq, entries[-1].seq, _write_error(exc))
             return
         self.written_seq = entries[-1].seq
-        if self.fsync_policy != "no":
-            self._unsynced.extend(entries)
         if self.fsync_policy != "always":
             self._deliver(entries)
-        elif self._sync_task is None:
+            return
+        self._awaiting_sync.extend(entries)
+        if self._sync_task is None:
             self._start_sync()
 
     def _write(self, frames: list[bytes], first_seq: int) -> None:
@@ -508,6 +523,13 @@ class Wal:
             raise
         segment.size += len(data)
         self.total_bytes += len(data)
+
+    def has_room(self) -> bool:
+        """Whether a small write would pass both bounds now."""
+        return (
+            self.total_bytes < self.max_bytes
+            and self.free_disk_bytes() >= self.min_free_disk_bytes + 64 * 1024
+        )
 
     def free_disk_bytes(self) -> int:
         """Free space for the WAL, looked up at most twice a second."""
@@ -550,15 +572,18 @@ class Wal:
     # ----------------------------------------------------------- syncing
 
     def _start_sync(self) -> None:
-        entries, self._unsynced = self._unsynced, []
+        """Sync everything written so far: it is all in the files already."""
+        entries, self._awaiting_sync = self._awaiting_sync, []
         fds = [*self._retired_fds]
         retired, self._retired_fds = self._retired_fds, []
         if self._segment is not None:
             fds.append(self._segment.fd)
         loop = asyncio.get_running_loop()
-        self._sync_task = loop.create_task(self._sync(fds, retired, entries))
+        self._sync_task = loop.create_task(self._sync(fds, retired, entries, self.written_seq))
 
-    async def _sync(self, fds: list[int], retired: list[int], entries: list[Entry]) -> None:
+    async def _sync(
+        self, fds: list[int], retired: list[int], entries: list[Entry], upto_seq: int
+    ) -> None:
         try:
             await asyncio.get_running_loop().run_in_executor(None, _fdatasync_all, fds)
         except OSError as exc:
@@ -567,18 +592,18 @@ class Wal:
         finally:
             for fd in retired:
                 os.close(fd)
-        if entries:
-            self.synced_seq = entries[-1].seq
-            if self.fsync_policy == "always":
-                self._deliver(entries)
+        self.synced_seq = max(self.synced_seq, upto_seq)
+        if entries and self.fsync_policy == "always":
+            self._deliver(entries)
         self._sync_task = None
-        if self._unsynced and self.fsync_policy == "always":
+        if self._awaiting_sync and self.fsync_policy == "always":
             self._start_sync()
 
     async def _sync_every_second(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            if (self._unsynced or self._retired_fds) and self._sync_task is None:
+            unsynced = self.written_seq > self.synced_seq or self._retired_fds
+            if unsynced and self._sync_task is None:
                 self._start_sync()
 
     def _fatal(self, exc: OSError) -> None:
@@ -635,7 +660,9 @@ class Wal:
         if applied_seq <= self.applied_seq:
             return
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, write_checkpoint, self.wal_dir, applied_seq)
+        await loop.run_in_executor(
+            None, write_checkpoint, self.wal_dir, applied_seq, self.synced_seq
+        )
         self.applied_seq = applied_seq
         for path in list(self._deletable_segments(applied_seq)):
             size = path.stat().st_size

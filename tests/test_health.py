@@ -43,3 +43,17 @@ async def test_recovery_needs_several_probes_then_drains(tmp_path: Path) -> None
     health.store_succeeded(0.001)
     assert health.state is State.HEALTHY
     await store.close()
+
+
+async def test_failing_clears_once_the_wal_has_room_even_without_writes(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path, max_memories=10)
+    await store.open()
+    room = [False]
+    health = Health(store, backlog_size=lambda: 0, wal_has_room=lambda: room[0])
+    health.wal_full("wal_max_bytes reached")
+    await health._probe()
+    assert health.state is State.FAILING
+    room[0] = True
+    await health._probe()
+    assert health.state is State.HEALTHY
+    await store.close()

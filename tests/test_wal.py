@@ -310,3 +310,36 @@ async def test_free_disk_watermark_refuses_writes(tmp_path: Path) -> None:
     reopened, _ = make_wal(tmp_path)
     assert reopened.open().entries == []
     await reopened.close()
+
+
+async def test_losing_the_newest_segment_is_counted_as_missing(tmp_path: Path) -> None:
+    wal, _ = make_wal(tmp_path, segment_bytes=4096, fsync="always")
+    wal.open()
+    for n in range(1, 101):
+        await wal.append([Put.of(record(n))])
+    await wal.checkpoint(10)  # also records how far the log was synced: 100
+    await wal.close()
+    before = len(recover(tmp_path).entries)
+    list_segments(tmp_path)[-1].unlink()
+    recovery = recover(tmp_path)
+    assert recovery.missing_records == before - len(recovery.entries) > 0
+    assert recovery.damaged
+
+
+async def test_close_syncs_even_under_fsync_no(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    synced: list[int] = []
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(wal_module.os, "fdatasync", counting)
+    wal, _ = make_wal(tmp_path, fsync="no")
+    wal.open()
+    await wal.append([Put.of(record(1))])
+    assert synced == []
+    await wal.close()
+    assert synced, "a clean close must leave nothing only in the page cache"

@@ -261,6 +261,9 @@ class RedisStore:
         with _translated("marker"):
             await client.set(self._keys.marker, candidate, nx=True)
             token = await client.get(self._keys.marker)
+            if self._server_version is None:  # opened while Redis was down
+                info = await client.info("server")
+                self._server_version = str(info.get("redis_version", "")) or None
         return _text(token) if token is not None else candidate
 
     # -- writes -------------------------------------------------------------
