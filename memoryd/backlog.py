@@ -87,6 +87,9 @@ class Backlog:
     def agent_ids(self) -> Iterable[str]:
         return self._by_agent.keys()
 
+    def newest_seq(self) -> int:
+        return self._queue[-1].entry.seq if self._queue else 0
+
     def oldest_age_s(self) -> float:
         return time.monotonic() - self._queue[0].queued_at if self._queue else 0.0
 

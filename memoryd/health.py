@@ -37,6 +37,8 @@ class Health:
         store: Store,
         *,
         backlog_size: Callable[[], int],
+        newest_queued_seq: Callable[[], int] = lambda: 0,
+        applied_seq: Callable[[], int] = lambda: 0,
         probe_interval_s: float = 1.0,
         probe_timeout_s: float = 0.5,
         backoff_base_s: float = 0.2,
@@ -49,6 +51,8 @@ class Health:
     ) -> None:
         self.store = store
         self._backlog_size = backlog_size
+        self._newest_queued_seq = newest_queued_seq
+        self._applied_seq = applied_seq
         self.probe_interval_s = probe_interval_s
         self.probe_timeout_s = probe_timeout_s
         self.backoff_base_s = backoff_base_s
@@ -76,6 +80,9 @@ class Health:
         self._store_reachable = asyncio.Event()
         self._store_reachable.set()
         self._draining = False
+        # Recovery is over once what queued up during the outage is applied;
+        # new writes keep arriving meanwhile, so "backlog empty" may never be seen.
+        self._recovered_at_seq = 0
         self._failures = 0
         self._successes = 0
         self._wake_probe = asyncio.Event()
@@ -118,9 +125,9 @@ class Health:
 
     def store_succeeded(self, latency_s: float) -> None:
         self.ping_latency_s = latency_s
-        if self._draining and self._backlog_size() == 0:
+        if self._draining and self._applied_seq() >= self._recovered_at_seq:
             self._draining = False
-            self._update("backlog drained")
+            self._update("what queued up during the outage is applied")
 
     def wal_failed(self, reason: str) -> None:
         """The WAL cannot take writes (an fdatasync failed): for good."""
@@ -178,14 +185,15 @@ class Health:
             if not await self._check_store():
                 return
             self._draining = self._backlog_size() > 0
+            self._recovered_at_seq = self._newest_queued_seq()
             self._store_reachable.set()
             self.last_error = None
             self._update(
                 "store reachable again" + ("; draining the backlog" if self._draining else "")
             )
-        elif self._draining and self._backlog_size() == 0:
+        elif self._draining and self._applied_seq() >= self._recovered_at_seq:
             self._draining = False
-            self._update("backlog drained")
+            self._update("what queued up during the outage is applied")
         elif not self.store_down and self._probes % self.check_store_every == 0:
             await self._check_store()
 

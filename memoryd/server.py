@@ -97,6 +97,8 @@ class Server:
         self.health = Health(
             self.store,
             backlog_size=lambda: len(self.backlog),
+            newest_queued_seq=self.backlog.newest_seq,
+            applied_seq=lambda: self.flusher.applied_seq,
             on_change=self._state_changed,
             check_store=self.check_store_marker,
             wal_has_room=self.wal.has_room,

@@ -94,6 +94,15 @@ class Ledger:
         with self._lock:
             return self.errors[name]
 
+    def wait_more_acks(self, more: int, timeout_s: float) -> bool:
+        """Whether ``more`` writes are acknowledged from now within ``timeout_s``."""
+        target = self.ack_count() + more
+        return poll(lambda: self.ack_count() >= target, timeout_s)
+
+    def wait_errors_above(self, name: str, count: int, timeout_s: float) -> bool:
+        """Whether there are more than ``count`` errors ``name`` within ``timeout_s``."""
+        return poll(lambda: self.error_count(name) > count, timeout_s)
+
     def acked_between(self, start: float, end: float) -> int:
         """Writes sent at or after ``start`` and acknowledged at or before ``end``."""
         with self._lock:
@@ -178,8 +187,9 @@ class Writers:
                 ids = [f"{self.id_prefix}w{index}n{sequence + k}" for k in range(size)]
                 sequence += size
                 if not self._write(client, agent_id, ids):
-                    # The daemon is gone or restarting: do not spin.
-                    self._stop.wait(0.02)
+                    # The daemon is gone or restarting: do not spin (and do
+                    # not steal the CPU its start needs).
+                    self._stop.wait(0.05)
                 elif self.pause_s:
                     self._stop.wait(self.pause_s)
         finally:
@@ -267,19 +277,30 @@ def check_redis(conn: redis.Redis, ledger: Ledger) -> list[str]:
 
 def check_agent(conn: redis.Redis, ledger: Ledger, agent_id: str) -> list[str]:
     keys = _keys(agent_id)
-    problems: list[str] = []
     where = f"agent {agent_id}:"
     scored = [(_text(i), score) for i, score in conn.zrange(keys["list"], 0, -1, withscores=True)]
     listed = {record_id for record_id, _ in scored}
+    problems = _check_ids(conn, ledger, agent_id, keys, listed)
     if len(listed) != len(scored):
         problems.append(f"{where} ids listed more than once")
+    total_bytes, damaged = _check_records(conn, keys, agent_id, scored)
+    if damaged:
+        problems.append(f"{where} {len(damaged)} damaged records: {damaged[:5]}")
+    return problems + _check_counts(conn, keys, where, listed, total_bytes)
+
+
+def _check_ids(
+    conn: redis.Redis, ledger: Ledger, agent_id: str, keys: dict[str, str], listed: set[str]
+) -> list[str]:
+    """Acknowledged ids present, no id nobody wrote, records and index agree."""
+    where = f"agent {agent_id}:"
+    problems: list[str] = []
     hashed = {
         _text(key)[len(keys["memory"]) :]
         for key in conn.scan_iter(match=keys["memory"] + "*", count=1000)
     }
     issued = {i for i, a in ledger.issued.items() if a == agent_id}
     acked = {i for i in ledger.acked if ledger.issued[i] == agent_id}
-
     if missing := acked - listed:
         problems.append(f"{where} {len(missing)} acknowledged ids not listed: {_some(missing)}")
     if missing_hash := acked - hashed:
@@ -292,11 +313,14 @@ def check_agent(conn: redis.Redis, ledger: Ledger, agent_id: str) -> list[str]:
         problems.append(f"{where} HASHes without an index entry: {_some(orphans)}")
     if dangling := listed - hashed:
         problems.append(f"{where} index entries without a HASH: {_some(dangling)}")
+    return problems
 
-    total_bytes, damaged = _check_records(conn, keys, agent_id, scored)
-    if damaged:
-        problems.append(f"{where} {len(damaged)} damaged records: {damaged[:5]}")
 
+def _check_counts(
+    conn: redis.Redis, keys: dict[str, str], where: str, listed: set[str], total_bytes: int
+) -> list[str]:
+    """The stats HASH, the types HASH and the type indexes against the records."""
+    problems: list[str] = []
     stats = {_text(k): _text(v) for k, v in conn.hgetall(keys["stats"]).items()}
     if listed:
         if int(stats.get("count", -1)) != len(listed):
@@ -305,7 +329,6 @@ def check_agent(conn: redis.Redis, ledger: Ledger, agent_id: str) -> list[str]:
             problems.append(f"{where} stats bytes {stats.get('bytes')} != stored {total_bytes}")
     elif stats:
         problems.append(f"{where} stats {stats} left for an agent without records")
-
     expected_types = Counter(type_for(i) for i in listed)
     types = {_text(k): int(v) for k, v in conn.hgetall(keys["types"]).items()}
     if types != dict(expected_types):

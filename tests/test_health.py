@@ -28,18 +28,31 @@ async def test_a_full_wal_does_not_hide_a_down_store(tmp_path: Path) -> None:
     assert changes == [State.DEGRADED, State.FAILING, State.DEGRADED]
 
 
-async def test_recovery_needs_several_probes_then_drains(tmp_path: Path) -> None:
-    backlog = [3]
+async def test_recovery_needs_several_probes_then_ends_when_the_outage_backlog_is_applied(
+    tmp_path: Path,
+) -> None:
     store = LocalStore(tmp_path, max_memories=10)
     await store.open()
-    health = Health(store, backlog_size=lambda: backlog[0], successes_to_recover=3)
+    queued, applied = [3, 7], [0]  # backlog size, newest queued seq
+    health = Health(
+        store,
+        backlog_size=lambda: queued[0],
+        newest_queued_seq=lambda: queued[1],
+        applied_seq=lambda: applied[0],
+        successes_to_recover=3,
+    )
     health.store_failed(StoreUnavailable("connection refused"))
     for _ in range(2):
         await health._probe()
         assert health.state is State.DEGRADED
     await health._probe()
     assert health.state is State.RECOVERING and not health.store_down
-    backlog[0] = 0
+    # New writes keep the backlog from ever being empty: that must not matter.
+    queued[:] = [5, 12]
+    applied[0] = 6
+    health.store_succeeded(0.001)
+    assert health.state is State.RECOVERING
+    applied[0] = 7
     health.store_succeeded(0.001)
     assert health.state is State.HEALTHY
     await store.close()
