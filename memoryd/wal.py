@@ -49,6 +49,9 @@ CHECKPOINT_NAME = "checkpoint"
 QUARANTINE_DIR = "quarantine"
 # A frame longer than this is damage, not data: records are bounded far below.
 MAX_FRAME_PAYLOAD_BYTES = 256 * 1024 * 1024
+# How far past an unreadable point recovery looks for an intact frame, to tell
+# a torn tail (nothing intact after it) from damage (good records after it).
+LOOKAHEAD_BYTES = 1024 * 1024
 
 FsyncPolicy = Literal["always", "everysec", "no"]
 
@@ -99,49 +102,94 @@ class SegmentScan:
     quarantined_bytes: int = 0
 
 
+def _frame_at(data: bytes, offset: int, min_seq: int) -> tuple[int, int, bytes] | None:
+    """(seq, end offset, payload) of an intact frame at ``offset``, else None."""
+    if len(data) - offset < FRAME.size:
+        return None
+    length, crc, seq = FRAME.unpack_from(data, offset)
+    start = offset + FRAME.size
+    if length > MAX_FRAME_PAYLOAD_BYTES or start + length > len(data) or seq < min_seq:
+        return None
+    payload = data[start : start + length]
+    if zlib.crc32(payload, zlib.crc32(_CRC_PREFIX.pack(length, seq))) != crc:
+        return None
+    return seq, start + length, payload
+
+
+def _intact_frame_after(data: bytes, offset: int, min_seq: int) -> bool:
+    """Whether an intact frame starts somewhere after ``offset`` (looking a bounded way)."""
+    last = min(len(data), offset + LOOKAHEAD_BYTES) - FRAME.size
+    return any(_frame_at(data, at, min_seq) for at in range(offset + 1, last + 1))
+
+
+def _end_of_bad_frame(data: bytes, offset: int, min_seq: int) -> int | None:
+    """Where a whole frame with a bad checksum ends, if its length can be
+    trusted: an intact frame follows it.  None otherwise."""
+    if len(data) - offset < FRAME.size:
+        return None
+    length, _, seq = FRAME.unpack_from(data, offset)
+    after = offset + FRAME.size + length
+    if length > MAX_FRAME_PAYLOAD_BYTES or after >= len(data) or seq < min_seq:
+        return None
+    return after if _frame_at(data, after, min_seq) is not None else None
+
+
 def _read_frames(data: bytes, scan: SegmentScan, after_seq: int) -> None:
-    """Fill ``scan`` from a segment's bytes; stops at the first unreadable point."""
+    """Fill ``scan`` from a segment's bytes, up to the first point it cannot read past.
+
+    That point is a torn tail when nothing intact follows it (the end of a
+    write cut short: zeros, half a frame), else damage to quarantine.  A bad
+    frame is skipped only when an intact frame follows it, so a garbled
+    length never makes us skip, or cut away, good records.
+    """
     offset = len(MAGIC)
-    end = len(data)
-    while offset < end:
-        if end - offset < FRAME.size:
-            scan.torn_tail_bytes = end - offset
-            return
-        length, crc, seq = FRAME.unpack_from(data, offset)
-        payload_start = offset + FRAME.size
-        if length > MAX_FRAME_PAYLOAD_BYTES or seq <= scan.last_seq:
-            scan.quarantined_bytes = end - offset
-            return
-        if payload_start + length > end:
-            scan.torn_tail_bytes = end - offset
-            return
-        payload = data[payload_start : payload_start + length]
-        offset = payload_start + length
-        if zlib.crc32(payload, zlib.crc32(_CRC_PREFIX.pack(length, seq))) != crc:
-            # A complete frame with a bad checksum: skip it, the next one may be fine.
-            scan.corrupt_records += 1
+    while offset < len(data):
+        frame = _frame_at(data, offset, scan.last_seq + 1)
+        if frame is not None:
+            seq, offset, payload = frame
+            scan.last_seq = seq
             scan.valid_bytes = offset
+            if seq > after_seq:
+                _keep(scan, seq, payload)
             continue
-        scan.last_seq = seq
-        scan.valid_bytes = offset
-        if seq <= after_seq:
-            continue
-        try:
-            scan.entries.append(Entry(seq, decode_op(payload)))
-        except OpDecodeError:
+        skip_to = _end_of_bad_frame(data, offset, scan.last_seq + 1)
+        if skip_to is not None:
             scan.corrupt_records += 1
+            scan.valid_bytes = offset = skip_to
+            continue
+        if _intact_frame_after(data, offset, scan.last_seq + 1):
+            scan.quarantined_bytes = len(data) - offset
+        else:
+            scan.torn_tail_bytes = len(data) - offset
+        return
 
 
-def scan_segment(path: Path, after_seq: int) -> SegmentScan:
-    """Read one segment, keeping the entries with a sequence number above ``after_seq``."""
+def _keep(scan: SegmentScan, seq: int, payload: bytes) -> None:
+    try:
+        scan.entries.append(Entry(seq, decode_op(payload)))
+    except OpDecodeError:
+        scan.corrupt_records += 1
+
+
+def scan_segment(path: Path, after_seq: int, *, newest: bool = True) -> SegmentScan:
+    """Read one segment, keeping the entries with a sequence number above ``after_seq``.
+
+    Only the newest segment can end in a torn write; in an older one the same
+    bytes are damage (it was complete when the next one started).
+    """
     first_seq = int(path.name.removesuffix(SEGMENT_SUFFIX))
     scan = SegmentScan(path, first_seq, last_seq=first_seq - 1)
     data = path.read_bytes()
     if data[: len(MAGIC)] != MAGIC:
-        scan.quarantined_bytes = len(data)
+        if newest and (MAGIC.startswith(data) or not data.strip(b"\0")):
+            scan.torn_tail_bytes = len(data)  # created, cut before its header was whole
+        else:
+            scan.quarantined_bytes = len(data)
         return scan
     scan.valid_bytes = len(MAGIC)
     _read_frames(data, scan, after_seq)
+    if scan.torn_tail_bytes and not newest:
+        scan.quarantined_bytes, scan.torn_tail_bytes = scan.torn_tail_bytes, 0
     return scan
 
 
@@ -160,18 +208,18 @@ def read_checkpoint(wal_dir: Path) -> int:
     return _checkpoint_fields(wal_dir)[0]
 
 
-def _checkpoint_fields(wal_dir: Path) -> tuple[int, int]:
-    """(applied_seq, synced_seq) of the checkpoint; zeros when there is none."""
+def _checkpoint_fields(wal_dir: Path) -> tuple[int, int, bool]:
+    """(applied_seq, synced_seq, whether a checkpoint was read); zeros when none."""
     try:
         data = json.loads((wal_dir / CHECKPOINT_NAME).read_text())
         applied = int(data["applied_seq"])
         synced = int(data.get("synced_seq", 0))
     except FileNotFoundError:
-        return 0, 0
+        return 0, 0, False
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
         logger.warning("WAL checkpoint unreadable (%s); replaying every segment", exc)
-        return 0, 0
-    return max(applied, 0), max(synced, 0)
+        return 0, 0, False
+    return max(applied, 0), max(synced, 0), True
 
 
 def write_checkpoint(wal_dir: Path, applied_seq: int, synced_seq: int = 0) -> None:
@@ -207,8 +255,8 @@ class SegmentReport:
     unreadable_bytes: int
 
 
-def _report(path: Path, applied_seq: int) -> SegmentReport:
-    scan = scan_segment(path, 0)
+def _report(path: Path, applied_seq: int, newest: bool) -> SegmentReport:
+    scan = scan_segment(path, 0, newest=newest)
     seqs = [entry.seq for entry in scan.entries]
     return SegmentReport(
         name=path.name,
@@ -230,7 +278,8 @@ def inspect_wal(wal_dir: Path) -> dict[str, Any]:
     torn tail that is only a write in progress.
     """
     applied_seq = read_checkpoint(wal_dir)
-    segments = [_report(path, applied_seq) for path in list_segments(wal_dir)]
+    paths = list_segments(wal_dir)
+    segments = [_report(path, applied_seq, path == paths[-1]) for path in paths]
     quarantine = wal_dir / QUARANTINE_DIR
     quarantined = sorted(quarantine.iterdir()) if quarantine.is_dir() else []
     return {
@@ -307,15 +356,18 @@ def recover(wal_dir: Path) -> Recovery:
     wal_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         (wal_dir / (CHECKPOINT_NAME + ".tmp")).unlink()
-    applied_seq, synced_seq = _checkpoint_fields(wal_dir)
+    applied_seq, synced_seq, checkpoint_read = _checkpoint_fields(wal_dir)
     result = Recovery(applied_seq=applied_seq)
     result.last_seq = result.applied_seq
     newest_on_disk = 0
-    for path in list_segments(wal_dir):
-        scan = scan_segment(path, result.applied_seq)
+    segments = list_segments(wal_dir)
+    for path in segments:
+        scan = scan_segment(path, result.applied_seq, newest=path == segments[-1])
         # Sequence numbers have no gaps (a failed write gives its numbers
-        # back), so a segment starting past the last number seen means lost data.
-        result.missing_records += max(0, scan.first_seq - result.last_seq - 1)
+        # back), so a segment starting past the last number seen means lost
+        # data; before the first one, only a checkpoint says where to start.
+        if checkpoint_read or path != segments[0]:
+            result.missing_records += max(0, scan.first_seq - result.last_seq - 1)
         if scan.quarantined_bytes:
             _quarantine(wal_dir, scan)
             result.quarantined_segments += 1
@@ -461,6 +513,8 @@ class Wal:
         payloads = [encode_op(op) for op in ops]
         frames = [encode_frame(self._next_seq + i, p) for i, p in enumerate(payloads)]
         size = sum(len(f) for f in frames) + sum(len(f) for f in self._frames)
+        if self._segment is not None and self._segment.size >= self.segment_bytes:
+            size += len(MAGIC)  # the header of the segment this write will start
         if self.total_bytes + size > self.max_bytes:
             raise WalFullError(
                 f"the WAL holds {self.total_bytes} bytes; wal_max_bytes is {self.max_bytes}"
@@ -637,7 +691,20 @@ class Wal:
         self._segment = _Segment(path, first_seq, fd, size)
 
     def _rotate(self, first_seq: int) -> None:
+        """Start the next segment; on failure nothing changes (the write that
+        wanted it fails and a later one tries again)."""
         assert self._segment is not None
+        path = self.wal_dir / segment_name(first_seq)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        try:
+            if os.write(fd, MAGIC) != len(MAGIC):
+                raise OSError(errno.ENOSPC, "short write of a WAL segment header")
+            fsync_directory(self.wal_dir)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
         old = self._segment
         if self.fsync_policy == "no":
             os.close(old.fd)
@@ -645,12 +712,8 @@ class Wal:
             # Closed only after the sync that covers its last frames.
             self._retired_fds.append(old.fd)
         self._closed_segments[old.path] = old.first_seq
-        path = self.wal_dir / segment_name(first_seq)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        os.write(fd, MAGIC)
         self._segment = _Segment(path, first_seq, fd, len(MAGIC))
         self.total_bytes += len(MAGIC)
-        fsync_directory(self.wal_dir)
 
     # ----------------------------------------------------------- checkpoint
 
