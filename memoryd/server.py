@@ -347,12 +347,21 @@ class Server:
         oldest append has waited longer than the watchdog period is stuck
         (a hung disk), so we stop pinging and let systemd restart us.
         """
+        stuck = False
         while True:
             stalled_s = self.wal.stalled_for_s()
             if stalled_s < 2 * interval_s:
+                if stuck:
+                    logger.info("WAL writes move again: watchdog pings resume")
+                stuck = False
                 self.notifier.watchdog()
-            else:
-                logger.warning("WAL writes stuck for %.1fs: not pinging the watchdog", stalled_s)
+            elif not stuck:
+                stuck = True
+                logger.warning(
+                    "WAL writes stuck for %.1fs: no more watchdog pings, so systemd "
+                    "restarts memoryd unless they move again",
+                    stalled_s,
+                )
             await asyncio.sleep(interval_s)
 
     # ------------------------------------------------------------ socket

@@ -245,3 +245,40 @@ def test_degraded_reads_answer_from_the_cache_and_the_backlog(
             client.get("cached", old[0], timeout_s=1)
         status = client.status()
         assert status["state"] == "degraded" and status["wal"]["cached_records"] == 3
+
+
+def test_store_durability_times_out_with_backend_unavailable_and_still_applies(
+    private_redis: RedisServer, daemon_dir: Daemon
+) -> None:
+    daemon_dir.env_overrides = {
+        "MEMORYD_REDIS_URL": private_redis.url,
+        "MEMORYD_REQUEST_TIMEOUT_S": "1",
+    }
+    daemon = daemon_dir.start()
+    private_redis.kill()
+    with (
+        Client(daemon.socket_path, retry=False, timeout_s=10) as client,
+        pytest.raises(errors.BackendUnavailable),
+    ):
+        client.add("patient", "note", "later", id="R0001", durability="store")
+    # It was in the WAL all along: it reaches the store once the store is back.
+    private_redis.start()
+    wait_until(lambda: len(stored_ids(private_redis, "patient")) == 1, 30, "the late apply")
+
+
+def test_a_second_daemon_on_the_same_data_dir_refuses_to_start(daemon_dir: Daemon) -> None:
+    daemon = daemon_dir.start()
+    other_socket = daemon.directory / "other.sock"
+    second = subprocess.run(
+        [sys.executable, "-m", "memoryd", "run"],
+        env={**daemon.environment(), "NOTIFY_SOCKET": "", "MEMORYD_SOCKET_PATH": str(other_socket)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert second.returncode == 78
+    assert "another memoryd is using it" in second.stderr
+    assert not other_socket.exists()
+    with Client(daemon.socket_path) as client:
+        assert client.ping() == "pong"

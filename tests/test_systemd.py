@@ -102,3 +102,50 @@ def test_sighup_reloads_limits_and_keeps_the_running_config_when_the_new_one_is_
         wait_until(lambda: "keeping the running one" in daemon.log(), 10, "the refusal")
         assert len(client.add_many(records)) == 8
         assert client.ping() == "pong"
+
+
+def test_watchdog_goes_quiet_while_wal_appends_are_stuck(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+    import threading
+
+    from memoryd import wal as wal_module
+    from tests.harness import NotifyListener, short_tempdir
+    from tests.inprocess import embedded_server
+
+    directory = short_tempdir("mdw-")
+    listener = NotifyListener(directory / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(directory / "notify.sock"))
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # a ping every 0.1 s
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    release = threading.Event()
+    real = os.fdatasync
+
+    def stuck_fdatasync(fd: int) -> None:
+        release.wait(30)  # a disk that hangs
+        real(fd)
+
+    try:
+        with embedded_server(directory, backend="local") as daemon:
+            time.sleep(0.5)
+            assert listener.poll().count("WATCHDOG=1") >= 2
+            monkeypatch.setattr(wal_module.os, "fdatasync", stuck_fdatasync)
+
+            def write_one() -> None:
+                with Client(daemon.socket_path, timeout_s=30) as client:
+                    client.add("hang", "n", 1)
+
+            writer = threading.Thread(target=write_one)
+            writer.start()
+            time.sleep(0.8)  # past twice the watchdog period
+            listener.poll()  # drain what was sent before
+            listener.messages.clear()
+            time.sleep(0.6)
+            assert "WATCHDOG=1" not in listener.poll(), "pinged while the WAL was stuck"
+            release.set()
+            writer.join(30)
+            wait_until(lambda: "WATCHDOG=1" in listener.poll(), 5, "pings to resume")
+    finally:
+        release.set()
+        listener.close()
