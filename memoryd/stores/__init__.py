@@ -1,11 +1,19 @@
-"""The stores records live in, behind the Store protocol of memoryd.stores.base."""
+"""The stores records live in, behind the Store protocol of memoryd.stores.base.
+
+Each store's module is imported only when that store is used, so a daemon
+on the local store never loads redis-py (a noticeable part of start-up).
+"""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from memoryd.config import Settings
 from memoryd.stores.base import AgentStats, Store, StoreError, StoreUnavailable
-from memoryd.stores.local import LocalStore
-from memoryd.stores.redis import RedisStore
+
+if TYPE_CHECKING:
+    from memoryd.stores.local import LocalStore
+    from memoryd.stores.redis import RedisStore
 
 __all__ = [
     "AgentStats",
@@ -18,9 +26,23 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    if name == "LocalStore":
+        from memoryd.stores.local import LocalStore
+
+        return LocalStore
+    if name == "RedisStore":
+        from memoryd.stores.redis import RedisStore
+
+        return RedisStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def create_store(settings: Settings) -> Store:
     """The store the settings ask for; not yet opened."""
     if settings.store_kind == "redis":
+        from memoryd.stores.redis import RedisStore
+
         return RedisStore(
             settings.redis_url,
             key_prefix=settings.key_prefix,
@@ -30,4 +52,6 @@ def create_store(settings: Settings) -> Store:
             connect_timeout_s=settings.redis_connect_timeout_s,
             retries=settings.redis_retries,
         )
+    from memoryd.stores.local import LocalStore
+
     return LocalStore(settings.data_dir, max_memories=settings.max_memories)
