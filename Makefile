@@ -25,14 +25,15 @@ DEV_CONFIG := config/dev.toml
 # Extra flags for `memoryd run`, e.g. make run ARGS="--redis-url redis://localhost:6379/0"
 ARGS ?=
 
-LINT_PATHS := memoryd libclient tests
-TYPED_PATHS := memoryd libclient/memoryd_client
+LINT_PATHS := memoryd libclient tests bench
+TYPED_PATHS := memoryd libclient/memoryd_client bench
 
 PYPROJECTS := pyproject.toml libclient/pyproject.toml
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
+STAMP_BENCH := $(VENV)/.installed-bench
 
-.PHONY: help run test lint typecheck pytest drill install install-test redis-server clean
+.PHONY: help run test lint typecheck pytest drill bench bench-quick install install-test install-bench redis-server clean
 
 help:
 	@echo "make run        install into .venv and run memoryd in the foreground (socket under $(RUN_DIR))"
@@ -41,6 +42,8 @@ help:
 	@echo "make typecheck  mypy --strict"
 	@echo "make pytest     the test suite only"
 	@echo "make drill      a minute of writes through a Redis outage and a kill -9; nothing may be lost"
+	@echo "make bench      memoryd against the baselines; results in bench/results/<timestamp>/"
+	@echo "make bench-quick the same with small iteration counts (under a minute)"
 	@echo "make clean      remove .venv, .run and caches"
 
 # ---------------------------------------------------------------- environment
@@ -61,8 +64,13 @@ $(STAMP_TEST): $(PYPROJECTS) | $(BIN)/python
 	$(PIP) install --quiet -e libclient -e '.[test]'
 	@touch $@ $(STAMP_RUN)
 
+$(STAMP_BENCH): $(PYPROJECTS) | $(BIN)/python
+	$(PIP) install --quiet -e libclient -e '.[bench]'
+	@touch $@ $(STAMP_RUN)
+
 install: $(STAMP_RUN)
 install-test: $(STAMP_TEST)
+install-bench: $(STAMP_BENCH)
 
 # The tests start their own redis-server processes (never the machine's shared one).
 redis-server:
@@ -122,6 +130,15 @@ pytest: $(STAMP_TEST) redis-server
 # The fault drill: real Redis and daemon, Redis killed for 20 s, then the daemon killed -9.
 drill: $(STAMP_TEST) redis-server
 	$(BIN)/python -m tests.drill $(ARGS)
+
+# ---------------------------------------------------------------- benchmarks
+
+# Starts its own redis-servers and daemons; extra flags via ARGS, e.g. ARGS="--scenario latency".
+bench: $(STAMP_BENCH) redis-server
+	$(BIN)/python -m bench.run $(ARGS)
+
+bench-quick: $(STAMP_BENCH) redis-server
+	$(BIN)/python -m bench.run --quick $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(RUN_DIR) .mypy_cache .ruff_cache .pytest_cache .hypothesis build
