@@ -1,0 +1,102 @@
+"""Laying not-yet-applied writes over the store's answer: when that is exact."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from memoryd.backlog import merge_query, store_fetch_limit
+from memoryd.ops import Delete, Entry, Op, Put, Replace
+from memoryd.records import Query, Record
+from memoryd.stores.local import LocalStore
+
+NOW = 1_800_000_000.0
+MAX_MEMORIES = 6
+AGENT = "agent_1"
+
+
+def record(n: int, created_offset: int, text: str = "") -> Record:
+    return {
+        "id": f"R{n:04d}",
+        "agent_id": AGENT,
+        "type": "note",
+        "content": text or f"记录 {n}",
+        "author": None,
+        "importance": 0.5,
+        "tags": [],
+        "metadata": {},
+        "created_at": NOW + created_offset,
+        "expires_at": None,
+    }
+
+
+# Puts carry any creation time, old ones included: those are the ones a trim takes at once.
+puts = st.builds(lambda n, t: Put.of(record(n, t)), st.integers(0, 40), st.integers(-50, 50))
+
+
+# A pending write: put a record, delete one, or replace one (content only).
+actions = st.one_of(
+    st.tuples(st.just("put"), st.integers(0, 40), st.integers(-50, 50)),
+    st.tuples(st.just("delete"), st.integers(0, 40), st.just(0)),
+    st.tuples(st.just("replace"), st.integers(0, 40), st.just(0)),
+)
+
+
+def realistic(stored_ops: list[Op], steps: list[tuple[str, int, int]]) -> list[Op]:
+    """Pending writes as the daemon accepts them: a replace only of a record it
+    has seen (in the store or among earlier writes), keeping its creation time."""
+    known = {op.record["id"]: op.record for op in stored_ops if isinstance(op, Put)}
+    pending: list[Op] = []
+    for kind, n, offset in steps:
+        record_id = f"R{n:04d}"
+        if kind == "put":
+            put = Put.of(record(n, offset))
+            known.setdefault(record_id, put.record)
+            pending.append(put)
+        elif kind == "delete":
+            known.pop(record_id, None)
+            pending.append(Delete(AGENT, record_id))
+        elif record_id in known:
+            replaced = Replace.of({**known[record_id], "content": "改过的"})
+            known[record_id] = replaced.record
+            pending.append(replaced)
+    return pending
+
+
+async def merged_and_truth(
+    stored_ops: list[Op], pending: list[Op], limit: int
+) -> tuple[list[Record], list[Record]]:
+    with tempfile.TemporaryDirectory() as directory:
+        store = LocalStore(Path(directory), max_memories=MAX_MEMORIES)
+        await store.open()
+        try:
+            await store.apply(stored_ops, NOW)
+            entries = [Entry(seq, op) for seq, op in enumerate(pending, start=1)]
+            query = Query(limit=limit)
+            fetch = dataclasses.replace(query, limit=store_fetch_limit(query, entries))
+            merged = merge_query(await store.query(AGENT, fetch, NOW), entries, query, NOW)
+            await store.apply(pending, NOW)
+            truth = await store.query(AGENT, query, NOW)
+        finally:
+            await store.close()
+    return merged, truth
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    stored_ops=st.lists(puts, max_size=10),
+    steps=st.lists(actions, max_size=12),
+    limit=st.integers(1, MAX_MEMORIES),
+)
+def test_newest_n_without_filters_is_exact_without_waiting(
+    stored_ops: list[Op], steps: list[tuple[str, int, int]], limit: int
+) -> None:
+    pending = realistic(stored_ops, steps)
+    merged, truth = asyncio.run(merged_and_truth(stored_ops, pending, limit))
+    assert [r["id"] for r in merged] == [r["id"] for r in truth]
+    assert [r["content"] for r in merged] == [r["content"] for r in truth]
