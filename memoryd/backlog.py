@@ -145,6 +145,31 @@ def store_fetch_limit(query: Query, entries: Sequence[Entry]) -> int:
     return query.limit + hidden
 
 
+def merge_is_exact(query: Query, entries: Sequence[Entry], max_memories: int) -> bool:
+    """Whether ``merge_query`` gives exactly what the store will hold once
+    ``entries`` are applied, trimming included, without waiting for that.
+
+    Trimming removes an agent's oldest records beyond ``max_memories`` as
+    each put lands.  A record of the merged newest N was never trimmed if N
+    leaves room for the pending deletes (each can lower a record's rank by one
+    after a trim).  Filters, oldest-first order and a pending clear are not
+    covered by this argument: those reads wait for the flusher instead.
+    """
+    deletes = 0
+    for entry in entries:
+        if isinstance(entry.op, Clear):
+            return False
+        deletes += isinstance(entry.op, Delete)
+    return (
+        query.order == "newest"
+        and query.limit <= max_memories - deletes
+        and query.types is None
+        and not query.needs_record
+        and query.since is None
+        and query.until is None
+    )
+
+
 def hides_store(entries: Sequence[Entry]) -> bool:
     """Whether a pending clear makes everything the store holds for the agent moot."""
     return any(isinstance(e.op, Clear) for e in entries)

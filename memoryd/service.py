@@ -27,6 +27,7 @@ from memoryd.backlog import (
     Unknown,
     hides_store,
     merge_get,
+    merge_is_exact,
     merge_query,
     store_fetch_limit,
 )
@@ -381,7 +382,7 @@ class Service:
             if not lock.locked() and self._agent_locks.get(agent_id) is lock:
                 del self._agent_locks[agent_id]
 
-    async def _pending(self, agent_id: str, *, wait: bool = True) -> tuple[Entry, ...]:
+    async def _pending(self, agent_id: str) -> tuple[Entry, ...]:
         """The agent's not-yet-applied writes, after giving the flusher a moment.
 
         While the store is healthy a read waits briefly for the agent's own
@@ -392,28 +393,12 @@ class Service:
         answers are then laid over again, which is harmless (idempotent).
         """
         last_seq = self.backlog.last_seq_for(agent_id)
-        if wait and last_seq and not self.health.store_down:
+        if last_seq and not self.health.store_down:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
                     self.flusher.wait_applied(last_seq), self.settings.read_barrier_timeout_s
                 )
         return tuple(self.backlog.for_agent(agent_id))
-
-    def _merge_is_exact(self, query: Query) -> bool:
-        """Whether laying the backlog over the store's answer is exact without
-        waiting for the flusher.  Trimming only ever removes an agent's oldest
-        records beyond max_memories, so the newest N of all its records
-        (N <= max_memories, no filter) are the same before and after it: the
-        hottest read needs no wait.  With a filter or oldest-first, a record
-        about to be trimmed could show, so those reads wait (briefly)."""
-        return (
-            query.order == "newest"
-            and query.limit <= self.settings.max_memories
-            and query.types is None
-            and not query.needs_record
-            and query.since is None
-            and query.until is None
-        )
 
     async def _get(self, agent_id: str, record_id: str) -> Record | None:
         """The record, None if it is known not to exist, else BackendUnavailable."""
@@ -438,7 +423,9 @@ class Service:
         return record
 
     async def _query(self, agent_id: str, query: Query) -> dict[str, Any]:
-        entries = await self._pending(agent_id, wait=not self._merge_is_exact(query))
+        entries = tuple(self.backlog.for_agent(agent_id))
+        if entries and not merge_is_exact(query, entries, self.settings.max_memories):
+            entries = await self._pending(agent_id)
         now_s = time.time()
         degraded = self.health.store_down
         stored: list[Record] = []
