@@ -59,6 +59,34 @@ def _ingest_ratio(run: str) -> Callable[[dict[str, Any]], float | None]:
     return value
 
 
+def _sessions_rate(
+    results: dict[str, Any], backend: str, parallel: int, long: bool
+) -> float | None:
+    try:
+        runs = results["sessions"]["backends"][backend]
+    except KeyError:
+        return None
+    for run in runs:
+        if run["parallel"] == parallel and bool(run["history"]) == long:
+            return float(run["ops_per_s"])
+    return None
+
+
+def _sessions_ratio(
+    backend: str, baseline: str, long: bool
+) -> Callable[[dict[str, Any]], float | None]:
+    def ratio(results: dict[str, Any]) -> float | None:
+        params = results.get("sessions", {}).get("params", {})
+        parallel = params.get("long_parallel" if long else "session_parallel", [0])
+        wanted = parallel if long else max(p for p in parallel if p <= 32)
+        return _ratio(
+            _sessions_rate(results, backend, wanted, long),
+            _sessions_rate(results, baseline, wanted, long),
+        )
+
+    return ratio
+
+
 def _at_most(limit: float) -> Callable[[float], bool]:
     return lambda v: v <= limit
 
@@ -93,6 +121,20 @@ GOALS: tuple[Goal, ...] = (
         "≤ 0.7",
         _at_most(0.7),
         _latency_ratio("memoryd-redis-everysec", "newest", "direct-redis"),
+    ),
+    Goal(
+        "parallel sessions (32 in the full run), aggregate ops/s, memoryd (redis, always) / "
+        "direct Redis",
+        "≥ 2",
+        _at_least(2.0),
+        _sessions_ratio("memoryd-redis-always", "direct-redis", long=False),
+    ),
+    Goal(
+        "parallel sessions at long histories (32 × 1000 in the full run), memoryd (redis, "
+        "always) / legacy files",
+        "≥ 20",
+        _at_least(20.0),
+        _sessions_ratio("memoryd-redis-always", "legacy-files", long=True),
     ),
     Goal(
         "ingest records/s to the store, memoryd (redis, always, batch 1000) / ceiling",
@@ -186,6 +228,44 @@ def ingest_markdown(ingest: dict[str, Any]) -> list[str]:
     return lines + _table(header, rows)
 
 
+def sessions_markdown(sessions: dict[str, Any]) -> list[str]:
+    lines = [
+        "## sessions (meetings of tableround.md §6, one process each, side by side)",
+        "",
+        *_table(
+            [
+                "backend",
+                "sessions",
+                "history",
+                "ops",
+                "wall s",
+                "ops/s",
+                "add p50",
+                "add p99",
+                "newest p50",
+                "context p50",
+            ],
+            [
+                [
+                    name,
+                    str(run["parallel"]),
+                    str(run["history"]),
+                    str(run["operations"]),
+                    _fmt(run["wall_s"]),
+                    _fmt(run["ops_per_s"], 1),
+                    _fmt(run["per_op"].get("add", {}).get("p50_ms")),
+                    _fmt(run["per_op"].get("add", {}).get("p99_ms")),
+                    _fmt(run["per_op"].get("newest", {}).get("p50_ms")),
+                    _fmt(run["per_op"].get("context", {}).get("p50_ms")),
+                ]
+                for name, runs in sessions["backends"].items()
+                for run in runs
+            ],
+        ),
+    ]
+    return lines
+
+
 def goals_markdown(goals: list[dict[str, Any]]) -> list[str]:
     rows = [[g["measure"], g["goal"], _fmt(g["value"]), g["verdict"]] for g in goals]
     return ["## goals (issue 4)", "", *_table(["measure", "goal", "value", "verdict"], rows)]
@@ -207,6 +287,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", *latency_markdown(results["latency"])]
     if "ingest" in results:
         lines += ["", *ingest_markdown(results["ingest"])]
+    if "sessions" in results:
+        lines += ["", *sessions_markdown(results["sessions"])]
     lines += ["", *goals_markdown(results["goals"])]
     if results.get("not_run"):
         lines += ["", "Not implemented yet: " + ", ".join(results["not_run"]) + "."]

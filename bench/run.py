@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.scenarios import SIZES, Context, run_ingest, run_latency, todo
+from bench.scenarios import SIZES, Context, run_ingest, run_latency, run_sessions, todo
 from bench.services import Services, machine_info
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -29,11 +29,8 @@ Scenario = Callable[[Context], dict[str, Any]]
 SCENARIOS: dict[str, tuple[Scenario, bool]] = {
     "latency": (run_latency, True),
     "ingest": (run_ingest, True),
-    # TODO(lead): the remaining scenarios of issue 4.
-    "sessions": (
-        todo("sessions", "tableround.md section 6 meetings, 1/8/32/128 sessions in processes"),
-        False,
-    ),
+    "sessions": (run_sessions, True),
+    # TODO: the remaining scenarios of issue 4.
     "scale": (
         todo("scale", "1k to 1M stored records, 10k agents: newest-5, Redis memory, daemon RSS"),
         False,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import math
 import socket
@@ -29,7 +30,7 @@ import hiredis
 import msgpack
 import redis
 
-from bench import workload
+from bench import sessions, workload
 from bench.backends.base import AsyncBackend, Backend, aexecute, execute
 from bench.backends.direct import AsyncDirectRedis, DirectRedis
 from bench.backends.files import FileStore
@@ -59,12 +60,19 @@ class Params:
     speeches: int
     ingest_records: int
     ingest_batches: tuple[int, ...] = (100, 1000)
+    session_parallel: tuple[int, ...] = (1, 8, 32, 128)
+    long_history: int = 1000
+    long_parallel: int = 32
 
 
 SIZES: dict[str, Params] = {
     "full": Params("full", 2000, 200, 100, 48, 50_000),
-    "quick": Params("quick", 100, 10, 50, 24, 2_000),
-    "tiny": Params("tiny", 4, 1, 10, 12, 1_000),
+    "quick": Params(
+        "quick", 100, 10, 50, 24, 2_000, session_parallel=(1, 4), long_history=100, long_parallel=4
+    ),
+    "tiny": Params(
+        "tiny", 4, 1, 10, 12, 1_000, session_parallel=(1, 2), long_history=20, long_parallel=2
+    ),
 }
 
 
@@ -479,3 +487,33 @@ def todo(name: str, what: str) -> Callable[[Context], dict[str, Any]]:
 
     run.__doc__ = f"TODO: {what}"
     return run
+
+
+# Sessions ------------------------------------------------------------------------------------
+
+
+def run_sessions(ctx: Context) -> dict[str, Any]:
+    """Whole meetings in parallel processes, per backend: short and long histories."""
+    targets: list[sessions.Target] = [
+        ("files", "legacy-files", str(ctx.workdir / "sessions-files")),
+        ("direct", "direct-redis", str(ctx.services.redis("direct").socket_path)),
+    ]
+    for config in sessions.SESSION_DAEMONS:
+        name = f"memoryd-{config.label}"
+        targets.append(("memoryd", name, str(ctx.services.daemon(config).socket_path)))
+    params = ctx.params
+    backends: dict[str, list[dict[str, Any]]] = {}
+    for target in targets:
+        name = target[1]
+        runs = backends.setdefault(name, [])
+        for parallel in params.session_parallel:
+            ctx.log(f"sessions: {name}, {parallel} in parallel")
+            runs.append(sessions.run_parallel(target, parallel, 0, SEED, name))
+        if params.long_history:
+            ctx.log(f"sessions: {name}, {params.long_parallel} with {params.long_history} records")
+            runs.append(
+                sessions.run_parallel(
+                    target, params.long_parallel, params.long_history, SEED, f"{name}-long"
+                )
+            )
+    return {"params": dataclasses.asdict(params), "backends": backends}

@@ -30,8 +30,8 @@ def test_records_are_deterministic_cjk_of_the_right_mix() -> None:
 
 
 def test_todo_scenarios_say_so(tmp_path: Path) -> None:
-    with pytest.raises(NotImplementedError, match="sessions"):
-        run.run(["--tiny", "--scenario", "sessions", "--no-charts", "--out", str(tmp_path)])
+    with pytest.raises(NotImplementedError, match="scale"):
+        run.run(["--tiny", "--scenario", "scale", "--no-charts", "--out", str(tmp_path)])
 
 
 @pytest.mark.timeout(300)
@@ -54,9 +54,24 @@ def test_tiny_run_measures_every_backend_and_operation(tmp_path: Path) -> None:
     for run_result in ingest["runs"].values():
         assert run_result["stored_per_s"] > 0
 
+    sessions = results["sessions"]["backends"]
+    assert set(sessions) == {
+        "legacy-files",
+        "direct-redis",
+        "memoryd-redis-always",
+        "memoryd-redis-everysec",
+        "memoryd-local-everysec",
+    }
+    per_session = len(workload.session_script(1).ops)
+    for name, runs in sessions.items():
+        for run_result in runs:
+            assert run_result["operations"] == per_session * run_result["parallel"], name
+            assert run_result["per_op"]["add"]["count"] > 0, name
+
     assert {g["verdict"] for g in results["goals"]} <= {"pass", "miss"}
     saved = json.loads((out / "results.json").read_text())
     assert saved["machine"]["cores_logical"] >= 1
     assert set(saved["latency"]["backends"]) == set(latency)
     markdown = (out / "results.md").read_text()
     assert "## latency" in markdown and "## ingest" in markdown and "## goals" in markdown
+    assert "## sessions" in markdown

@@ -1,0 +1,99 @@
+"""The sessions scenario: whole meetings (tableround.md §6) run in parallel.
+
+Each session is one process running one meeting of six agents strictly in
+order, as the original system did; sessions run side by side to load the
+backend.  Reported per backend and parallelism: aggregate operations per
+second over the wall time from the first start to the last finish, and
+p50/p99 per operation.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import random
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from bench import workload
+from bench.backends.base import Backend, execute
+from bench.backends.direct import DirectRedis
+from bench.backends.files import FileStore
+from bench.backends.memoryd import Memoryd
+from bench.services import DaemonConfig
+from bench.stats import summarize
+
+# What each session process needs to reach its backend (picklable).
+Target = tuple[str, str, str]  # (kind, name, socket path or directory)
+
+SESSION_DAEMONS: tuple[DaemonConfig, ...] = (
+    DaemonConfig("redis", "always"),
+    DaemonConfig("redis", "everysec"),
+    DaemonConfig("local", "everysec"),
+)
+
+
+def _connect(target: Target) -> Backend:
+    kind, name, where = target
+    if kind == "files":
+        return FileStore(Path(where))
+    if kind == "direct":
+        return DirectRedis(Path(where))
+    return Memoryd(name, Path(where))
+
+
+def _prefill(backend: Backend, session: workload.Session, history: int, seed: int) -> None:
+    """Give every agent ``history`` older records (the long-history case)."""
+    if not history:
+        return
+    rng = random.Random(seed)
+    for agent in session.agents:
+        items = [(agent, workload.personal_record(rng, agent)) for _ in range(history)]
+        for start in range(0, len(items), 500):
+            backend.add_many(items[start : start + 500])
+
+
+def run_session(target: Target, session_name: str, seed: int, history: int) -> dict[str, Any]:
+    """One meeting in this process; its timings."""
+    session = workload.session_script(seed, session_name)
+    backend = _connect(target)
+    try:
+        _prefill(backend, session, history, seed + 1)
+        latencies: dict[str, list[int]] = {}
+        started = time.time()
+        for op in session.ops:
+            began = time.perf_counter_ns()
+            execute(backend, op)
+            latencies.setdefault(op.name, []).append(time.perf_counter_ns() - began)
+        finished = time.time()
+    finally:
+        backend.close()
+    return {"started": started, "finished": finished, "latencies": latencies}
+
+
+def run_parallel(
+    target: Target, parallel: int, history: int, seed: int, tag: str
+) -> dict[str, Any]:
+    """``parallel`` meetings at once, one process each."""
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
+        futures = [
+            pool.submit(run_session, target, f"{tag}-p{parallel}-s{i}", seed + i, history)
+            for i in range(parallel)
+        ]
+        results = [future.result() for future in futures]
+    wall_s = max(r["finished"] for r in results) - min(r["started"] for r in results)
+    merged: dict[str, list[int]] = {}
+    for result in results:
+        for name, values in result["latencies"].items():
+            merged.setdefault(name, []).extend(values)
+    operations = sum(len(values) for values in merged.values())
+    return {
+        "parallel": parallel,
+        "history": history,
+        "operations": operations,
+        "wall_s": round(wall_s, 3),
+        "ops_per_s": round(operations / wall_s, 1) if wall_s > 0 else None,
+        "per_op": {name: dict(summarize(v)) for name, v in sorted(merged.items())},
+    }
