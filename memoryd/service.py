@@ -3,7 +3,8 @@
 Writes go to the WAL and are acknowledged once durable there; the flusher
 applies them to the store.  Reads ask the store and lay the agent's backlog
 over the answer, so a client always reads its own writes.  While the store is
-down, reads answer from the backlog alone and say so (``degraded: true``).
+down, reads answer at once from the cache of recent records with the backlog
+laid over it, and say so (``degraded: true``).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,8 +51,6 @@ from memoryd.validation import Args
 from memoryd.wal import Wal, WalError, WalFullError
 from memoryd_client import wire
 from memoryd_client.ids import new_id
-
-logger = logging.getLogger(__name__)
 
 Handler = Callable[[Mapping[str, Any], "Peer"], Awaitable[Any]]
 
