@@ -445,6 +445,7 @@ class Wal:
         self.total_bytes = 0
         self._buffer: list[Entry] = []
         self._frames: list[bytes] = []
+        self._frames_bytes = 0  # sum of len(self._frames), kept so appends stay O(1)
         self._awaiting_sync: list[Entry] = []
         self._waiters: list[_Waiter] = []
         self._flush_scheduled = False
@@ -512,7 +513,8 @@ class Wal:
             raise WalFatalError("the WAL stopped after an fsync failure") from self.fatal_error
         payloads = [encode_op(op) for op in ops]
         frames = [encode_frame(self._next_seq + i, p) for i, p in enumerate(payloads)]
-        size = sum(len(f) for f in frames) + sum(len(f) for f in self._frames)
+        new_bytes = sum(len(f) for f in frames)
+        size = new_bytes + self._frames_bytes
         if self._segment is not None and self._segment.size >= self.segment_bytes:
             size += len(MAGIC)  # the header of the segment this write will start
         if self.total_bytes + size > self.max_bytes:
@@ -528,6 +530,7 @@ class Wal:
         self._next_seq += len(ops)
         self._buffer.extend(Entry(seq, op) for seq, op in zip(seqs, ops, strict=True))
         self._frames.extend(frames)
+        self._frames_bytes += new_bytes
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(_Waiter(seqs[-1], future))
         if not self._flush_scheduled:
@@ -543,6 +546,7 @@ class Wal:
             return
         entries, frames = self._buffer, self._frames
         self._buffer, self._frames = [], []
+        self._frames_bytes = 0
         try:
             self._write(frames, entries[0].seq)
         except OSError as exc:

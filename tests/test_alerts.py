@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from memoryd import wal as wal_module
 from memoryd.ops import Put
 from memoryd.wal import segment_name
 from memoryd_client import Client
 from tests.harness import Daemon, RedisServer, wait_until
+from tests.test_wal import make_wal, record
 
 
 def status_exit(daemon: Daemon) -> tuple[int, str]:
@@ -97,33 +101,26 @@ def test_a_missing_wal_segment_is_an_alert(daemon_dir: Daemon) -> None:
         assert client.status()["wal"]["missing_records"] > 0
 
 
-def test_seq_numbers_of_a_failed_write_are_given_back(tmp_path: object) -> None:
+async def test_seq_numbers_of_a_failed_write_are_given_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A gap in the log must mean lost data, so a failed write leaves none."""
-    import asyncio
-    import errno
-    from pathlib import Path
+    real_write = wal_module.os.write
 
-    from memoryd import wal as wal_module
-    from tests.test_wal import make_wal, record
+    def failing_write(fd: int, data: bytes) -> int:
+        raise OSError(errno.EIO, "injected EIO")
 
-    async def scenario(directory: Path) -> list[int]:
-        wal, _ = make_wal(directory, fsync="no")
-        wal.open()
-        await wal.append([Put.of(record(1))])
-        real_write = wal_module.os.write
-        wal_module.os.write = lambda fd, data: (_ for _ in ()).throw(OSError(errno.EIO, "boom"))
-        try:
-            with pytest.raises(wal_module.WalError):
-                await wal.append([Put.of(record(2))])
-        finally:
-            wal_module.os.write = real_write
-        seqs = await wal.append([Put.of(record(3))])
-        await wal.close()
-        return seqs
+    wal, _ = make_wal(tmp_path, fsync="no")
+    wal.open()
+    await wal.append([Put.of(record(1))])
+    monkeypatch.setattr(wal_module.os, "write", failing_write)
+    with pytest.raises(wal_module.WalError):
+        await wal.append([Put.of(record(2))])
+    monkeypatch.setattr(wal_module.os, "write", real_write)
+    assert await wal.append([Put.of(record(3))]) == [2]
+    await wal.close()
 
-    directory = Path(str(tmp_path))
-    assert asyncio.run(scenario(directory)) == [2]
-    recovery = wal_module.recover(directory)
+    recovery = wal_module.recover(tmp_path)
     assert [e.seq for e in recovery.entries] == [1, 2]
     assert recovery.missing_records == 0
-    assert (directory / segment_name(1)).exists()
+    assert (tmp_path / segment_name(1)).exists()

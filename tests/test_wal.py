@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from memoryd import wal as wal_module
-from memoryd.ops import Clear, Delete, Entry, Put
+from memoryd.ops import Clear, Delete, Entry, Put, encode_op
 from memoryd.records import Record
 from memoryd.wal import (
     MAGIC,
@@ -92,7 +94,6 @@ async def test_group_commit_shares_one_fdatasync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Appends made in one loop iteration are covered by one fdatasync."""
-    import asyncio
 
     calls: list[int] = []
     real = os.fdatasync
@@ -113,8 +114,6 @@ async def test_group_commit_shares_one_fdatasync(
 async def test_always_acknowledges_only_after_the_covering_fdatasync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import asyncio
-    import threading
 
     release = threading.Event()
     real = os.fdatasync
@@ -138,7 +137,6 @@ async def test_always_acknowledges_only_after_the_covering_fdatasync(
 async def test_everysec_acknowledges_before_sync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import asyncio
 
     synced: list[int] = []
     monkeypatch.setattr(wal_module.os, "fdatasync", synced.append)
@@ -190,8 +188,6 @@ def write_log(directory: Path, count: int) -> list[int]:
     data = bytearray(MAGIC)
     ends = []
     for n in range(1, count + 1):
-        from memoryd.ops import encode_op
-
         data += encode_frame(n, encode_op(Put.of(record(n))))
         ends.append(len(data))
     (directory / wal_module.segment_name(1)).write_bytes(bytes(data))
