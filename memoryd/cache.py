@@ -1,78 +1,309 @@
-"""The newest records of recently used agents, for reads while the store is down.
+"""What the daemon holds of each agent's newest records, and how far it may trust it.
 
-While the store is reachable the cache only learns: from what reads return
-and what the flusher applies.  When the store is down, reads answer from the
-cache with the backlog laid over it, at once and flagged ``degraded``; an
-agent's older records, or agents not used lately, are missing from such
-answers.  Bounded twice: records per agent, and records in all (least
-recently used agents go first).
+Every agent used lately has a view: some of its newest records, in time
+order, learnt from what reads return and what the flusher applies.  A view
+may be *exact* from a boundary up: then every record the store holds that
+sorts at or above the boundary is in the view, in the version the store
+holds.  A read that an exact view can answer whole (enough matches above the
+boundary, or the view holds the whole agent) is answered from memory,
+without a store round trip; anything else asks the store as before.
+
+Exactness rests on three rules:
+
+- **Fill.**  Only an unfiltered newest-first answer of the store sets a
+  boundary, and only if nothing touched the agent while the store was
+  answering.  Every change gets a stamp from one clock; a read takes a token
+  (the clock) before it asks, and its answer is used only if the agent's
+  last change is not newer than the token.
+- **Mirror.**  What the flusher applied is replayed on the view with the
+  stores' own rules, at the same ``now_s``: the expire step first, a Put
+  only when its id is absent and it has not expired, a Replace only when
+  present, a Delete, a Clear, trimming to ``max_memories`` (a view can only
+  mirror a trim when it holds the whole agent; an incomplete view holds only
+  the newest records, which a trim never reaches).
+- **Sole writer.**  Someone else may write the same store: another daemon
+  sharing the Redis.  Views are trusted only while this daemon knows it is
+  the only writer (memoryd.writers renews ``trusted_until`` every fraction of
+  a second, and stops renewing it the moment another writer shows up); when
+  trust is regained, everything learnt before is distrusted first.
+
+A misuse the rules cannot see: a Put that reuses the id of a record stored
+with another time is a no-op in the store but shows in the view.  Client ids
+are new, and a retry carries the same record, so this needs a caller that
+picks ids by hand and reuses them.
+
+While the store is down, reads answer from every view, exact or not (the
+answer is flagged ``degraded``): an agent's older records, or agents not used
+lately, are missing from such answers.  Bounded twice: records per agent and
+records in all (the least recently used agents go first).
 """
 
 from __future__ import annotations
 
+import bisect
+import math
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 from memoryd.ops import Clear, Delete, Op, Put, Replace
-from memoryd.records import Record, sort_key
+from memoryd.records import Query, Record, is_expired, matches, sort_key
+
+SortKey = tuple[float, str]
+
+# A boundary below every record: the view holds the whole agent.
+WHOLE_AGENT: SortKey = (-math.inf, "")
+
+# Changes remembered per agent for refusing stale fills; older ones are
+# summed up in a floor, which only makes fills more cautious.
+CHANGES_KEPT = 16_384
 
 
-class RecentCache:
-    def __init__(self, *, per_agent: int, max_records: int) -> None:
+@dataclass(slots=True)
+class _View:
+    keys: list[SortKey] = field(default_factory=list)  # ascending, one per record
+    by_id: dict[str, Record] = field(default_factory=dict)
+    exact_from: SortKey | None = None  # None: nothing is exact
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def insert(self, record: Record) -> int:
+        """Add or overwrite ``record``; how many records were added (0 or 1)."""
+        added = 1 - self.remove(record["id"])
+        key = sort_key(record)
+        if not self.keys or key > self.keys[-1]:
+            self.keys.append(key)  # the common case: a newer record
+        else:
+            bisect.insort(self.keys, key)
+        self.by_id[record["id"]] = record
+        return added
+
+    def remove(self, record_id: str) -> int:
+        record = self.by_id.pop(record_id, None)
+        if record is None:
+            return 0
+        del self.keys[bisect.bisect_left(self.keys, sort_key(record))]
+        return 1
+
+    def drop_oldest(self) -> None:
+        key = self.keys.pop(0)
+        del self.by_id[key[1]]
+        if self.exact_from is not None and self.exact_from <= key:
+            # The records above the boundary are still all here; the
+            # boundary moves up to the oldest one left.
+            self.exact_from = self.keys[0] if self.keys else None
+
+    def exact(self, record_id: str) -> Record | None:
+        record = self.by_id.get(record_id)
+        if record is None or self.exact_from is None or sort_key(record) < self.exact_from:
+            return None
+        return record
+
+    def newest_first(self, until: SortKey) -> Iterable[Record]:
+        for index in range(len(self.keys) - 1, -1, -1):
+            key = self.keys[index]
+            if key < until:
+                return
+            yield self.by_id[key[1]]
+
+
+class ReadCache:
+    def __init__(self, *, per_agent: int, max_records: int, max_memories: int) -> None:
         self.per_agent = per_agent
         self.max_records = max_records
-        self._agents: OrderedDict[str, dict[str, Record]] = OrderedDict()
+        self.max_memories = max_memories
+        # time.monotonic() until which this daemon is known to be the store's
+        # only writer; memoryd.writers moves it forward.
+        self.trusted_until = 0.0
         self.size = 0
+        self.hits = 0
+        self.misses = 0
+        self._views: OrderedDict[str, _View] = OrderedDict()
+        self._clock = 0
+        self._changes: OrderedDict[str, int] = OrderedDict()
+        self._changes_floor = 0
 
-    def records(self, agent_id: str) -> list[Record]:
-        agent = self._agents.get(agent_id)
-        if agent is None:
-            return []
-        self._agents.move_to_end(agent_id)
-        return list(agent.values())
+    # -- reads --------------------------------------------------------------
+
+    def token(self) -> int:
+        """Taken before asking the store; given back to ``fill``/``remember``."""
+        return self._clock
+
+    def answer(self, agent_id: str, query: Query, now_s: float) -> list[Record] | None:
+        """The store's answer to ``query``, from memory; None when the view cannot tell."""
+        view = self._views.get(agent_id)
+        if view is None or view.exact_from is None or not self.trusted():
+            return None
+        whole = view.exact_from == WHOLE_AGENT
+        if query.order != "newest" and not whole:
+            return None
+        found: list[Record] = []
+        for record in view.newest_first(view.exact_from):
+            if len(found) == query.limit and query.order == "newest":
+                break
+            if matches(record, query, now_s):
+                found.append(record)
+        if len(found) < query.limit and not whole:
+            return None
+        self._views.move_to_end(agent_id)
+        if query.order == "oldest":
+            found.reverse()
+            del found[query.limit :]
+        return found
+
+    def may_fill(self, agent_id: str) -> bool:
+        """Whether a ``fill`` of the agent could make its view exact."""
+        if self.per_agent <= 0 or not self.trusted():
+            return False
+        view = self._views.get(agent_id)
+        return view is None or view.exact_from is None
 
     def get(self, agent_id: str, record_id: str) -> Record | None:
-        agent = self._agents.get(agent_id)
-        return None if agent is None else agent.get(record_id)
+        """The record if an exact view holds it (expired or not: the caller checks)."""
+        view = self._views.get(agent_id)
+        if view is None or not self.trusted():
+            return None
+        return view.exact(record_id)
 
-    def remember(self, records: Iterable[Record]) -> None:
-        """Records the store just returned."""
+    def records(self, agent_id: str) -> list[Record]:
+        """Every record held of the agent, exact or not: for reads while the store is down."""
+        view = self._views.get(agent_id)
+        if view is None:
+            return []
+        self._views.move_to_end(agent_id)
+        return list(view.by_id.values())
+
+    def known(self, agent_id: str, record_id: str) -> Record | None:
+        """A record held of the agent, exact or not."""
+        view = self._views.get(agent_id)
+        return None if view is None else view.by_id.get(record_id)
+
+    # -- learning from reads ------------------------------------------------
+
+    def fill(self, agent_id: str, records: Sequence[Record], limit: int, token: int) -> None:
+        """The store's newest ``limit`` records of the agent (fewer: all it has)."""
+        if self.per_agent <= 0 or not self.trusted() or self._changed_since(agent_id, token):
+            return
+        view = self._view(agent_id)
+        boundary = WHOLE_AGENT if len(records) < limit else sort_key(records[-1])
+        while view.keys and view.keys[-1] >= boundary:
+            self.size -= view.remove(view.keys[-1][1])
         for record in records:
-            self._put(record)
+            self.size += view.insert(record)
+        view.exact_from = boundary
+        self._bound(view)
         self._evict()
 
-    def applied(self, ops: Sequence[Op]) -> None:
-        """Operations the store just applied."""
+    def remember(self, agent_id: str, records: Iterable[Record], token: int) -> None:
+        """Records a read returned: kept for reads while the store is down."""
+        if self.per_agent <= 0 or self._changed_since(agent_id, token):
+            return
+        view = self._view(agent_id)
+        for record in records:
+            if view.exact_from is None or sort_key(record) < view.exact_from:
+                self.size += view.insert(record)
+        self._bound(view)
+        self._evict()
+
+    # -- learning from writes -----------------------------------------------
+
+    def applied(self, ops: Sequence[Op], now_s: float) -> None:
+        """Operations the store has just applied, at ``now_s``, in this order."""
+        expired: set[str] = set()
         for op in ops:
-            if isinstance(op, Put):
-                self._put(op.record)
-            elif isinstance(op, Replace):
-                if self.get(op.agent_id, op.record["id"]) is not None:
-                    self._put(op.record)
-            elif isinstance(op, Delete):
-                self._drop(op.agent_id, op.record_id)
-            elif isinstance(op, Clear):
-                self.size -= len(self._agents.pop(op.agent_id, {}))
+            agent_id = op.agent_id
+            self._changed(agent_id)
+            view = self._views.get(agent_id)
+            if view is None:
+                if not isinstance(op, Put) or self.per_agent <= 0:
+                    continue
+                view = self._view(agent_id)
+            if agent_id not in expired:
+                expired.add(agent_id)
+                self._expire(view, now_s)
+            self._mirror(view, op, now_s)
+            self._bound(view)
         self._evict()
 
-    def _put(self, record: Record) -> None:
-        agent = self._agents.setdefault(record["agent_id"], {})
-        self._agents.move_to_end(record["agent_id"])
-        if record["id"] not in agent:
-            self.size += 1
-        agent[record["id"]] = record
-        if len(agent) > self.per_agent:
-            oldest = min(agent.values(), key=sort_key)
-            self._drop(record["agent_id"], oldest["id"])
+    def failed(self, ops: Sequence[Op]) -> None:
+        """A store apply failed: any prefix of ``ops`` may have taken effect."""
+        for agent_id in {op.agent_id for op in ops}:
+            self.invalidate(agent_id)
 
-    def _drop(self, agent_id: str, record_id: str) -> None:
-        agent = self._agents.get(agent_id)
-        if agent is not None and agent.pop(record_id, None) is not None:
+    # -- trust --------------------------------------------------------------
+
+    def trusted(self) -> bool:
+        return time.monotonic() < self.trusted_until
+
+    def invalidate(self, agent_id: str) -> None:
+        """The agent may have changed in the store in ways the views did not see."""
+        self._changed(agent_id)
+        view = self._views.get(agent_id)
+        if view is not None:
+            view.exact_from = None
+
+    def invalidate_all(self) -> None:
+        """Anything may have changed (another writer, a store that restarted)."""
+        self._clock += 1
+        self._changes.clear()
+        self._changes_floor = self._clock
+        for view in self._views.values():
+            view.exact_from = None
+
+    # -- internals ----------------------------------------------------------
+
+    def _mirror(self, view: _View, op: Op, now_s: float) -> None:
+        if isinstance(op, Put):
+            record = op.record
+            inside = view.exact_from is None or sort_key(record) >= view.exact_from
+            if not is_expired(record, now_s) and record["id"] not in view.by_id and inside:
+                self.size += view.insert(record)
+                if view.exact_from == WHOLE_AGENT and len(view) > self.max_memories:
+                    view.drop_oldest()
+                    self.size -= 1
+        elif isinstance(op, Replace):
+            if op.record["id"] in view.by_id:
+                self.size -= view.remove(op.record["id"])
+                if not is_expired(op.record, now_s):  # an expired replacement deletes
+                    self.size += view.insert(op.record)
+        elif isinstance(op, Delete):
+            self.size -= view.remove(op.record_id)
+        elif isinstance(op, Clear):
+            self.size -= len(view)
+            view.keys.clear()
+            view.by_id.clear()
+            view.exact_from = WHOLE_AGENT
+
+    def _expire(self, view: _View, now_s: float) -> None:
+        for record in [r for r in view.by_id.values() if is_expired(r, now_s)]:
+            self.size -= view.remove(record["id"])
+
+    def _view(self, agent_id: str) -> _View:
+        view = self._views.get(agent_id)
+        if view is None:
+            view = self._views[agent_id] = _View()
+        self._views.move_to_end(agent_id)
+        return view
+
+    def _bound(self, view: _View) -> None:
+        while len(view) > self.per_agent:
+            view.drop_oldest()
             self.size -= 1
-            if not agent:
-                del self._agents[agent_id]
 
     def _evict(self) -> None:
-        while self.size > self.max_records and self._agents:
-            _, agent = self._agents.popitem(last=False)
-            self.size -= len(agent)
+        while self.size > self.max_records and self._views:
+            _, view = self._views.popitem(last=False)
+            self.size -= len(view)
+
+    def _changed(self, agent_id: str) -> None:
+        self._clock += 1
+        self._changes[agent_id] = self._clock
+        self._changes.move_to_end(agent_id)
+        if len(self._changes) > CHANGES_KEPT:
+            _, stamp = self._changes.popitem(last=False)
+            self._changes_floor = stamp
+
+    def _changed_since(self, agent_id: str, token: int) -> bool:
+        return self._changes.get(agent_id, self._changes_floor) > token

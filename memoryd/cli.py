@@ -218,6 +218,15 @@ def render_status(s: dict[str, Any]) -> str:
         f"oldest {wal['oldest_unapplied_age_s']:.1f}s  applied {wal['applied_records']}  "
         f"drain {wal['drain_rate_per_s']}/s",
     ]
+    cache = s["read_cache"]
+    lines.append(
+        f"read cache {cache['records']} records  hits {cache['hits']}  misses {cache['misses']}  "
+        + (
+            "answering from memory"
+            if cache["from_memory"]
+            else f"not answering from memory ({cache['writers']} writers known)"
+        )
+    )
     damage = (
         wal["corrupt_records"],
         wal["torn_tail_bytes"],

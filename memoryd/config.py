@@ -76,9 +76,10 @@ class Settings(BaseSettings):
     # Bounded in bytes too, so one batch never outlasts redis_socket_timeout_s.
     flush_batch_max_bytes: int = Field(default=4 * MiB, ge=64 * KiB, le=256 * MiB)
 
-    # What reads can answer from while the store is down.
-    degraded_cache_per_agent: int = Field(default=16, ge=0, le=10_000)
-    degraded_cache_records: int = Field(default=20_000, ge=0, le=10_000_000)
+    # The read cache (memoryd.cache): answers reads from memory where it is
+    # exact, and anything it holds while the store is down.
+    read_cache_per_agent: int = Field(default=32, ge=0, le=10_000)
+    read_cache_records: int = Field(default=20_000, ge=0, le=10_000_000)
 
     # Connections and requests.
     max_message_bytes: int = Field(default=wire.DEFAULT_MAX_MESSAGE_BYTES, ge=4 * KiB, le=512 * MiB)

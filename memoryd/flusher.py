@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable
 
 from memoryd.backlog import Backlog
-from memoryd.cache import RecentCache
+from memoryd.cache import ReadCache
 from memoryd.health import Health
 from memoryd.stores.base import Store, StoreError, StoreUnavailable
 from memoryd.wal import Wal
@@ -31,7 +31,7 @@ class Flusher:
         backlog: Backlog,
         wal: Wal,
         health: Health,
-        cache: RecentCache,
+        cache: ReadCache,
         batch_max: int,
         batch_max_bytes: int,
         checkpoint_interval_s: float,
@@ -78,14 +78,17 @@ class Flusher:
         batch = self.backlog.head(self.batch_max, self.batch_max_bytes)
         if not batch:
             return True
+        ops = [entry.op for entry in batch]
         started_s = time.monotonic()
+        now_s = time.time()
         try:
-            await self.store.apply([entry.op for entry in batch], time.time())
+            await self.store.apply(ops, now_s)
         except (StoreUnavailable, StoreError) as exc:
+            self.cache.failed(ops)
             self.health.store_failed(exc)
             return False
         self.health.store_succeeded(time.monotonic() - started_s)
-        self.cache.applied([entry.op for entry in batch])
+        self.cache.applied(ops, now_s)
         self.backlog.mark_applied(len(batch))
         self.applied_records += len(batch)
         self._recent_batches.append((time.monotonic(), len(batch)))

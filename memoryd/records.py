@@ -35,6 +35,11 @@ class Query:
     text: str | None = None
 
     @property
+    def newest_of_all(self) -> bool:
+        """Whether this asks for the newest records without any filter."""
+        return self.order == "newest" and self == Query(limit=self.limit)
+
+    @property
     def needs_record(self) -> bool:
         """Whether matching looks inside records beyond type and time."""
         return (

@@ -31,7 +31,7 @@ import psutil
 from memoryd import __version__
 from memoryd.alerts import Alerts
 from memoryd.backlog import Backlog
-from memoryd.cache import RecentCache
+from memoryd.cache import ReadCache
 from memoryd.config import Settings
 from memoryd.errors import ConfigError, FatalError
 from memoryd.flusher import Flusher
@@ -43,6 +43,7 @@ from memoryd.stores import create_store
 from memoryd.stores.base import StoreError, StoreUnavailable
 from memoryd.systemd import Notifier, watchdog_interval_s
 from memoryd.wal import QUARANTINE_DIR, Recovery, Wal
+from memoryd.writers import SoleWriter
 from memoryd_client.ids import new_id
 
 logger = logging.getLogger(__name__)
@@ -60,8 +61,8 @@ RELOADABLE = frozenset(
         "checkpoint_interval_s",
         "flush_batch_max",
         "flush_batch_max_bytes",
-        "degraded_cache_per_agent",
-        "degraded_cache_records",
+        "read_cache_per_agent",
+        "read_cache_records",
         "max_message_bytes",
         "max_connections",
         "max_inflight_per_connection",
@@ -103,10 +104,12 @@ class Server:
             check_store=self.check_store_marker,
             wal_has_room=self.wal.has_room,
         )
-        self.cache = RecentCache(
-            per_agent=settings.degraded_cache_per_agent,
-            max_records=settings.degraded_cache_records,
+        self.cache = ReadCache(
+            per_agent=settings.read_cache_per_agent,
+            max_records=settings.read_cache_records,
+            max_memories=settings.max_memories,
         )
+        self.sole_writer = SoleWriter(self.store, self.cache)
         self.flusher = Flusher(
             store=self.store,
             backlog=self.backlog,
@@ -180,6 +183,7 @@ class Server:
         await self._open_store()
         self._spawn(self.flusher.run(), "flusher")
         self._spawn(self.health.run(), "health")
+        self._spawn(self.sole_writer.run(), "writer lease")
         self._spawn(self._sweep_expired(), "sweep")
         interval_s = watchdog_interval_s()
         if interval_s is not None:
@@ -241,6 +245,8 @@ class Server:
             await self.wal.close()
         else:
             self.wal.abandon()
+        if self._serving and not self.health.store_down:
+            await self.sole_writer.leave()
         await self.store.close()
         if self._owns_socket:
             with contextlib.suppress(FileNotFoundError):
@@ -477,8 +483,8 @@ class Server:
         self.flusher.batch_max = settings.flush_batch_max
         self.flusher.batch_max_bytes = settings.flush_batch_max_bytes
         self.flusher.checkpoint_interval_s = settings.checkpoint_interval_s
-        self.cache.per_agent = settings.degraded_cache_per_agent
-        self.cache.max_records = settings.degraded_cache_records
+        self.cache.per_agent = settings.read_cache_per_agent
+        self.cache.max_records = settings.read_cache_records
         logging.getLogger("memoryd").setLevel(settings.log_level)
 
     # ------------------------------------------------------------ status
@@ -505,7 +511,6 @@ class Server:
             backlog_bytes=self.backlog.bytes,
             oldest_unapplied_age_s=round(self.backlog.oldest_age_s(), 3),
             applied_records=self.flusher.applied_records,
-            cached_records=self.cache.size,
             drain_rate_per_s=self.flusher.drain_rate_per_s(),
         )
         return {
@@ -518,6 +523,13 @@ class Server:
             "socket": str(self.settings.socket_path),
             "store": store,
             "wal": wal,
+            "read_cache": {
+                "records": self.cache.size,
+                "hits": self.cache.hits,
+                "misses": self.cache.misses,
+                "from_memory": self.cache.trusted(),
+                "writers": self.sole_writer.writers,
+            },
             "clients": len(self.registry.connections),
             "requests": self.metrics.snapshot(),
             "process": self._process_stats(),

@@ -1,10 +1,11 @@
 """The methods of the protocol: checking arguments, writing, reading.
 
 Writes go to the WAL and are acknowledged once durable there; the flusher
-applies them to the store.  Reads ask the store and lay the agent's backlog
-over the answer, so a client always reads its own writes.  While the store is
-down, reads answer at once from the cache of recent records with the backlog
-laid over it, and say so (``degraded: true``).
+applies them to the store.  Reads take the store's answer (from memory when
+the read cache can tell it exactly: memoryd.cache) and lay the agent's
+backlog over it, so a client always reads its own writes.  While the store is
+down, reads answer at once from the cache with the backlog laid over it, and
+say so (``degraded: true``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from memoryd.backlog import (
     merge_query,
     store_fetch_limit,
 )
-from memoryd.cache import RecentCache
+from memoryd.cache import ReadCache
 from memoryd.config import Settings
 from memoryd.errors import (
     BackendUnavailable,
@@ -45,7 +46,7 @@ from memoryd.errors import (
 from memoryd.flusher import Flusher
 from memoryd.health import Health
 from memoryd.ops import Clear, Delete, Entry, Op, Put, Replace
-from memoryd.records import Query, Record
+from memoryd.records import Query, Record, is_expired
 from memoryd.stores.base import Store, StoreError, StoreUnavailable
 from memoryd.validation import Args
 from memoryd.wal import Wal, WalError, WalFullError
@@ -96,7 +97,7 @@ class Service:
         backlog: Backlog,
         flusher: Flusher,
         health: Health,
-        cache: RecentCache,
+        cache: ReadCache,
         status: Callable[[], dict[str, Any]],
     ) -> None:
         self.settings = settings
@@ -273,6 +274,9 @@ class Service:
         limit = v.integer(
             "limit", args.optional("limit", DEFAULT_AGENTS_LIMIT), 1, MAX_AGENTS_LIMIT
         )
+        # Taken first: an agent whose writes are applied while the store is
+        # scanned may be missing from the scan, never from both.
+        pending = [a for a in self.backlog.agent_ids() if a.startswith(prefix)]
         degraded = False
         try:
             stored = [] if self.health.store_down else await self.store.agents(prefix, limit)
@@ -280,7 +284,6 @@ class Service:
         except (StoreUnavailable, StoreError) as exc:
             self.health.store_failed(exc)
             stored, degraded = [], True
-        pending = [a for a in self.backlog.agent_ids() if a.startswith(prefix)]
         return {"agents": sorted(set(stored) | set(pending))[:limit], "degraded": degraded}
 
     # ------------------------------------------------------------ internals
@@ -402,16 +405,20 @@ class Service:
         """The record, None if it is known not to exist, else BackendUnavailable."""
         entries = await self._pending(agent_id)
         now_s = time.time()
-        stored: Record | None | Unknown = self.cache.get(agent_id, record_id) or UNKNOWN
+        stored: Record | None | Unknown = self.cache.known(agent_id, record_id) or UNKNOWN
+        exact = self.cache.get(agent_id, record_id)
         if hides_store(entries):
             stored = None
+        elif exact is not None:
+            stored = None if is_expired(exact, now_s) else exact
         elif not self.health.store_down:
+            token = self.cache.token()
             try:
                 stored = await self.store.get(agent_id, record_id, now_s)
             except (StoreUnavailable, StoreError) as exc:
                 self.health.store_failed(exc)
             else:
-                self.cache.remember([stored] if stored is not None else [])
+                self.cache.remember(agent_id, [stored] if stored is not None else [], token)
         record = merge_get(stored, entries, record_id, now_s)
         if record is UNKNOWN:
             raise BackendUnavailable(
@@ -430,17 +437,42 @@ class Service:
         if not degraded and not hides_store(entries):
             fetch = dataclasses.replace(query, limit=store_fetch_limit(query, entries))
             try:
-                stored = await self.store.query(agent_id, fetch, now_s)
+                stored = await self._stored_answer(agent_id, fetch, now_s)
             except (StoreUnavailable, StoreError) as exc:
                 self.health.store_failed(exc)
                 degraded = True
-            else:
-                self.cache.remember(stored)
         if degraded and not hides_store(entries):
             stored = self.cache.records(agent_id)
         merge = entries or degraded
         records = merge_query(stored, entries, query, now_s) if merge else stored
         return {"records": records, "degraded": degraded}
+
+    async def _stored_answer(self, agent_id: str, fetch: Query, now_s: float) -> list[Record]:
+        """What the store would answer to ``fetch``: from memory when the cache can tell.
+
+        When it cannot and may learn the agent (memoryd.cache), the agent's
+        newest records are fetched first, unfiltered, so that the next reads
+        of this agent, filtered or not, can be answered from memory.
+        """
+        cache = self.cache
+        found = cache.answer(agent_id, fetch, now_s)
+        if found is not None:
+            cache.hits += 1
+            return found
+        cache.misses += 1
+        token = cache.token()
+        if cache.may_fill(agent_id):
+            newest = Query(limit=max(cache.per_agent, fetch.limit if fetch.newest_of_all else 0))
+            records = await self.store.query(agent_id, newest, now_s)
+            cache.fill(agent_id, records, newest.limit, token)
+            if fetch.newest_of_all:
+                return records[: fetch.limit]
+            found = cache.answer(agent_id, fetch, now_s)
+            if found is not None:
+                return found
+        records = await self.store.query(agent_id, fetch, now_s)
+        cache.remember(agent_id, records, token)
+        return records
 
     async def _exact_stats(self, agent_id: str) -> dict[str, Any]:
         """Stats from the store, once the agent's backlog has reached it."""

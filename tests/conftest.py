@@ -43,11 +43,21 @@ def private_redis() -> Iterator[RedisServer]:
         server.cleanup()
 
 
-@pytest.fixture
-def daemon_dir() -> Iterator[Daemon]:
-    """A daemon not yet started: set env_overrides, then start() it."""
+def _unstarted_daemon() -> Iterator[Daemon]:
     daemon = Daemon()
     try:
         yield daemon
     finally:
         daemon.cleanup()
+
+
+@pytest.fixture
+def daemon_dir() -> Iterator[Daemon]:
+    """A daemon not yet started: set env_overrides, then start() it."""
+    yield from _unstarted_daemon()
+
+
+@pytest.fixture
+def second_daemon_dir() -> Iterator[Daemon]:
+    """Another one, for tests of two daemons."""
+    yield from _unstarted_daemon()

@@ -141,7 +141,7 @@ def test_reads_of_unknown_records_while_the_store_is_down_say_so(
 ) -> None:
     daemon_dir.env_overrides = {
         "MEMORYD_REDIS_URL": private_redis.url,
-        "MEMORYD_DEGRADED_CACHE_PER_AGENT": "0",  # nothing cached: the store alone knows
+        "MEMORYD_READ_CACHE_PER_AGENT": "0",  # nothing cached: the store alone knows
     }
     daemon = daemon_dir.start()
     with Client(daemon.socket_path, timeout_s=20) as client:
@@ -205,7 +205,9 @@ def test_a_full_wal_refuses_writes_and_reports_failing(
     wait_until(lambda: len(stored_ids(private_redis, "full")) == len(accepted), 20, "the drain")
     with Client(daemon.socket_path, timeout_s=20) as client:
         assert client.add("full", "note", "room again")["id"]
-        assert client.status()["state"] in ("healthy", "recovering")
+        # An accepted write ends `failing` at once; the store's own state
+        # (degraded until enough probes succeed) is another matter.
+        assert client.status()["state"] != "failing"
 
 
 def test_a_local_store_that_cannot_open_stops_the_start(daemon_dir: Daemon) -> None:
@@ -227,7 +229,7 @@ def test_degraded_reads_answer_from_the_cache_and_the_backlog(
 ) -> None:
     daemon_dir.env_overrides = {
         "MEMORYD_REDIS_URL": private_redis.url,
-        "MEMORYD_DEGRADED_CACHE_PER_AGENT": "3",
+        "MEMORYD_READ_CACHE_PER_AGENT": "3",
     }
     daemon = daemon_dir.start()
     with Client(daemon.socket_path, timeout_s=20) as client:
@@ -244,7 +246,7 @@ def test_degraded_reads_answer_from_the_cache_and_the_backlog(
         with pytest.raises(errors.BackendUnavailable):
             client.get("cached", old[0], timeout_s=1)
         status = client.status()
-        assert status["state"] == "degraded" and status["wal"]["cached_records"] == 3
+        assert status["state"] == "degraded" and status["read_cache"]["records"] == 3
 
 
 def test_store_durability_times_out_with_backend_unavailable_and_still_applies(

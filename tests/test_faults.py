@@ -55,15 +55,6 @@ def fault_seed() -> int:
 
 
 @pytest.fixture
-def daemon_dir() -> Iterator[Daemon]:
-    daemon = Daemon()
-    try:
-        yield daemon
-    finally:
-        daemon.cleanup()
-
-
-@pytest.fixture
 def redis_servers() -> Iterator[list[RedisServer]]:
     """Redis servers a test starts itself (with its own arguments); all cleaned up."""
     servers: list[RedisServer] = []

@@ -85,6 +85,11 @@ class Store(Protocol):
         has none.  A token that changes between two calls means the data the
         store held is gone (a Redis restarted empty or flushed, a new file)."""
 
+    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> int:
+        """Renew this daemon's lease among the writers of the store (``lease_s``
+        0: give it up); how many daemons hold one, this one included.  A store
+        that only one daemon can open at a time answers 1."""
+
     async def sweep(self, now_s: float) -> int:
         """Remove expired records with their index entries; the number removed."""
 

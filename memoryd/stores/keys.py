@@ -95,6 +95,11 @@ class KeySpace:
         """STRING: a token set once per dataset, so a Redis that lost its data shows."""
         return f"{self.prefix}memoryd:marker"
 
+    @property
+    def writers(self) -> str:
+        """ZSET daemon id -> lease end: the daemons writing under this prefix."""
+        return f"{self.prefix}memoryd:writers"
+
     def stats_pattern(self, agent_prefix: str = "") -> str:
         """SCAN MATCH pattern of the stats keys of agents whose id starts with ``agent_prefix``."""
         return f"{glob_escape(self.prefix)}{_AGENT}{glob_escape(agent_prefix)}*{_STATS}"

@@ -282,6 +282,11 @@ class LocalStore:
             raise
         conn.execute("COMMIT")
 
+    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> int:
+        # The database lives in data_dir, which one daemon at a time holds
+        # (memoryd.lock): nobody else writes it.
+        return 1
+
     async def sweep(self, now_s: float) -> int:
         removed = await self._run("sweep", lambda: self._sweep_sync(now_s))
         if removed:

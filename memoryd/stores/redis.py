@@ -195,6 +195,7 @@ class RedisStore:
         self._client: aioredis.Redis | None = None
         self._apply_script: AsyncScript | None = None
         self._page_script: AsyncScript | None = None
+        self._writers_script: AsyncScript | None = None
         self._server_version: str | None = None
 
     # -- life cycle ---------------------------------------------------------
@@ -220,6 +221,7 @@ class RedisStore:
         client = aioredis.Redis(connection_pool=pool)
         self._apply_script = client.register_script(_script_text("apply.lua"))
         self._page_script = client.register_script(_script_text("page.lua"))
+        self._writers_script = client.register_script(_script_text("writers.lua"))
         return client
 
     async def open(self) -> None:
@@ -265,6 +267,14 @@ class RedisStore:
                 info = await client.info("server")
                 self._server_version = str(info.get("redis_version", "")) or None
         return _text(token) if token is not None else candidate
+
+    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> int:
+        script = self._require_script(self._writers_script)
+        with _translated("writer lease"):
+            writers = await script(
+                keys=[self._keys.writers], args=[daemon_id, math.ceil(lease_s * 1000)]
+            )
+        return int(writers)
 
     # -- writes -------------------------------------------------------------
 
@@ -360,7 +370,7 @@ class RedisStore:
 
     async def _load_scripts(self) -> None:
         client = self._require_client()
-        for script in (self._apply_script, self._page_script):
+        for script in (self._apply_script, self._page_script, self._writers_script):
             loaded = self._require_script(script)
             loaded.sha = await client.script_load(loaded.script)
 

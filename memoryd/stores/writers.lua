@@ -1,0 +1,20 @@
+-- Renew one daemon's lease among the writers of a key space; how many hold one.
+--
+-- KEYS: 1 writers ZSET (memoryd/stores/keys.py): daemon id -> lease end, in
+--       milliseconds of the Redis server's clock, so daemons on hosts whose
+--       clocks disagree still agree on whose lease is over.
+-- ARGV: 1 daemon id, 2 lease in milliseconds (0: give the lease up).
+
+local writers_key = KEYS[1]
+local daemon_id, lease_ms = ARGV[1], tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+
+redis.call('ZREMRANGEBYSCORE', writers_key, '-inf', now_ms)
+if lease_ms > 0 then
+  redis.call('ZADD', writers_key, now_ms + lease_ms, daemon_id)
+  redis.call('PEXPIRE', writers_key, lease_ms)
+else
+  redis.call('ZREM', writers_key, daemon_id)
+end
+return redis.call('ZCARD', writers_key)

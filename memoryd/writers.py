@@ -1,0 +1,98 @@
+"""Whether this daemon is the only writer of its store, which reads from memory rely on.
+
+The read cache (memoryd.cache) mirrors what this daemon's flusher applies,
+so it is exact only as long as nobody else writes the same records: another
+daemon on another host sharing the Redis and key prefix, say.  Every daemon
+therefore holds a lease in the store's registry of writers, renewed every
+``interval_s``; while the registry names this daemon alone, the cache is
+trusted for ``trust_s`` past each renewal that said so.  When a second writer
+shows up, this daemon stops answering from memory at its next renewal (reads
+go to the store, as they always may), and when it is alone again it
+distrusts everything it learnt before and starts over.
+
+A lease lasts ``lease_s``, so a daemon that died without giving its lease up
+keeps the others off their caches for at most that long.  A store only one
+daemon can open (the local store) always answers "alone".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from memoryd.cache import ReadCache
+from memoryd.stores.base import Store, StoreError, StoreUnavailable
+from memoryd_client.ids import new_id
+
+logger = logging.getLogger(__name__)
+
+INTERVAL_S = 0.5
+TRUST_S = 1.5
+LEASE_S = 5.0
+
+
+class SoleWriter:
+    def __init__(
+        self,
+        store: Store,
+        cache: ReadCache,
+        *,
+        interval_s: float = INTERVAL_S,
+        trust_s: float = TRUST_S,
+        lease_s: float = LEASE_S,
+    ) -> None:
+        self.store = store
+        self.cache = cache
+        self.interval_s = interval_s
+        self.trust_s = trust_s
+        self.lease_s = lease_s
+        self.daemon_id = new_id()
+        self.writers = 0  # how many daemons the last renewal counted; 0: unknown
+
+    async def run(self) -> None:
+        """Renew the lease forever; cancel to stop."""
+        while True:
+            await self.renew()
+            await asyncio.sleep(self.interval_s)
+
+    async def renew(self) -> None:
+        asked_at = time.monotonic()
+        try:
+            writers = await asyncio.wait_for(
+                self.store.renew_writer_lease(self.daemon_id, self.lease_s), self.trust_s
+            )
+        except (StoreUnavailable, StoreError, TimeoutError):
+            # Whoever else writes meanwhile, this daemon would not know.  The
+            # health probe reports the store itself.
+            self._distrust(0)
+            return
+        if writers > 1:
+            if self.writers <= 1:
+                logger.warning(
+                    "%d daemons write to this store: reads go to the store instead of memory "
+                    "until this daemon is its only writer again",
+                    writers,
+                )
+            self._distrust(writers)
+            return
+        if not self.cache.trusted():
+            self.cache.invalidate_all()
+            if self.writers > 1:
+                logger.info("this daemon is the only writer again: reads from memory resume")
+        self.writers = 1
+        self.cache.trusted_until = asked_at + self.trust_s
+
+    async def leave(self) -> None:
+        """Give the lease up (at shutdown), so that the other daemons need not wait it out."""
+        self._distrust(0)
+        try:
+            await asyncio.wait_for(self.store.renew_writer_lease(self.daemon_id, 0), self.trust_s)
+        except (StoreUnavailable, StoreError, TimeoutError) as exc:
+            logger.info("could not give the writer lease up (%s); it ends on its own", exc)
+
+    def _distrust(self, writers: int) -> None:
+        self.writers = writers
+        if self.cache.trusted_until:
+            self.cache.trusted_until = 0.0
+            self.cache.invalidate_all()

@@ -1,0 +1,64 @@
+"""Reads from memory through the real daemon: used when alone, never when another daemon writes."""
+
+from __future__ import annotations
+
+from memoryd_client import Client
+from tests.harness import Daemon, RedisServer, wait_until
+
+
+def read_cache(client: Client) -> dict[str, int | bool]:
+    section: dict[str, int | bool] = client.status()["read_cache"]
+    return section
+
+
+def test_a_lone_daemon_answers_repeated_reads_from_memory(
+    private_redis: RedisServer, daemon_dir: Daemon
+) -> None:
+    daemon_dir.env_overrides = {"MEMORYD_REDIS_URL": private_redis.url}
+    daemon = daemon_dir.start()
+    with Client(daemon.socket_path) as client:
+        wait_until(lambda: read_cache(client)["from_memory"], 5, "the writer lease")
+        ids = [client.add("solo", "discussion", f"发言 {n}")["id"] for n in range(8)]
+        before = read_cache(client)
+        for _ in range(5):
+            newest = client.recent("solo", limit=5)
+            assert [r["id"] for r in newest] == ids[::-1][:5]
+            by_type = client.recent("solo", limit=3, types=["discussion"])
+            assert [r["id"] for r in by_type] == ids[::-1][:3]
+        after = read_cache(client)
+        assert after["writers"] == 1
+        # The first read fills the agent's view; the rest are answered from it.
+        assert int(after["hits"]) - int(before["hits"]) >= 8
+
+
+def test_a_second_daemon_on_the_same_redis_turns_reads_from_memory_off(
+    private_redis: RedisServer, daemon_dir: Daemon, second_daemon_dir: Daemon
+) -> None:
+    env = {"MEMORYD_REDIS_URL": private_redis.url}
+    daemon_dir.env_overrides = env
+    second_daemon_dir.env_overrides = env
+    first = daemon_dir.start()
+    with Client(first.socket_path) as one:
+        wait_until(lambda: read_cache(one)["from_memory"], 5, "the writer lease")
+        one.add("shared", "discussion", "from the first daemon", durability="store")
+        assert [r["content"] for r in one.recent("shared", limit=5)] == ["from the first daemon"]
+        second = second_daemon_dir.start()
+        with Client(second.socket_path) as two:
+            new_id = two.add("shared", "discussion", "from the second", durability="store")["id"]
+            # Seen by the first daemon within about one lease renewal, not never.
+            wait_until(
+                lambda: new_id in [r["id"] for r in one.recent("shared", limit=5)],
+                3,
+                "the first daemon to see the second one's write",
+            )
+            wait_until(lambda: read_cache(one)["writers"] == 2, 3, "the lease count")
+            assert not read_cache(one)["from_memory"]
+            assert not read_cache(two)["from_memory"]
+            # While both write, every read goes to the store: it sees the other's writes at once.
+            for n in range(3):
+                written = two.add("shared", "discussion", f"more {n}", durability="store")["id"]
+                assert one.recent("shared", limit=1)[0]["id"] == written
+        second_daemon_dir.stop()  # a clean stop gives its lease up
+        wait_until(lambda: read_cache(one)["from_memory"], 5, "reads from memory to resume")
+        assert read_cache(one)["writers"] == 1
+        assert len(one.recent("shared", limit=10)) == 5
