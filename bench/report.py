@@ -27,6 +27,8 @@ class Goal:
     goal: str
     compare: Callable[[float], bool]
     value: Callable[[dict[str, Any]], float | None]
+    # What this run measured it on, when the run's size decides it (e.g. the scale levels).
+    detail: Callable[[dict[str, Any]], str | None] = lambda results: None
 
 
 def _latency(results: dict[str, Any], backend: str, op: str) -> float | None:
@@ -85,6 +87,86 @@ def _sessions_ratio(
         )
 
     return ratio
+
+
+def _scale_levels(results: dict[str, Any]) -> list[dict[str, Any]]:
+    levels: list[dict[str, Any]] = results.get("scale", {}).get("levels", [])
+    return levels
+
+
+def _scale_latency_ratio(results: dict[str, Any]) -> float | None:
+    """newest-5 p50 at the top level / at the first (1M / 1k in the full run)."""
+    levels = _scale_levels(results)
+    if len(levels) < 2:
+        return None
+    return _ratio(levels[-1]["newest"]["p50_ms"], levels[0]["newest"]["p50_ms"])
+
+
+def _scale_latency_detail(results: dict[str, Any]) -> str | None:
+    levels = _scale_levels(results)
+    if len(levels) < 2:
+        return None
+    return f"this run: {_count(levels[-1]['records'])} / {_count(levels[0]['records'])}"
+
+
+def _scale_overhead(results: dict[str, Any]) -> float | None:
+    levels = _scale_levels(results)
+    value = levels[-1]["overhead_per_record_bytes"] if levels else None
+    return None if value is None else float(value)
+
+
+def _scale_overhead_detail(results: dict[str, Any]) -> str | None:
+    levels = _scale_levels(results)
+    if not levels:
+        return None
+    top = levels[-1]
+    return (
+        f"this run: {_count(top['records'])} records, {_fmt(top['memory_per_record_bytes'], 0)}"
+        f" B per record, payload {_fmt(top['payload']['mean_bytes'], 0)} B"
+    )
+
+
+RSS_GOAL_AGENTS = 10_000
+RSS_GOAL_RECORDS_PER_AGENT = 100
+
+
+def _scale_rss_mb(results: dict[str, Any]) -> float | None:
+    """Daemon RSS in MB (10^6 B) at 10k agents × 100 records; None below that."""
+    levels = _scale_levels(results)
+    if not levels:
+        return None
+    top = levels[-1]
+    reached = top["agents"] >= RSS_GOAL_AGENTS
+    reached = reached and top["records"] >= RSS_GOAL_AGENTS * RSS_GOAL_RECORDS_PER_AGENT
+    rss = top.get("daemon_rss_after_every_agent_bytes")
+    return float(rss) / 1e6 if reached and rss is not None else None
+
+
+def _scale_rss_detail(results: dict[str, Any]) -> str | None:
+    levels = _scale_levels(results)
+    if not levels:
+        return None
+    top = levels[-1]
+    rss = top.get("daemon_rss_after_every_agent_bytes")
+    restarted = top.get("restarted_daemon_rss_after_every_agent_bytes")
+    return (
+        f"this run's top level: {_count(top['agents'])} agents ×"
+        f" {top['records'] // max(1, top['agents'])}, RSS {_fmt(_mb(rss), 1)} MB, the peak"
+        f" ingest backlog ({top.get('ingest_peak_backlog_records')} records) included;"
+        f" restarted over the same store: {_fmt(_mb(restarted), 1)} MB"
+    )
+
+
+def _count(n: int) -> str:
+    """1000 -> 1k, 1000000 -> 1M."""
+    for size, suffix in ((1_000_000, "M"), (1_000, "k")):
+        if n >= size and n % size == 0:
+            return f"{n // size}{suffix}"
+    return str(n)
+
+
+def _mb(value: float | None) -> float | None:
+    return None if value is None else value / 1e6
 
 
 def _at_most(limit: float) -> Callable[[float], bool]:
@@ -148,6 +230,28 @@ GOALS: tuple[Goal, ...] = (
         _at_least(0.7),
         _ingest_ratio("memoryd-redis-everysec b1000"),
     ),
+    Goal(
+        "newest-5 p50 at the top scale level / at the first (1M / 1k stored records in the full"
+        " run), memoryd (redis, everysec)",
+        "≤ 1.2",
+        _at_most(1.2),
+        _scale_latency_ratio,
+        _scale_latency_detail,
+    ),
+    Goal(
+        "Redis memory per stored record − mean encoded payload (bytes), at the top scale level",
+        "≤ 250",
+        _at_most(250.0),
+        _scale_overhead,
+        _scale_overhead_detail,
+    ),
+    Goal(
+        "daemon RSS (MB) with 10k agents × 100 records, after newest-5 from every agent",
+        "≤ 150",
+        _at_most(150.0),
+        _scale_rss_mb,
+        _scale_rss_detail,
+    ),
 )
 
 
@@ -162,6 +266,7 @@ def goal_results(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "goal": goal.goal,
                 "value": None if value is None else round(value, 3),
                 "verdict": verdict,
+                "detail": goal.detail(results),
             }
         )
     return rows
@@ -266,8 +371,126 @@ def sessions_markdown(sessions: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _mib(value: float | None) -> str:
+    return _fmt(None if value is None else value / 2**20, 1)
+
+
+def _cached(cache: dict[str, Any] | None) -> str:
+    return _fmt((cache or {}).get("records"))
+
+
+def scale_markdown(scale: dict[str, Any]) -> list[str]:
+    p = scale["params"]
+    lines = [
+        "## scale (one daemon, redis everysec; newest-5 ms, memory in MiB or bytes)",
+        "",
+        f"{p['method']}. {p['reads_per_level']} reads per level after {p['warmup_reads']}"
+        f" warm-up. Empty server: used_memory {_mib(scale['empty']['used_memory'])} MiB.",
+        "",
+    ]
+    rows = [
+        [
+            _count(level["records"]),
+            str(level["agents"]),
+            _fmt(level["newest"]["p50_ms"]),
+            _fmt(level["newest"]["p99_ms"]),
+            _fmt(level["newest"]["p99_9_ms"]),
+            _fmt(level.get("read_cache_hit_share"), 2),
+            _mib(level["redis"]["used_memory"]),
+            _mib(level["redis"]["used_memory_dataset"]),
+            _fmt(level["memory_per_record_bytes"], 0),
+            _fmt(level["payload"]["mean_bytes"], 0),
+            _fmt(level["overhead_per_record_bytes"], 0),
+            _mib(level["daemon_rss_bytes"]),
+            _fmt(level["ingest_stored_per_s"], 0),
+            str(level["ingest_peak_backlog_records"]),
+        ]
+        for level in scale["levels"]
+    ]
+    header = ["records", "agents", "p50", "p99", "p99.9", "read cache hits", "used_memory MiB",
+              "dataset MiB", "B/record", "payload B", "B/record − payload", "daemon RSS MiB",
+              "ingest stored/s", "peak ingest backlog"]  # fmt: skip
+    lines += _table(header, rows)
+    top = scale["levels"][-1] if scale["levels"] else None
+    if top is not None and "daemon_rss_after_every_agent_bytes" in top:
+        rss = _mib(top["daemon_rss_after_every_agent_bytes"])
+        lines += [
+            "",
+            f"After newest-5 from each of the {top['agents']} agents"
+            f" ({_fmt(top['read_every_agent_s'])} s): daemon RSS {rss} MiB,"
+            f" {_cached(top.get('daemon_read_cache'))} records in its read cache. The daemon"
+            f" restarted over the same store: {_mib(top.get('restarted_daemon_rss_bytes'))} MiB at"
+            f" start, {_mib(top.get('restarted_daemon_rss_after_every_agent_bytes'))} MiB after"
+            f" newest-5 from every agent ({_cached(top.get('restarted_daemon_read_cache'))}"
+            " records cached). The RSS of the daemon that ingested keeps the heap its backlog grew"
+            " (acknowledged, not yet applied: peak per level in the table).",
+        ]
+    return lines
+
+
+def _outage_row(name: str, run: dict[str, Any]) -> list[str]:
+    drain = run["drain"]
+    return [
+        name,
+        _fmt(run["add_up"]["p50_ms"]),
+        _fmt(run["add_up"]["p99_ms"]),
+        _fmt(run["add_up"]["p99_9_ms"]),
+        _fmt(run["add_down"]["p50_ms"]),
+        _fmt(run["add_down"]["p99_ms"]),
+        _fmt(run["add_down"]["p99_9_ms"]),
+        _fmt(run["backlog_write"]["acked_per_s"], 0),
+        str(drain["backlog_at_restart"]),
+        _fmt(drain["noticed_s"], 2),
+        _fmt(drain["first_apply_s"], 2),
+        _fmt(drain["drained_s"], 2),
+        _fmt(drain["healthy_s"], 2),
+        _fmt(drain["drain_records_per_s"], 0),
+        _fmt(drain["status_drain_rate_per_s_max"], 0),
+    ]
+
+
+def _readback(run: dict[str, Any]) -> str:
+    checks = run["correctness"]
+    parts = [
+        f"{c['found']}/{c['checked']}"
+        for c in (checks["sequential_adds_while_down"], checks["backlog_sample"])
+    ]
+    return (
+        f"written while down and read back: {parts[0]} sequential adds, {parts[1]} of a backlog"
+        f" sample; records from before the kill still readable:"
+        f" {checks['records_from_before_the_kill_readable']}; alerts:"
+        f" {', '.join(run['alerts']) or 'none'}; degraded {_fmt(run['degraded_after_kill_s'], 2)} s"
+        f" after the kill; states after the restart: {' → '.join(run['drain']['states'])}"
+    )
+
+
+def outage_markdown(outage: dict[str, Any]) -> list[str]:
+    p = outage["params"]
+    lines = [
+        "## outage (add ms with Redis up and down; seconds after Redis listens again)",
+        "",
+        f"{p['method']}. {p['adds']} adds each way after {p['warmup_adds']} warm-up.",
+        "",
+    ]
+    header = ["backend", "up p50", "up p99", "up p99.9", "down p50", "down p99", "down p99.9",
+              "backlog acked/s", "backlog", "noticed s", "first apply s", "drained s",
+              "healthy s", "drain records/s", "status drain_rate_per_s max"]  # fmt: skip
+    runs = outage["runs"]
+    lines += _table(header, [_outage_row(name, run) for name, run in runs.items()])
+    lines += [""] + [f"- {name}: {_readback(run)}." for name, run in runs.items()]
+    return lines
+
+
 def goals_markdown(goals: list[dict[str, Any]]) -> list[str]:
-    rows = [[g["measure"], g["goal"], _fmt(g["value"]), g["verdict"]] for g in goals]
+    rows = [
+        [
+            g["measure"] + (f" ({g['detail']})" if g.get("detail") else ""),
+            g["goal"],
+            _fmt(g["value"]),
+            g["verdict"],
+        ]
+        for g in goals
+    ]
     return ["## goals (issue 4)", "", *_table(["measure", "goal", "value", "verdict"], rows)]
 
 
@@ -283,15 +506,20 @@ def markdown(results: dict[str, Any]) -> str:
         f" Python {machine['python']}, {machine['redis_server'].split(' sha=')[0]};"
         f" {packages}. Load average at start: {machine['load_average'][0]:.2f}.",
     ]
+    transport = results.get("transport")
+    if transport:
+        lines += ["", f"Redis: {transport['redis']}. memoryd: {transport['memoryd']}."]
     if "latency" in results:
         lines += ["", *latency_markdown(results["latency"])]
     if "ingest" in results:
         lines += ["", *ingest_markdown(results["ingest"])]
     if "sessions" in results:
         lines += ["", *sessions_markdown(results["sessions"])]
+    if "scale" in results:
+        lines += ["", *scale_markdown(results["scale"])]
+    if "outage" in results:
+        lines += ["", *outage_markdown(results["outage"])]
     lines += ["", *goals_markdown(results["goals"])]
-    if results.get("not_run"):
-        lines += ["", "Not implemented yet: " + ", ".join(results["not_run"]) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -333,4 +561,37 @@ def charts(results: dict[str, Any], out: Path) -> list[str]:
         fig.savefig(out / "ingest.png", dpi=120)
         plt.close(fig)
         written.append("ingest.png")
+    if _scale_levels(results):
+        written.append(_scale_chart(plt, _scale_levels(results), out))
     return written
+
+
+def _scale_chart(plt: Any, levels: list[dict[str, Any]], out: Path) -> str:
+    """newest-5 latency and Redis memory per record against stored records."""
+    records = [level["records"] for level in levels]
+    fig, (latency, memory) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for title, key in PERCENTILE_KEYS:
+        latency.plot(records, [level["newest"][key] for level in levels], marker="o", label=title)
+    latency.set_ylabel("newest-5 latency (ms)")
+    memory.plot(
+        records, [level["memory_per_record_bytes"] for level in levels], marker="o",
+        label="Redis memory per record",
+    )  # fmt: skip
+    memory.plot(
+        records, [level["payload"]["mean_bytes"] for level in levels], marker="o",
+        label="encoded payload (mean)",
+    )  # fmt: skip
+    memory.plot(
+        records, [level["payload"]["mean_bytes"] + 250 for level in levels], linestyle="--",
+        label="goal: payload + 250",
+    )  # fmt: skip
+    memory.set_ylabel("bytes")
+    for ax in (latency, memory):
+        ax.set_xscale("log")
+        ax.set_xlabel("stored records")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "scale.png", dpi=120)
+    plt.close(fig)
+    return "scale.png"

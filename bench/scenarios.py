@@ -10,6 +10,11 @@ one process writing the same records in memoryd's own Redis key layout with raw,
 non-transactional pipelines.  memoryd's rate is counted twice: until the last batch is
 acknowledged (in the WAL) and until a ``durability="store"`` write behind it returns (everything
 applied to the store).
+
+``sessions``: see ``bench.sessions``; ``scale`` and ``outage``: ``bench.scale``, ``bench.outage``.
+
+Everything reaches Redis over TCP loopback (the direct baselines, the ceilings, memoryd's store);
+clients reach memoryd over its Unix socket.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ CEILING_COMMANDS_PER_RECORD = 5
 
 
 _Items = list[tuple[str, workload.Rec]]
+Address = tuple[str, int]  # a redis-server's TCP (host, port)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,17 +69,26 @@ class Params:
     session_parallel: tuple[int, ...] = (1, 8, 32, 128)
     long_history: int = 1000
     long_parallel: int = 32
+    # scale: stored records at each level (100 per agent), newest-5 reads per level
+    scale_levels: tuple[int, ...] = (1_000, 10_000, 100_000, 1_000_000)
+    scale_reads: int = 5000
+    # outage: sequential adds with Redis up and down, records written as a backlog while down
+    outage_adds: int = 2000
+    outage_backlog: int = 50_000
 
 
 SIZES: dict[str, Params] = {
     "full": Params("full", 2000, 200, 100, 48, 50_000),
     "quick": Params(
-        "quick", 100, 10, 50, 24, 2_000, session_parallel=(1, 4), long_history=100, long_parallel=4
+        "quick", 100, 10, 50, 24, 2_000, session_parallel=(1, 4), long_history=100,
+        long_parallel=4, scale_levels=(1_000, 10_000), scale_reads=1000, outage_adds=200,
+        outage_backlog=5_000,
     ),
     "tiny": Params(
-        "tiny", 4, 1, 10, 12, 1_000, session_parallel=(1, 2), long_history=20, long_parallel=2
+        "tiny", 4, 1, 10, 12, 1_000, session_parallel=(1, 2), long_history=20, long_parallel=2,
+        scale_levels=(200, 1_000), scale_reads=50, outage_adds=20, outage_backlog=500,
     ),
-}
+}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +143,7 @@ def open_backend(spec: BackendSpec, ctx: Context) -> Iterator[Backend]:
     if spec.kind == "files":
         backend = FileStore(ctx.workdir / "files" / spec.name)
     elif spec.kind == "direct":
-        backend = DirectRedis(ctx.services.redis("direct").socket_path)
+        backend = DirectRedis(ctx.services.redis("direct").tcp_url)
     else:
         assert spec.daemon is not None
         backend = Memoryd(spec.name, ctx.services.daemon(spec.daemon).socket_path)
@@ -142,7 +157,7 @@ def open_backend(spec: BackendSpec, ctx: Context) -> Iterator[Backend]:
 async def open_async_backend(spec: BackendSpec, ctx: Context) -> AsyncIterator[AsyncBackend]:
     backend: AsyncBackend
     if spec.kind == "direct":
-        backend = AsyncDirectRedis(ctx.services.redis("direct").socket_path)
+        backend = AsyncDirectRedis(ctx.services.redis("direct").tcp_url)
     elif spec.kind == "memoryd":
         assert spec.daemon is not None
         backend = AsyncMemoryd(spec.name, ctx.services.daemon(spec.daemon).socket_path)
@@ -302,13 +317,13 @@ def _ceiling_commands(
     ]
 
 
-def _raw_ceiling(socket_path: Path, items: Sequence[tuple[str, workload.Rec]]) -> None:
+def _raw_ceiling(address: Address, items: Sequence[tuple[str, workload.Rec]]) -> None:
     """hiredis packs the commands, one sendall per pipeline, hiredis parses the replies."""
     keys = KeySpace()
     packb = msgpack.Packer(use_bin_type=True).pack
     pack: Callable[[Any], bytes] = hiredis.pack_command
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(str(socket_path))
+    sock = socket.create_connection(address)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as redis-py does
     reader = hiredis.Reader()
     try:
         per_pipeline = CEILING_PIPELINE_COMMANDS // CEILING_COMMANDS_PER_RECORD
@@ -330,12 +345,13 @@ def _raw_ceiling(socket_path: Path, items: Sequence[tuple[str, workload.Rec]]) -
         sock.close()
 
 
-def _redispy_ceiling(socket_path: Path, items: Sequence[tuple[str, workload.Rec]]) -> None:
+def _redispy_ceiling(address: Address, items: Sequence[tuple[str, workload.Rec]]) -> None:
     """The same commands through redis-py's non-transactional pipeline."""
     keys = KeySpace()
     packb = msgpack.Packer(use_bin_type=True).pack
     per_pipeline = CEILING_PIPELINE_COMMANDS // CEILING_COMMANDS_PER_RECORD
-    with redis.Redis(unix_socket_path=str(socket_path)) as conn:
+    host, port = address
+    with redis.Redis(host=host, port=port) as conn:
         for first in range(0, len(items), per_pipeline):
             pipe = conn.pipeline(transaction=False)
             for agent, record in items[first : first + per_pipeline]:
@@ -346,16 +362,17 @@ def _redispy_ceiling(socket_path: Path, items: Sequence[tuple[str, workload.Rec]
 
 def run_ceiling(
     how: Literal["raw", "redis-py"],
-    socket_path: Path,
+    address: Address,
     items: Sequence[tuple[str, workload.Rec]],
     redis_pid: int | None,
 ) -> dict[str, Any]:
-    """One process writing ``items`` in memoryd's key layout with pipelines of 1000 commands."""
+    """One process writing ``items`` in memoryd's key layout with pipelines of 1000 commands,
+    over TCP to ``address`` (host, port)."""
     write = _raw_ceiling if how == "raw" else _redispy_ceiling
     redis_cpu = cpu_seconds(redis_pid)
     client_cpu = time.process_time()
     start = time.perf_counter_ns()
-    write(socket_path, items)
+    write(address, items)
     elapsed = time.perf_counter_ns() - start
     return {
         "how": how,
@@ -367,7 +384,7 @@ def run_ceiling(
     }
 
 
-def _barrier(socket_path: Path, agent: str) -> None:
+def barrier(socket_path: Path, agent: str) -> None:
     """Returns once every write before it is in the store (the flusher applies in order)."""
     with Client(socket_path) as client:
         client.add(agent, "barrier", {"barrier": True}, durability="store", timeout_s=120)
@@ -414,7 +431,7 @@ def _ingest_memoryd(
             backend.client.connect()
             start, acked = _ingest_sync(backend, items, batch)
     client_cpu = time.process_time() - client_cpu
-    _barrier(daemon.socket_path, f"{items[0][0]}.barrier")
+    barrier(daemon.socket_path, f"{items[0][0]}.barrier")
     stored = time.perf_counter_ns()
     return {
         "records": len(items),
@@ -450,7 +467,7 @@ def run_ingest(ctx: Context) -> dict[str, Any]:
     for how in ("raw", "redis-py"):
         ctx.log(f"ingest: ceiling ({how})")
         items = _ingest_items(f"ceil-{how}", p.ingest_records)
-        ceilings[how] = run_ceiling(how, server.socket_path, items, redis_pid)
+        ceilings[how] = run_ceiling(how, server.tcp_address, items, redis_pid)
     ceiling = ceilings["raw"]
     runs: dict[str, Any] = {}
     for spec in memoryd_specs():
@@ -469,24 +486,14 @@ def run_ingest(ctx: Context) -> dict[str, Any]:
                 "one process, memoryd's key layout: HSET record (type, data) + ZADD list + ZADD"
                 " type + HINCRBY types + HSET stats per record, non-transactional pipelines of"
                 f" {CEILING_PIPELINE_COMMANDS} commands, packed and parsed by hiredis on a raw"
-                " socket (the same through redis-py's pipeline: ceiling_redis_py)"
+                " TCP socket to 127.0.0.1 (the same through redis-py's pipeline:"
+                " ceiling_redis_py)"
             ),
         },
         "ceiling": ceiling,
         "ceiling_redis_py": ceilings["redis-py"],
         "runs": runs,
     }
-
-
-# Not yet implemented ---------------------------------------------------------------------------
-
-
-def todo(name: str, what: str) -> Callable[[Context], dict[str, Any]]:
-    def run(ctx: Context) -> dict[str, Any]:
-        raise NotImplementedError(f"scenario {name!r} is not implemented yet (TODO: {what})")
-
-    run.__doc__ = f"TODO: {what}"
-    return run
 
 
 # Sessions ------------------------------------------------------------------------------------
@@ -496,7 +503,7 @@ def run_sessions(ctx: Context) -> dict[str, Any]:
     """Whole meetings in parallel processes, per backend: short and long histories."""
     targets: list[sessions.Target] = [
         ("files", "legacy-files", str(ctx.workdir / "sessions-files")),
-        ("direct", "direct-redis", str(ctx.services.redis("direct").socket_path)),
+        ("direct", "direct-redis", ctx.services.redis("direct").tcp_url),
     ]
     for config in sessions.SESSION_DAEMONS:
         name = f"memoryd-{config.label}"

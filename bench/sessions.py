@@ -25,7 +25,7 @@ from bench.services import DaemonConfig
 from bench.stats import summarize
 
 # What each session process needs to reach its backend (picklable).
-Target = tuple[str, str, str]  # (kind, name, socket path or directory)
+Target = tuple[str, str, str]  # (kind, name, where: directory, redis:// URL or daemon socket)
 
 SESSION_DAEMONS: tuple[DaemonConfig, ...] = (
     DaemonConfig("redis", "always"),
@@ -39,7 +39,7 @@ def _connect(target: Target) -> Backend:
     if kind == "files":
         return FileStore(Path(where))
     if kind == "direct":
-        return DirectRedis(Path(where))
+        return DirectRedis(where)
     return Memoryd(name, Path(where))
 
 

@@ -416,10 +416,17 @@ def latency_plan(
     return LatencyPlan(agent, meeting, setup, plan)
 
 
-def ingest_records(seed: int, prefix: str, count: int, agents: int) -> Iterator[tuple[str, Rec]]:
-    """``count`` personal records spread round-robin over ``agents`` agent ids."""
+def ingest_records(
+    seed: int, prefix: str, count: int, agents: int, first_agent: int = 0
+) -> Iterator[tuple[str, Rec]]:
+    """``count`` personal records spread round-robin over ``agents`` agent ids, numbered from
+    ``first_agent`` (``<prefix>.agent<i>``)."""
     rng = random.Random(seed)
-    names = [f"{prefix}.agent{i}" for i in range(agents)]
+    names = [agent_name(prefix, i) for i in range(first_agent, first_agent + agents)]
     for i in range(count):
         agent = names[i % agents]
         yield agent, personal_record(rng, agent)
+
+
+def agent_name(prefix: str, index: int) -> str:
+    return f"{prefix}.agent{index}"

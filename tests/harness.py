@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+LOOPBACK = "127.0.0.1"
 
 
 def short_tempdir(prefix: str) -> Path:
@@ -47,12 +48,39 @@ def _can_connect(path: Path) -> bool:
     return True
 
 
+def _can_connect_tcp(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.connect((LOOPBACK, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_tcp_port() -> int:
+    """A loopback port nobody listens on right now (the kernel's pick for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
 @dataclass
 class RedisServer:
-    """One redis-server process on a Unix socket (and optionally a TCP port)."""
+    """One redis-server process on a Unix socket (and optionally a TCP port).
+
+    ``tcp=True`` also listens on 127.0.0.1 at a free port, picked once, so that a
+    restart (``kill`` then ``start``) comes back on the same port as on the same socket.
+    """
 
     directory: Path = field(default_factory=lambda: short_tempdir("mdr-"))
     process: subprocess.Popen[bytes] | None = None
+    tcp: bool = False
+    port: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tcp and self.port is None:
+            self.port = free_tcp_port()
 
     @property
     def socket_path(self) -> Path:
@@ -62,12 +90,32 @@ class RedisServer:
     def url(self) -> str:
         return f"unix://{self.socket_path}"
 
+    @property
+    def tcp_address(self) -> tuple[str, int]:
+        if self.port is None:
+            raise ValueError("this redis-server listens on a Unix socket only (tcp=False)")
+        return LOOPBACK, self.port
+
+    @property
+    def tcp_url(self) -> str:
+        host, port = self.tcp_address
+        return f"redis://{host}:{port}/0"
+
+    def _listening(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            log = self.directory / "redis.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"redis-server exited with {self.process.returncode}:\n{tail}")
+        if not _can_connect(self.socket_path):
+            return False
+        return self.port is None or _can_connect_tcp(self.port)
+
     def start(self, *extra_args: str) -> RedisServer:
+        tcp_args = ["--port", str(self.port), "--bind", LOOPBACK] if self.port else ["--port", "0"]
         self.process = subprocess.Popen(
             [
                 REDIS_SERVER,
-                "--port",
-                "0",
+                *tcp_args,
                 "--unixsocket",
                 str(self.socket_path),
                 "--unixsocketperm",
@@ -85,7 +133,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_until(lambda: _can_connect(self.socket_path), 10, "redis-server to listen")
+        wait_until(self._listening, 10, "redis-server to listen")
         return self
 
     def stop(self) -> None:

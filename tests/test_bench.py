@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bench import run, workload
+from bench import outage, report, run, scale, workload
 from bench.scenarios import LATENCY_BACKENDS, SIZES, memoryd_specs
 
 
@@ -29,9 +30,19 @@ def test_records_are_deterministic_cjk_of_the_right_mix() -> None:
     assert len(text.encode()) > 2 * len(text)  # multi-byte CJK
 
 
-def test_todo_scenarios_say_so(tmp_path: Path) -> None:
-    with pytest.raises(NotImplementedError, match="scale"):
-        run.run(["--tiny", "--scenario", "scale", "--no-charts", "--out", str(tmp_path)])
+def test_every_scenario_of_issue_4_is_there() -> None:
+    assert set(run.SCENARIOS) == {"latency", "ingest", "sessions", "scale", "outage"}
+    for params in SIZES.values():
+        levels = params.scale_levels
+        assert list(levels) == sorted(levels) and len(levels) >= 2
+        assert all(level % scale.RECORDS_PER_AGENT == 0 for level in levels)
+
+
+def test_the_rss_goal_is_not_judged_below_10k_agents() -> None:
+    level = {"agents": 100, "records": 10_000, "daemon_rss_after_every_agent_bytes": 10**9}
+    assert report._scale_rss_mb({"scale": {"levels": [level]}}) is None
+    level |= {"agents": 10_000, "records": 1_000_000}
+    assert report._scale_rss_mb({"scale": {"levels": [level]}}) == 1000.0
 
 
 @pytest.mark.timeout(300)
@@ -68,10 +79,53 @@ def test_tiny_run_measures_every_backend_and_operation(tmp_path: Path) -> None:
             assert run_result["operations"] == per_session * run_result["parallel"], name
             assert run_result["per_op"]["add"]["count"] > 0, name
 
-    assert {g["verdict"] for g in results["goals"]} <= {"pass", "miss"}
+    check_scale(results["scale"])
+    check_outage(results["outage"])
+
+    verdicts = {g["measure"]: g["verdict"] for g in results["goals"]}
+    rss_goal = next(m for m in verdicts if m.startswith("daemon RSS"))
+    assert verdicts.pop(rss_goal) == "n/a"  # the tiny run stops far below 10k agents
+    assert set(verdicts.values()) <= {"pass", "miss"}, verdicts
     saved = json.loads((out / "results.json").read_text())
     assert saved["machine"]["cores_logical"] >= 1
+    assert "TCP" in saved["transport"]["redis"]
     assert set(saved["latency"]["backends"]) == set(latency)
     markdown = (out / "results.md").read_text()
-    assert "## latency" in markdown and "## ingest" in markdown and "## goals" in markdown
-    assert "## sessions" in markdown
+    for section in ("latency", "ingest", "sessions", "scale", "outage", "goals"):
+        assert f"## {section}" in markdown, section
+
+
+def check_scale(result: dict[str, Any]) -> None:
+    params = SIZES["tiny"]
+    levels = result["levels"]
+    assert [level["records"] for level in levels] == list(params.scale_levels)
+    ingested = [level["ingested"] for level in levels]
+    assert sum(ingested) == params.scale_levels[-1]  # each level ingests the difference
+    for level in levels:
+        assert level["agents"] * scale.RECORDS_PER_AGENT == level["records"]
+        assert level["newest"]["count"] == params.scale_reads
+        assert level["newest"]["short_answers"] == 0
+        assert level["redis"]["used_memory"] > result["empty"]["used_memory"]
+        assert level["memory_per_record_bytes"] > 0
+        assert level["payload"]["sampled_records"] > 0 and level["payload"]["mean_bytes"] > 0
+        assert level["daemon_rss_bytes"] > 0
+    assert levels[-1]["daemon_rss_after_every_agent_bytes"] > 0
+    assert levels[-1]["restarted_daemon_rss_after_every_agent_bytes"] > 0
+    assert levels[-1]["restarted_daemon_read_cache"]["records"] > 0
+
+
+def check_outage(result: dict[str, Any]) -> None:
+    params = SIZES["tiny"]
+    assert set(result["runs"]) == {f"memoryd-{config.label}" for config in outage.CONFIGS}
+    for name, run_result in result["runs"].items():
+        assert run_result["add_up"]["count"] == params.outage_adds, name
+        assert run_result["add_down"]["count"] == params.outage_adds, name
+        assert run_result["state_before_restart"] == "degraded", name
+        drain = run_result["drain"]
+        assert drain["backlog_at_restart"] >= params.outage_backlog, name
+        assert drain["drained_s"] is not None and drain["noticed_s"] is not None, name
+        assert drain["states"][-1] == "healthy", name
+        # Correctness, not timing: what was written while Redis was down is there.
+        for check in run_result["correctness"].values():
+            if isinstance(check, dict):
+                assert check["checked"] > 0 and check["found"] == check["checked"], (name, check)

@@ -20,6 +20,9 @@ EXPIRE); the context read is a ZREVRANGE of the newest ``n`` then one HGETALL pe
 dropping the caller's own speeches afterwards (so it returns at most ``n``).  One deviation: the
 speech id gets a random suffix, since the original ``{epoch_ms}_{agent_id}`` lets two speeches of
 one agent in the same millisecond overwrite each other.
+
+Both clients reach Redis over TCP, ``redis://127.0.0.1:<port>/0``: a host/port connection pool,
+as the original's users ran it (``REDIS_HOST``/``REDIS_PORT``, localhost:6379 there).
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any, cast
 
 import redis
@@ -134,8 +136,8 @@ class DirectRedis:
 
     name = "direct-redis"
 
-    def __init__(self, socket_path: Path, max_memories: int = MAX_MEMORIES) -> None:
-        self.redis = redis.Redis(unix_socket_path=str(socket_path), decode_responses=True)
+    def __init__(self, url: str, max_memories: int = MAX_MEMORIES) -> None:
+        self.redis = redis.Redis.from_url(url, decode_responses=True)
         self.max_memories = max_memories
 
     def add(self, stream: str, record: Rec) -> str:
@@ -225,8 +227,8 @@ class AsyncDirectRedis:
 
     name = "direct-redis-async"
 
-    def __init__(self, socket_path: Path, max_memories: int = MAX_MEMORIES) -> None:
-        self.redis = aioredis.Redis(unix_socket_path=str(socket_path), decode_responses=True)
+    def __init__(self, url: str, max_memories: int = MAX_MEMORIES) -> None:
+        self.redis = aioredis.Redis.from_url(url, decode_responses=True)
         self.max_memories = max_memories
 
     async def add(self, stream: str, record: Rec) -> str:
