@@ -18,9 +18,9 @@ Exactness rests on three rules:
 - **Mirror.**  What the flusher applied is replayed on the view with the
   stores' own rules, at the same ``now_s``: the expire step first, a Put
   only when its id is absent and it has not expired, a Replace only when
-  present, a Delete, a Clear, trimming to ``max_memories`` (a view can only
-  mirror a trim when it holds the whole agent; an incomplete view holds only
-  the newest records, which a trim never reaches).
+  present, a Delete, a Clear, trimming to ``max_memories`` (a trim takes the
+  oldest records; a view holds the newest, so it loses one only when it
+  holds more than ``max_memories`` of them).
 - **Sole writer.**  Someone else may write the same store: another daemon
   sharing the Redis.  Views are trusted only while this daemon knows it is
   the only writer (memoryd.writers renews ``trusted_until`` every fraction of
@@ -95,6 +95,59 @@ class _View:
             # boundary moves up to the oldest one left.
             self.exact_from = self.keys[0] if self.keys else None
 
+    def mirror(self, op: Op, now_s: float, max_memories: int) -> int:
+        """Replay an applied ``op`` as the stores apply it; the change in records held."""
+        if isinstance(op, Put):
+            record = op.record
+            inside = self.exact_from is None or sort_key(record) >= self.exact_from
+            if is_expired(record, now_s) or record["id"] in self.by_id or not inside:
+                return 0
+            self.insert(record)
+            if len(self) > max_memories:
+                # The store's trim.  It takes the oldest records, and a view
+                # holds the newest ones: when more than max_memories of those
+                # are held, the oldest of them went.
+                self.drop_oldest()
+                return 0
+            return 1
+        if isinstance(op, Replace):
+            if op.record["id"] not in self.by_id:
+                return 0
+            self.remove(op.record["id"])
+            if is_expired(op.record, now_s):  # an expired replacement deletes
+                return -1
+            self.insert(op.record)
+            return 0
+        if isinstance(op, Delete):
+            return -self.remove(op.record_id)
+        assert isinstance(op, Clear)
+        held = len(self)
+        self.keys.clear()
+        self.by_id.clear()
+        self.exact_from = WHOLE_AGENT
+        return -held
+
+    def expire(self, now_s: float) -> int:
+        """The stores' expire step, run before each apply; the change in records held."""
+        due = [record["id"] for record in self.by_id.values() if is_expired(record, now_s)]
+        return -sum(self.remove(record_id) for record_id in due)
+
+    def bound(self, per_agent: int) -> int:
+        dropped = 0
+        while len(self) > per_agent:
+            self.drop_oldest()
+            dropped += 1
+        return -dropped
+
+    def ahead(self, ops: Sequence[Op], now_s: float, max_memories: int, per_agent: int) -> _View:
+        """A copy with ``ops`` (not yet applied) replayed: what the store will hold."""
+        view = _View(list(self.keys), dict(self.by_id), self.exact_from)
+        view.expire(now_s)
+        for op in ops:
+            view.mirror(op, now_s, max_memories)
+        view.bound(per_agent)
+        return view
+
     def exact(self, record_id: str) -> Record | None:
         record = self.by_id.get(record_id)
         if record is None or self.exact_from is None or sort_key(record) < self.exact_from:
@@ -131,10 +184,13 @@ class ReadCache:
         """Taken before asking the store; given back to ``fill``/``remember``."""
         return self._clock
 
-    def answer(self, agent_id: str, query: Query, now_s: float) -> list[Record] | None:
-        """The store's answer to ``query``, from memory; None when the view cannot tell."""
-        view = self._views.get(agent_id)
-        if view is None or view.exact_from is None or not self.trusted():
+    def answer(
+        self, agent_id: str, query: Query, now_s: float, pending: Sequence[Op] = ()
+    ) -> list[Record] | None:
+        """The store's answer to ``query`` once ``pending`` (the agent's writes
+        not yet applied, in order) are applied; None when the view cannot tell."""
+        view = self._exact_view(agent_id, now_s, pending)
+        if view is None or view.exact_from is None:
             return None
         whole = view.exact_from == WHOLE_AGENT
         if query.order != "newest" and not whole:
@@ -160,12 +216,23 @@ class ReadCache:
         view = self._views.get(agent_id)
         return view is None or view.exact_from is None
 
-    def get(self, agent_id: str, record_id: str) -> Record | None:
-        """The record if an exact view holds it (expired or not: the caller checks)."""
+    def get(
+        self, agent_id: str, record_id: str, now_s: float, pending: Sequence[Op] = ()
+    ) -> Record | None:
+        """The record if an exact view holds it, ``pending`` applied (expired or not:
+        the caller checks)."""
+        view = self._exact_view(agent_id, now_s, pending)
+        return None if view is None else view.exact(record_id)
+
+    def _exact_view(self, agent_id: str, now_s: float, pending: Sequence[Op]) -> _View | None:
         view = self._views.get(agent_id)
-        if view is None or not self.trusted():
+        if view is None or view.exact_from is None or not self.trusted():
             return None
-        return view.exact(record_id)
+        if pending:
+            view = view.ahead(pending, now_s, self.max_memories, self.per_agent)
+            if view.exact_from is None:
+                return None
+        return view
 
     def records(self, agent_id: str) -> list[Record]:
         """Every record held of the agent, exact or not: for reads while the store is down."""
@@ -222,8 +289,8 @@ class ReadCache:
                 view = self._view(agent_id)
             if agent_id not in expired:
                 expired.add(agent_id)
-                self._expire(view, now_s)
-            self._mirror(view, op, now_s)
+                self.size += view.expire(now_s)
+            self.size += view.mirror(op, now_s, self.max_memories)
             self._bound(view)
         self._evict()
 
@@ -254,32 +321,6 @@ class ReadCache:
 
     # -- internals ----------------------------------------------------------
 
-    def _mirror(self, view: _View, op: Op, now_s: float) -> None:
-        if isinstance(op, Put):
-            record = op.record
-            inside = view.exact_from is None or sort_key(record) >= view.exact_from
-            if not is_expired(record, now_s) and record["id"] not in view.by_id and inside:
-                self.size += view.insert(record)
-                if view.exact_from == WHOLE_AGENT and len(view) > self.max_memories:
-                    view.drop_oldest()
-                    self.size -= 1
-        elif isinstance(op, Replace):
-            if op.record["id"] in view.by_id:
-                self.size -= view.remove(op.record["id"])
-                if not is_expired(op.record, now_s):  # an expired replacement deletes
-                    self.size += view.insert(op.record)
-        elif isinstance(op, Delete):
-            self.size -= view.remove(op.record_id)
-        elif isinstance(op, Clear):
-            self.size -= len(view)
-            view.keys.clear()
-            view.by_id.clear()
-            view.exact_from = WHOLE_AGENT
-
-    def _expire(self, view: _View, now_s: float) -> None:
-        for record in [r for r in view.by_id.values() if is_expired(r, now_s)]:
-            self.size -= view.remove(record["id"])
-
     def _view(self, agent_id: str) -> _View:
         view = self._views.get(agent_id)
         if view is None:
@@ -288,9 +329,7 @@ class ReadCache:
         return view
 
     def _bound(self, view: _View) -> None:
-        while len(view) > self.per_agent:
-            view.drop_oldest()
-            self.size -= 1
+        self.size += view.bound(self.per_agent)
 
     def _evict(self) -> None:
         while self.size > self.max_records and self._views:

@@ -403,14 +403,18 @@ class Service:
 
     async def _get(self, agent_id: str, record_id: str) -> Record | None:
         """The record, None if it is known not to exist, else BackendUnavailable."""
+        if not self.health.store_down:
+            now_s = time.time()
+            pending = [entry.op for entry in self.backlog.for_agent(agent_id)]
+            held = self.cache.get(agent_id, record_id, now_s, pending)
+            if held is not None:
+                self.cache.hits += 1
+                return None if is_expired(held, now_s) else held
         entries = await self._pending(agent_id)
         now_s = time.time()
         stored: Record | None | Unknown = self.cache.known(agent_id, record_id) or UNKNOWN
-        exact = self.cache.get(agent_id, record_id)
         if hides_store(entries):
             stored = None
-        elif exact is not None:
-            stored = None if is_expired(exact, now_s) else exact
         elif not self.health.store_down:
             token = self.cache.token()
             try:
@@ -429,6 +433,14 @@ class Service:
 
     async def _query(self, agent_id: str, query: Query) -> dict[str, Any]:
         entries = tuple(self.backlog.for_agent(agent_id))
+        if not self.health.store_down:
+            # What the store will hold once the backlog is applied, from memory:
+            # exact without waiting for the flusher.
+            pending = [entry.op for entry in entries]
+            found = self.cache.answer(agent_id, query, time.time(), pending)
+            if found is not None:
+                self.cache.hits += 1
+                return {"records": found, "degraded": False}
         if entries and not merge_is_exact(query, entries, self.settings.max_memories):
             entries = await self._pending(agent_id)
         now_s = time.time()

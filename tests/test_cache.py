@@ -80,6 +80,21 @@ steps = st.one_of(
     st.tuples(st.just("read"), queries),
 )
 
+# Writes that are acknowledged but not applied yet, while a read looks ahead.
+pending_writes = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), st.integers(0, 12), st.sampled_from([0, 0, 5])),
+        st.tuples(st.just("replace"), st.integers(0, 12), st.sampled_from([0, 5])),
+        st.tuples(st.just("delete"), st.integers(0, 12)),
+        st.tuples(
+            st.just("clear"),
+        ),
+    ),
+    min_size=1,
+    max_size=5,
+)
+steps = st.one_of(steps, st.tuples(st.just("read ahead"), pending_writes, queries))
+
 
 @asynccontextmanager
 async def opened(kind: str, redis_url: str) -> AsyncIterator[Store]:
@@ -113,21 +128,48 @@ class History:
         await self.store.apply([op], self.now_s)
         self.cache.applied([op], self.now_s)
 
-    async def step(self, step: tuple[Any, ...]) -> None:
+    def write(self, step: tuple[Any, ...]) -> Op | None:
+        """The operation the daemon would accept for a write step."""
         match step:
             case ("put", n, expiring):
                 put = Put.of(record(n, expiring))
                 self.seen.setdefault(put.record["id"], put.record)
-                await self.apply(put)
+                return put
             case ("replace", n, expiring):
                 known = self.seen.get(f"R{n:04d}")
                 if known is not None:  # the daemon replaces only records it has read
                     changed = {**known, "content": f"新 {n}", "expires_at": NOW + expiring}
-                    await self.apply(Replace.of(changed))  # type: ignore[arg-type]
+                    return Replace.of(changed)  # type: ignore[arg-type]
             case ("delete", n):
-                await self.apply(Delete(AGENT, f"R{n:04d}"))
+                return Delete(AGENT, f"R{n:04d}")
             case ("clear",):
-                await self.apply(Clear(AGENT))
+                return Clear(AGENT)
+        return None
+
+    async def read_ahead(self, writes: list[tuple[Any, ...]], query: Query) -> None:
+        """A read while ``writes`` wait in the backlog: the cache must answer what the
+        store holds once they are applied."""
+        ops = [op for op in map(self.write, writes) if op is not None]
+        answer = self.cache.answer(AGENT, query, self.now_s, ops)
+        held = {rid: self.cache.get(AGENT, rid, self.now_s, ops) for rid in self.seen}
+        for op in ops:
+            await self.apply(op)
+        if answer is not None:
+            self.answered += 1
+            assert answer == await self.store.query(AGENT, query, self.now_s)
+        for record_id, record in held.items():
+            if record is not None:
+                stored = await self.store.get(AGENT, record_id, self.now_s)
+                assert (None if is_expired(record, self.now_s) else record) == stored
+
+    async def step(self, step: tuple[Any, ...]) -> None:
+        match step:
+            case ("put" | "replace" | "delete" | "clear", *_):
+                op = self.write(step)
+                if op is not None:
+                    await self.apply(op)
+            case ("read ahead", writes, query):
+                await self.read_ahead(writes, query)
             case ("advance", seconds):
                 self.now_s += seconds
             case ("fill", limit):
@@ -151,7 +193,7 @@ class History:
             assert [r["id"] for r in answer] == [r["id"] for r in truth]
             assert answer == truth
         for record_id in self.seen:
-            held = self.cache.get(AGENT, record_id)
+            held = self.cache.get(AGENT, record_id, self.now_s)
             if held is not None:
                 stored = await self.store.get(AGENT, record_id, self.now_s)
                 assert (None if is_expired(held, self.now_s) else held) == stored
