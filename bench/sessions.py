@@ -2,9 +2,10 @@
 
 Each session is one process running one meeting of six agents strictly in
 order, as the original system did; sessions run side by side to load the
-backend.  Reported per backend and parallelism: aggregate operations per
-second over the wall time from the first start to the last finish, and
-p50/p99 per operation.
+backend.  Every process connects (and, for long histories, prefills) first,
+then all wait at one barrier, so the meetings really run at the same time.
+Reported per backend and parallelism: aggregate operations per second over
+the wall time from the barrier to the last finish, and p50/p99 per operation.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import multiprocessing
 import random
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,9 @@ from bench.stats import summarize
 
 # What each session process needs to reach its backend (picklable).
 Target = tuple[str, str, str]  # (kind, name, where: directory, redis:// URL or daemon socket)
+
+BARRIER_TIMEOUT_S = 600.0
+SESSION_TIMEOUT_S = 1800.0
 
 SESSION_DAEMONS: tuple[DaemonConfig, ...] = (
     DaemonConfig("redis", "always"),
@@ -54,13 +57,17 @@ def _prefill(backend: Backend, session: workload.Session, history: int, seed: in
             backend.add_many(items[start : start + 500])
 
 
-def run_session(target: Target, session_name: str, seed: int, history: int) -> dict[str, Any]:
-    """One meeting in this process; its timings."""
+def run_session(
+    target: Target, session_name: str, seed: int, history: int, start: Any = None
+) -> dict[str, Any]:
+    """One meeting in this process, after ``start`` (a barrier) when given; its timings."""
     session = workload.session_script(seed, session_name)
     backend = _connect(target)
     try:
         _prefill(backend, session, history, seed + 1)
         latencies: dict[str, list[int]] = {}
+        if start is not None:
+            start.wait(BARRIER_TIMEOUT_S)
         started = time.time()
         for op in session.ops:
             began = time.perf_counter_ns()
@@ -72,17 +79,38 @@ def run_session(target: Target, session_name: str, seed: int, history: int) -> d
     return {"started": started, "finished": finished, "latencies": latencies}
 
 
+def _session_process(
+    results: Any, start: Any, target: Target, name: str, seed: int, history: int
+) -> None:
+    try:
+        results.put(run_session(target, name, seed, history, start))
+    except BaseException as exc:  # reported to the parent, which raises
+        start.abort()
+        results.put({"error": repr(exc)})
+
+
 def run_parallel(
     target: Target, parallel: int, history: int, seed: int, tag: str
 ) -> dict[str, Any]:
     """``parallel`` meetings at once, one process each."""
     context = multiprocessing.get_context("fork")
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
-        futures = [
-            pool.submit(run_session, target, f"{tag}-p{parallel}-s{i}", seed + i, history)
-            for i in range(parallel)
-        ]
-        results = [future.result() for future in futures]
+    start = context.Barrier(parallel)
+    results_queue: Any = context.Queue()
+    processes = [
+        context.Process(
+            target=_session_process,
+            args=(results_queue, start, target, f"{tag}-p{parallel}-s{i}", seed + i, history),
+        )
+        for i in range(parallel)
+    ]
+    for process in processes:
+        process.start()
+    results = [results_queue.get(timeout=SESSION_TIMEOUT_S) for _ in processes]
+    for process in processes:
+        process.join()
+    failed = [r["error"] for r in results if "error" in r]
+    if failed:
+        raise RuntimeError(f"{len(failed)} sessions failed; first: {failed[0]}")
     wall_s = max(r["finished"] for r in results) - min(r["started"] for r in results)
     merged: dict[str, list[int]] = {}
     for result in results:

@@ -65,6 +65,9 @@ class _View:
     keys: list[SortKey] = field(default_factory=list)  # ascending, one per record
     by_id: dict[str, Record] = field(default_factory=dict)
     exact_from: SortKey | None = None  # None: nothing is exact
+    # At or before the earliest expiry held (never after it), so that the
+    # expire step of every apply scans the records only when one is due.
+    first_expiry: float = math.inf
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -78,6 +81,9 @@ class _View:
         else:
             bisect.insort(self.keys, key)
         self.by_id[record["id"]] = record
+        expires_at = record["expires_at"]
+        if expires_at is not None and expires_at < self.first_expiry:
+            self.first_expiry = expires_at
         return added
 
     def remove(self, record_id: str) -> int:
@@ -129,8 +135,13 @@ class _View:
 
     def expire(self, now_s: float) -> int:
         """The stores' expire step, run before each apply; the change in records held."""
+        if now_s < self.first_expiry:
+            return 0
         due = [record["id"] for record in self.by_id.values() if is_expired(record, now_s)]
-        return -sum(self.remove(record_id) for record_id in due)
+        removed = sum(self.remove(record_id) for record_id in due)
+        expiries = [r["expires_at"] for r in self.by_id.values() if r["expires_at"] is not None]
+        self.first_expiry = min(expiries, default=math.inf)
+        return -removed
 
     def bound(self, per_agent: int) -> int:
         dropped = 0
@@ -141,7 +152,7 @@ class _View:
 
     def ahead(self, ops: Sequence[Op], now_s: float, max_memories: int, per_agent: int) -> _View:
         """A copy with ``ops`` (not yet applied) replayed: what the store will hold."""
-        view = _View(list(self.keys), dict(self.by_id), self.exact_from)
+        view = _View(list(self.keys), dict(self.by_id), self.exact_from, self.first_expiry)
         view.expire(now_s)
         for op in ops:
             view.mirror(op, now_s, max_memories)
