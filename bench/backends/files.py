@@ -51,7 +51,7 @@ class FileStore:
         with path.open("w", encoding="utf-8") as file:
             json.dump(memories, file, ensure_ascii=False, indent=2)
 
-    def add(self, stream: str, record: Rec) -> str:
+    def _append(self, stream: str, record: Rec) -> list[dict[str, Any]]:
         memories = self._list(stream)
         entry: dict[str, Any] = {
             "type": record.type,
@@ -61,12 +61,19 @@ class FileStore:
         if record.kind != "personal":
             entry["agent_id"] = record.author
         memories.append(entry)
+        return memories
+
+    def add(self, stream: str, record: Rec) -> str:
+        memories = self._append(stream, record)
         self._save(stream, memories)
         return str(len(memories))
 
     def add_many(self, items: Sequence[tuple[str, Rec]]) -> int:
-        for stream, record in items:
-            self.add(stream, record)
+        """Set-up only (the original had no batch add): each file is written once at the end,
+        as if the history had been on disk already."""
+        streams = {stream: self._append(stream, record) for stream, record in items}
+        for stream, memories in streams.items():
+            self._save(stream, memories)
         return len(items)
 
     def _newest(self, stream: str) -> list[dict[str, Any]]:
