@@ -523,6 +523,11 @@ class Server:
             "socket": str(self.settings.socket_path),
             "store": store,
             "wal": wal,
+            "limits": {
+                "max_memories": self.settings.max_memories,
+                "default_ttl_s": self.settings.default_ttl_s,
+                "max_record_bytes": self.settings.max_record_bytes,
+            },
             "read_cache": {
                 "records": self.cache.size,
                 "hits": self.cache.hits,

@@ -1,0 +1,1 @@
+"""Facades that let code written against another memory API run on memoryd unchanged."""

@@ -1,0 +1,72 @@
+"""Every record of an agent, oldest first, one ``recent`` page at a time.
+
+Pages are bounded by memoryd's largest ``limit``; each asks for the records
+created at or after the last one seen, and skips the ids already given at
+that instant, so records sharing a ``created_at`` are neither lost nor
+repeated.  Memory stays constant whatever the agent holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from memoryd_client.aio import AsyncClient
+from memoryd_client.client import Client
+from memoryd_client.types import Record
+
+# memoryd answers at most this many records per call (its ``limit`` bound).
+PAGE = 1000
+
+
+def _page_args(since: float | None, types: list[str] | None) -> dict[str, Any]:
+    args: dict[str, Any] = {"limit": PAGE, "order": "oldest"}
+    if since is not None:
+        args["since"] = since
+    if types is not None:
+        args["types"] = types
+    return args
+
+
+def _new_in_page(page: list[Record], seen_at_boundary: set[str]) -> list[Record]:
+    return [record for record in page if record["id"] not in seen_at_boundary]
+
+
+def _boundary(records: list[Record]) -> tuple[float, set[str]]:
+    last = records[-1]["created_at"]
+    return last, {r["id"] for r in records if r["created_at"] == last}
+
+
+async def all_records(
+    client: AsyncClient, agent_id: str, types: list[str] | None = None
+) -> AsyncIterator[Record]:
+    """Every record of the agent, oldest first, a page at a time."""
+    since: float | None = None
+    seen: set[str] = set()
+    while True:
+        page = list(await client.recent(agent_id, **_page_args(since, types)))
+        fresh = _new_in_page(page, seen)
+        for record in fresh:
+            yield record
+        if len(page) < PAGE:
+            return
+        if not fresh:
+            raise RuntimeError(f"more than {PAGE} records of {agent_id!r} share one created_at")
+        since, seen = _boundary(page)
+
+
+def all_records_sync(
+    client: Client, agent_id: str, types: list[str] | None = None
+) -> Iterator[Record]:
+    """``all_records`` for the blocking client."""
+    since: float | None = None
+    seen: set[str] = set()
+    while True:
+        page = list(client.recent(agent_id, **_page_args(since, types)))
+        fresh = _new_in_page(page, seen)
+        yield from fresh
+        if len(page) < PAGE:
+            return
+        if not fresh:
+            raise RuntimeError(f"more than {PAGE} records of {agent_id!r} share one created_at")
+        since, seen = _boundary(page)
