@@ -26,14 +26,14 @@ DEV_CONFIG := config/dev.toml
 ARGS ?=
 
 LINT_PATHS := memoryd libclient tests bench
-TYPED_PATHS := memoryd libclient/memoryd_client bench
+TYPED_PATHS := memoryd libclient/memoryd_client libclient/examples bench
 
 PYPROJECTS := pyproject.toml libclient/pyproject.toml
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 STAMP_BENCH := $(VENV)/.installed-bench
 
-.PHONY: help run test lint typecheck pytest drill bench bench-quick install install-test install-bench redis-server clean
+.PHONY: help run test lint typecheck pytest drill demo bench bench-quick install install-test install-bench redis-server clean
 
 help:
 	@echo "make run        install into .venv and run memoryd in the foreground (socket under $(RUN_DIR))"
@@ -42,6 +42,7 @@ help:
 	@echo "make typecheck  mypy --strict"
 	@echo "make pytest     the test suite only"
 	@echo "make drill      a minute of writes through a Redis outage and a kill -9; nothing may be lost"
+	@echo "make demo       a scripted round table: six agents, several meetings at once, on a private memoryd"
 	@echo "make bench      memoryd against the baselines; results in bench/results/<timestamp>/"
 	@echo "make bench-quick the same with small iteration counts (under a minute)"
 	@echo "make clean      remove .venv, .run and caches"
@@ -136,6 +137,9 @@ drill: $(STAMP_TEST) redis-server
 # Starts its own redis-servers and daemons; extra flags via ARGS, e.g. ARGS="--scenario latency".
 bench: $(STAMP_BENCH) redis-server
 	$(BIN)/python -m bench.run $(ARGS)
+
+demo: $(STAMP_RUN)
+	$(BIN)/python libclient/examples/roundtable.py $(ARGS)
 
 bench-quick: $(STAMP_BENCH) redis-server
 	$(BIN)/python -m bench.run --quick $(ARGS)

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import uvloop
 
-from memoryd import __version__
+from memoryd import __version__, legacy, transfer
 from memoryd.alerts import Alerts
 from memoryd.config import Settings, load_settings
 from memoryd.errors import ConfigError, MemorydError
@@ -27,6 +28,10 @@ logger = logging.getLogger("memoryd")
 
 EXIT_HEALTHY, EXIT_DEGRADED, EXIT_FAILING = 0, 1, 2
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's Restart=on-failure should not spin on it forever
+IMPORT_BATCH = 500
+CONNECT_TIMEOUT_S = 3.0
+TRANSFER_TIMEOUT_S = 60.0  # per call: a batch may wait for a full WAL to drain
+PROGRESS_EVERY = 10_000
 _STATE_EXIT = {"healthy": EXIT_HEALTHY, "degraded": EXIT_DEGRADED, "recovering": EXIT_DEGRADED}
 
 
@@ -50,6 +55,32 @@ def _parser() -> argparse.ArgumentParser:
     alerts.add_argument("action", choices=("list", "clear"))
     alerts.add_argument("--data-dir", type=Path, help="the daemon's data_dir (default: config)")
     alerts.add_argument("--config", type=Path, help="TOML config file, for data_dir")
+
+    legacy = commands.add_parser(
+        "import-legacy", help="import TableRound's file store (data/memories/<agent>/...)"
+    )
+    legacy.add_argument("path", type=Path, help="the data/ or data/memories/ directory")
+    legacy.add_argument("--socket", type=Path, help="the daemon's socket (default: from config)")
+    legacy.add_argument(
+        "--ttl-s",
+        type=float,
+        help="expiry of the imported records in seconds (default: the daemon's default_ttl_s;"
+        " 0: never)",
+    )
+    legacy.add_argument("--dry-run", action="store_true", help="check every file, import nothing")
+
+    export = commands.add_parser("export", help="write records as JSON Lines (a backup)")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--agent", help="one agent's records")
+    which.add_argument("--prefix", help="the records of every agent whose id starts with this")
+    which.add_argument("--all", action="store_true", help="every record")
+    export.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    export.add_argument("--socket", type=Path, help="the daemon's socket (default: from config)")
+
+    load = commands.add_parser("import", help="read records from JSON Lines (an export)")
+    load.add_argument("input", help="the file to read, or - for stdin")
+    load.add_argument("--socket", type=Path, help="the daemon's socket (default: from config)")
+    load.add_argument("--batch", type=int, default=500, help="records per add_many (500)")
 
     wal = commands.add_parser("wal", help="look at the write-ahead log")
     wal_commands = wal.add_subparsers(dest="wal_command", required=True)
@@ -173,13 +204,18 @@ def render_wal(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _socket_path(args: argparse.Namespace) -> Path | None:
+    """``--socket``, else the configured one, else the client's default (None)."""
+    if args.socket is not None:
+        return Path(args.socket)
+    try:
+        return load_settings().socket_path
+    except ConfigError:
+        return None
+
+
 def cmd_status(args: argparse.Namespace) -> int:
-    socket_path = args.socket
-    if socket_path is None:
-        try:
-            socket_path = load_settings().socket_path
-        except ConfigError:
-            socket_path = None
+    socket_path = _socket_path(args)
     try:
         with Client(socket_path, timeout_s=args.timeout) as client:
             snapshot = client.status()
@@ -275,8 +311,152 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
 
 
+def _daemon(args: argparse.Namespace) -> Client:
+    """A client of the daemon, found at once or not at all (then MemorydError/OSError)."""
+    client = Client(_socket_path(args), timeout_s=TRANSFER_TIMEOUT_S)
+    try:
+        client.ping(timeout_s=CONNECT_TIMEOUT_S)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class _Rate:
+    """A progress line on stderr every PROGRESS_EVERY records, with the rate so far."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.shown = 0
+
+    def update(self, records: int) -> None:
+        if records - self.shown >= PROGRESS_EVERY:
+            self.shown = records
+            rate = records / max(time.monotonic() - self.started, 1e-9)
+            _progress(f"  {records} records ({rate:.0f}/s)")
+
+
+def cmd_import_legacy(args: argparse.Namespace) -> int:
+    root = legacy.memories_root(args.path)
+    if not root.is_dir():
+        print(f"memoryd: {args.path} is not a directory", file=sys.stderr)
+        return EXIT_FAILING
+    now_s = time.time()
+    files = records = 0
+    agents: set[str] = set()
+    skipped: list[tuple[Path, str]] = []
+    try:
+        with _daemon(args) as client:
+            for agent_dir in legacy.agent_dirs(root):
+                agent_records = 0
+                for found in legacy.read_agent(agent_dir, now_s):
+                    if found.problem is not None:
+                        skipped.append((found.path, found.problem))
+                        _progress(f"  skipped {found.path}: {found.problem}")
+                        continue
+                    items = legacy.add_requests(found, args.ttl_s)
+                    for first in range(0, len(items), IMPORT_BATCH):
+                        if not args.dry_run:
+                            client.add_many(items[first : first + IMPORT_BATCH])
+                    files += 1
+                    agent_records += len(items)
+                if agent_records:
+                    agents.add(agent_dir.name)
+                    records += agent_records
+                    _progress(f"  {agent_dir.name}: {agent_records} records")
+    except (errors.MemorydError, OSError) as exc:
+        print(f"memoryd: import stopped: {exc} (running it again is safe)", file=sys.stderr)
+        return EXIT_FAILING
+    verb = "checked" if args.dry_run else "imported"
+    print(
+        f"{verb} {records} records of {len(agents)} agents from {files} files; "
+        f"skipped {len(skipped)} files"
+    )
+    for path, problem in skipped:
+        print(f"  skipped {path}: {problem}")
+    return EXIT_DEGRADED if skipped else EXIT_HEALTHY
+
+
+@contextlib.contextmanager
+def _output(name: str) -> Iterator[TextIO]:
+    """stdout for ``-``; else a file that appears, fsynced, only once whole."""
+    if name == "-":
+        yield sys.stdout
+        return
+    path = Path(name)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8") as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    written = 0
+    rate = _Rate()
+    try:
+        with _daemon(args) as client, _output(args.output) as output:
+            if args.agent is not None:
+                agent_ids: Iterable[str] = [args.agent]
+            else:
+                agent_ids = transfer.agents_under(client, "" if args.all else args.prefix)
+            for line in transfer.export_lines(client, agent_ids):
+                output.write(line + "\n")
+                written += 1
+                rate.update(written)
+    except (errors.MemorydError, OSError) as exc:
+        print(f"memoryd: export stopped after {written} records: {exc}", file=sys.stderr)
+        return EXIT_FAILING
+    _progress(f"exported {written} records")
+    return EXIT_HEALTHY
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    report = transfer.ImportReport()
+    rate = _Rate()
+    source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
+    try:
+        with _daemon(args) as client:
+            transfer.import_lines(
+                client,
+                source,
+                report,
+                batch=args.batch,
+                now_s=time.time(),
+                on_batch=lambda done: rate.update(done.records),
+            )
+    except (errors.MemorydError, OSError) as exc:
+        print(
+            f"memoryd: import stopped after {report.records} records: {exc} "
+            "(running it again is safe)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILING
+    finally:
+        if source is not sys.stdin:
+            source.close()
+    print(
+        f"imported {report.records} records of {len(report.agents)} agents; "
+        f"{report.expired} already expired, {len(report.bad_lines)} bad lines"
+    )
+    for number, reason in report.bad_lines[:20]:
+        print(f"  line {number}: {reason}")
+    return EXIT_DEGRADED if report.bad_lines else EXIT_HEALTHY
+
+
 COMMANDS = {
     "run": cmd_run,
+    "import-legacy": cmd_import_legacy,
+    "export": cmd_export,
+    "import": cmd_import,
     "status": cmd_status,
     "check-config": cmd_check_config,
     "wal": cmd_wal,

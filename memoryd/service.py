@@ -67,6 +67,7 @@ _RECORD_FIELDS = frozenset(
         "ttl_s",
         "id",
         "created_at",
+        "expires_at",
         "durability",
     }
 )
@@ -299,7 +300,7 @@ class Service:
             if args.has("created_at")
             else now_s
         )
-        ttl_s = v.ttl_s(args.name("ttl_s"), args.optional("ttl_s", self.settings.default_ttl_s))
+        expires_at = self._expires_at(args, now_s)
         return {
             "id": v.record_id(args.name("id"), args.values["id"])
             if args.has("id")
@@ -312,8 +313,17 @@ class Service:
             "tags": v.tags(args.name("tags"), args.optional("tags", [])),
             "metadata": v.metadata(args.name("metadata"), args.optional("metadata", {})),
             "created_at": created_at,
-            "expires_at": now_s + ttl_s if ttl_s > 0 else None,
+            "expires_at": expires_at,
         }
+
+    def _expires_at(self, args: Args, now_s: float) -> float | None:
+        """From ``ttl_s`` (0: never), or as given (a restore keeps the exported expiry)."""
+        if args.has("expires_at"):
+            if args.has("ttl_s"):
+                raise InvalidRequest(args.name("expires_at"), "give ttl_s or expires_at, not both")
+            return v.expiry(args.name("expires_at"), args.values["expires_at"])
+        ttl_s = v.ttl_s(args.name("ttl_s"), args.optional("ttl_s", self.settings.default_ttl_s))
+        return now_s + ttl_s if ttl_s > 0 else None
 
     def _changes(self, args: Args, now_s: float) -> dict[str, Any]:
         changes: dict[str, Any] = {}

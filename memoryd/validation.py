@@ -25,6 +25,7 @@ MAX_FILTER_TYPES: Final = 64
 MAX_LIMIT: Final = 1000
 MAX_QUERY_CHARS: Final = 1024
 MAX_TTL_S: Final = 10 * 365 * 86400
+MAX_EXPIRES_AT_S: Final = 2**34  # the year 2514: far beyond any ttl_s from now
 # Client clocks drift; a creation time far in the future is a bug, not drift.
 MAX_CLOCK_AHEAD_S: Final = 86400.0
 
@@ -168,6 +169,11 @@ def content(name: str, value: Any) -> Any:
 
 def ttl_s(name: str, value: Any) -> float:
     return number(name, value, 0, MAX_TTL_S)
+
+
+def expiry(name: str, value: Any) -> float:
+    """An absolute expiry time in unix seconds (a record restored as it was exported)."""
+    return number(name, value, 0, MAX_EXPIRES_AT_S)
 
 
 def timestamp(name: str, value: Any, now_s: float) -> float:

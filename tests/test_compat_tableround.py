@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -63,7 +66,12 @@ GOLDEN = [
     ),
     (
         "image_story",
-        {"role": "手工艺人", "story": "山间的竹林。", "keywords": ["竹", "山"], "image_path": "a.png"},
+        {
+            "role": "手工艺人",
+            "story": "山间的竹林。",
+            "keywords": ["竹", "山"],
+            "image_path": "a.png",
+        },
         f"{STAMP} 图片故事 (手工艺人): 山间的竹林。\n关键词: 竹, 山",
     ),
     (
@@ -147,7 +155,7 @@ async def test_the_adapter_writes_and_reads_rendered_lines(env: Env) -> None:
     everything = await memory.get_all_memories()
     assert len(everything) == len(GOLDEN)
     # Each line is its template at the time memoryd stored, oldest first.
-    for line, (_, content, golden) in zip(everything, GOLDEN, strict=True):
+    for line, (_, _, golden) in zip(everything, GOLDEN, strict=True):
         assert line.endswith(golden[len(STAMP) :])
         assert line.startswith("[2") and line[20] == "]"
     assert await memory.get_relevant_memories("ignored topic") == everything[::-1][:5]
@@ -302,3 +310,32 @@ def test_the_legacy_memory_keeps_file_semantics(env: Env) -> None:
     assert memory._format_memory_as_text(stored[-1]) == memory.get_all_memories()[-1]
     memory.clear_memories()
     assert memory.memories == []
+
+
+# -- the runnable round table ---------------------------------------------------------------
+
+DEMO = Path(__file__).resolve().parents[1] / "libclient" / "examples" / "roundtable.py"
+
+
+def test_the_round_table_demo_runs_and_checks_out(env: Env) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(DEMO),
+            "--meetings",
+            "2",
+            "--turns",
+            "2",
+            "--socket",
+            str(env.socket_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "consistency check: every stream complete, in order, isolated" in done.stdout
+    assert "meeting 1, turn 1: what 手工艺人 sees" in done.stdout
+    assert "=== 会议上下文 ===" in done.stdout
+    assert "meeting 2: 36 speeches" in done.stdout

@@ -1,0 +1,147 @@
+"""Reading TableRound's file store, for ``memoryd import-legacy``.
+
+The original kept each agent's memory under ``data/memories/<agent_id>/``:
+``memory.json``, a JSON array of ``{type, content, timestamp}`` rewritten
+whole on every add (so a crash could leave it truncated), and, in an older
+layout, one ``<int_ts>_<type>.json`` file per record.  A file is the unit of
+import: it is read and checked whole, and either all its records go to
+memoryd or none does (a truncated or invalid file is reported and skipped).
+
+Every record gets an id made of its time, its place in its file and a digest
+of the agent, the file and the record, so a second import of the same files
+adds nothing, and records with one timestamp keep their order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memoryd import validation as v
+from memoryd.errors import InvalidRequest
+
+MEMORY_FILE = "memory.json"
+MEMORIES_DIR = "memories"
+
+
+@dataclass(frozen=True, slots=True)
+class LegacyRecord:
+    type: str
+    content: Any
+    timestamp: float
+
+
+@dataclass(slots=True)
+class LegacyFile:
+    """One file of the store: its records, or why it is skipped."""
+
+    agent_id: str
+    path: Path
+    records: list[LegacyRecord] = field(default_factory=list)
+    problem: str | None = None
+
+
+def memories_root(path: Path) -> Path:
+    """``path`` itself, or its ``memories`` directory (``data/`` was given)."""
+    nested = path / MEMORIES_DIR
+    return nested if nested.is_dir() and not (path / MEMORY_FILE).exists() else path
+
+
+def agent_dirs(root: Path) -> list[Path]:
+    return sorted(entry for entry in root.iterdir() if entry.is_dir())
+
+
+def record_files(agent_dir: Path) -> list[Path]:
+    """``memory.json`` first, then the one-record files in name (time) order."""
+    singles = sorted(p for p in agent_dir.glob("*.json") if p.name != MEMORY_FILE and p.is_file())
+    whole = agent_dir / MEMORY_FILE
+    return ([whole] if whole.is_file() else []) + singles
+
+
+def read_agent(agent_dir: Path, now_s: float) -> Iterator[LegacyFile]:
+    agent_id = agent_dir.name
+    try:
+        v.agent_id("agent_id", agent_id)
+    except InvalidRequest as exc:
+        yield LegacyFile(agent_id, agent_dir, problem=f"directory name: {exc}")
+        return
+    for path in record_files(agent_dir):
+        yield read_file(agent_id, path, now_s)
+
+
+def read_file(agent_id: str, path: Path, now_s: float) -> LegacyFile:
+    legacy = LegacyFile(agent_id, path)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        legacy.problem = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
+        return legacy
+    except json.JSONDecodeError as exc:
+        where = f"line {exc.lineno} column {exc.colno}"
+        legacy.problem = f"invalid or truncated JSON ({exc.msg} at {where})"
+        return legacy
+    except OSError as exc:
+        legacy.problem = f"unreadable ({exc.strerror})"
+        return legacy
+    items = document if path.name == MEMORY_FILE else [document]
+    if not isinstance(items, list):
+        legacy.problem = "memory.json must hold a JSON array of records"
+        return legacy
+    for index, item in enumerate(items):
+        where = f"record {index}" if path.name == MEMORY_FILE else "the record"
+        try:
+            legacy.records.append(_record(item, now_s))
+        except InvalidRequest as exc:
+            legacy.problem = f"{where}: {exc}"
+            legacy.records.clear()
+            return legacy
+    return legacy
+
+
+def _record(item: Any, now_s: float) -> LegacyRecord:
+    if not isinstance(item, dict):
+        raise InvalidRequest("record", "must be an object {type, content, timestamp}")
+    if "content" not in item:
+        raise InvalidRequest("content", "is missing")
+    memory_type = v.type_token("type", item.get("type"))
+    timestamp = item.get("timestamp")
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
+        raise InvalidRequest("timestamp", "must be a number of seconds since the epoch")
+    if not math.isfinite(timestamp):
+        raise InvalidRequest("timestamp", "must be finite")
+    return LegacyRecord(memory_type, item["content"], v.timestamp("timestamp", timestamp, now_s))
+
+
+def record_id(agent_id: str, path: Path, index: int, record: LegacyRecord) -> str:
+    """Deterministic, and in time order (then file order) like memoryd's own ids."""
+    digest = hashlib.sha256(
+        json.dumps(
+            [agent_id, path.name, index, record.type, record.content, record.timestamp],
+            ensure_ascii=False,
+            sort_keys=True,
+            default=str,
+        ).encode()
+    ).hexdigest()[:12]
+    return f"legacy-{round(record.timestamp * 1000):014d}-{index:06d}-{digest}"
+
+
+def add_requests(legacy: LegacyFile, ttl_s: float | None) -> list[dict[str, Any]]:
+    """The file's records as ``add_many`` items."""
+    items = []
+    for index, record in enumerate(legacy.records):
+        item: dict[str, Any] = {
+            "agent_id": legacy.agent_id,
+            "id": record_id(legacy.agent_id, legacy.path, index, record),
+            "type": record.type,
+            "content": record.content,
+            "created_at": record.timestamp,
+        }
+        if ttl_s is not None:
+            item["ttl_s"] = ttl_s
+        items.append(item)
+    return items
