@@ -503,7 +503,9 @@ def run_sessions(ctx: Context) -> dict[str, Any]:
     """Whole meetings in parallel processes, per backend: short and long histories."""
     targets: list[sessions.Target] = [
         ("files", "legacy-files", str(ctx.workdir / "sessions-files")),
-        ("direct", "direct-redis", ctx.services.redis("direct").tcp_url),
+        # A Redis of its own: the original's clears SCAN the whole keyspace, and the
+        # other scenarios' keys are not the meetings' to pay for.
+        ("direct", "direct-redis", ctx.services.redis("direct-sessions").tcp_url),
     ]
     for config in sessions.SESSION_DAEMONS:
         name = f"memoryd-{config.label}"

@@ -28,6 +28,7 @@ from bench.stats import summarize
 Target = tuple[str, str, str]  # (kind, name, where: directory, redis:// URL or daemon socket)
 
 BARRIER_TIMEOUT_S = 600.0
+SETTLE_TIMEOUT_S = 600.0
 SESSION_TIMEOUT_S = 1800.0
 
 SESSION_DAEMONS: tuple[DaemonConfig, ...] = (
@@ -47,7 +48,8 @@ def _connect(target: Target) -> Backend:
 
 
 def _prefill(backend: Backend, session: workload.Session, history: int, seed: int) -> None:
-    """Give every agent ``history`` older records (the long-history case)."""
+    """Give every agent ``history`` older records (the long-history case), all of them in the
+    store before the meeting starts: a history is what is already there."""
     if not history:
         return
     rng = random.Random(seed)
@@ -55,13 +57,19 @@ def _prefill(backend: Backend, session: workload.Session, history: int, seed: in
         items = [(agent, workload.personal_record(rng, agent)) for _ in range(history)]
         for start in range(0, len(items), 500):
             backend.add_many(items[start : start + 500])
+    if isinstance(backend, Memoryd):
+        # The flusher applies in order: once this is in the store, so is the history.
+        backend.client.add(
+            f"{session.name}.settled", "barrier", {}, durability="store", timeout_s=SETTLE_TIMEOUT_S
+        )
 
 
 def run_session(
     target: Target, session_name: str, seed: int, history: int, start: Any = None
 ) -> dict[str, Any]:
     """One meeting in this process, after ``start`` (a barrier) when given; its timings."""
-    session = workload.session_script(seed, session_name)
+    # A long history is kept: the meeting then clears only its own shared stream.
+    session = workload.session_script(seed, session_name, clear_agents=not history)
     backend = _connect(target)
     try:
         _prefill(backend, session, history, seed + 1)

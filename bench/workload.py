@@ -334,16 +334,20 @@ class _Script:
         self.speak(agent, self.personal(agent, "discussion"), stage)
 
 
-def session_script(seed: int, session: str = "s0", turns: int = 3) -> Session:
+def session_script(
+    seed: int, session: str = "s0", turns: int = 3, *, clear_agents: bool = True
+) -> Session:
     """The operations of one meeting of six agents and ``turns`` discussion turns.
 
     With turns=3: 48 personal appends, 42 speeches, 30 newest-5 reads and 30 context reads,
-    plus the setup (7 clears, 6 participants, 4 stage updates).
+    plus the setup (7 clears, 6 participants, 4 stage updates).  Without ``clear_agents`` the
+    agents keep the memory they have (the original's cleaner with preserve_agent_memories)
+    and only the meeting's stream is cleared.
     """
     agents = [f"{session}.{kind}" for kind in AGENT_KINDS]
     s = Session(session, agents, meeting_stream(session))
     script = _Script(random.Random(seed), s)
-    for stream in agents:
+    for stream in agents if clear_agents else []:
         script.emit(Clear(stream))
     script.emit(Clear(s.meeting, shared=True))
     for agent in agents:
