@@ -40,17 +40,20 @@ _AGENT_ID_CHARS = sorted("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01
 def agents_under(client: Client, prefix: str) -> Iterator[str]:
     """Every agent id starting with ``prefix``, in order, however many there are.
 
-    ``agents`` answers at most 10,000 ids; where it is full, the prefix is
-    split by its next character and each part listed in turn.
+    ``agents`` answers the first 10,000 ids in order.  When it is full, the ids whose next
+    character sorts before the last answer's are all in it; the rest is listed again under
+    each longer prefix from that character on.
     """
     found = client.agents(prefix=prefix, limit=AGENTS_PER_CALL)
     if len(found) < AGENTS_PER_CALL:
         yield from found
         return
-    if prefix in found:
-        yield prefix
+    depth = len(prefix)
+    cut = found[-1][depth]  # the last id is longer than the prefix: ids are unique
+    yield from (agent for agent in found if len(agent) == depth or agent[depth] < cut)
     for char in _AGENT_ID_CHARS:
-        yield from agents_under(client, prefix + char)
+        if char >= cut:
+            yield from agents_under(client, prefix + char)
 
 
 def _jsonable(value: Any) -> Any:

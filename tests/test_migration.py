@@ -224,3 +224,18 @@ def test_an_add_may_carry_its_expiry_itself(env: Env) -> None:
         with pytest.raises(errors.InvalidRequest, match=r"records\[0\]\.expires_at"):
             client.add_many([{"agent_id": agent, "type": "note", "content": "z", "expires_at": -1}])
         assert [r["id"] for r in client.recent(agent)] == [kept]
+
+
+def test_export_finds_every_agent_past_the_agents_limit(redis_env: Env, tmp_path: Path) -> None:
+    """`agents` answers at most 10,000 ids: the export splits the prefix until each part fits."""
+    prefix = new_agent("many")
+    count = 10_001
+    with redis_env.client(timeout_s=60) as client:
+        for first in range(0, count, 1000):
+            batch = range(first, min(first + 1000, count))
+            client.add_many(
+                [{"agent_id": f"{prefix}-{n:05d}", "type": "note", "content": n} for n in batch]
+            )
+    lines = export(redis_env, tmp_path / "many.jsonl", "--prefix", prefix).splitlines()
+    assert len(lines) == count
+    assert [json.loads(line)["content"] for line in lines] == list(range(count))
