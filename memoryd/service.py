@@ -483,7 +483,9 @@ class Service:
             return found
         cache.misses += 1
         token = cache.token()
-        if cache.may_fill(agent_id):
+        # Only newest-first reads fill: an oldest-first page (an export) would
+        # fetch the newest records for nothing and push other agents out.
+        if fetch.order == "newest" and cache.may_fill(agent_id):
             newest = Query(limit=max(cache.per_agent, fetch.limit if fetch.newest_of_all else 0))
             records = await self.store.query(agent_id, newest, now_s)
             cache.fill(agent_id, records, newest.limit, token)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from memoryd_client import errors
+from memoryd_client import Client, errors
 from tests.daemons import Env, new_agent, run_cli
+from tests.harness import Daemon, RedisServer
 
 pytest_plugins = ["tests.daemons"]
 
@@ -226,16 +227,32 @@ def test_an_add_may_carry_its_expiry_itself(env: Env) -> None:
         assert [r["id"] for r in client.recent(agent)] == [kept]
 
 
-def test_export_finds_every_agent_past_the_agents_limit(redis_env: Env, tmp_path: Path) -> None:
+def test_export_finds_every_agent_past_the_agents_limit(
+    private_redis: RedisServer, daemon_dir: Daemon, tmp_path: Path
+) -> None:
     """`agents` answers at most 10,000 ids: the export splits the prefix until each part fits."""
+    daemon_dir.env_overrides = {"MEMORYD_REDIS_URL": private_redis.url}
+    daemon = daemon_dir.start()
     prefix = new_agent("many")
     count = 10_001
-    with redis_env.client(timeout_s=60) as client:
+    with Client(daemon.socket_path, timeout_s=60) as client:
         for first in range(0, count, 1000):
             batch = range(first, min(first + 1000, count))
             client.add_many(
                 [{"agent_id": f"{prefix}-{n:05d}", "type": "note", "content": n} for n in batch]
             )
-    lines = export(redis_env, tmp_path / "many.jsonl", "--prefix", prefix).splitlines()
+    out = tmp_path / "many.jsonl"
+    done = run_cli(
+        "export",
+        "--prefix",
+        prefix,
+        "-o",
+        str(out),
+        "--socket",
+        str(daemon.socket_path),
+        timeout_s=120,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = out.read_text(encoding="utf-8").splitlines()
     assert len(lines) == count
     assert [json.loads(line)["content"] for line in lines] == list(range(count))
