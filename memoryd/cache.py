@@ -315,6 +315,11 @@ class ReadCache:
     def trusted(self) -> bool:
         return time.monotonic() < self.trusted_until
 
+    def touched(self, agent_id: str) -> None:
+        """The store changed the agent's index without changing its live records
+        (stale entries removed): views stay exact, racing fills are refused."""
+        self._changed(agent_id)
+
     def invalidate(self, agent_id: str) -> None:
         """The agent may have changed in the store in ways the views did not see."""
         self._changed(agent_id)

@@ -23,12 +23,14 @@ from memoryd.errors import ConfigError, MemorydError
 from memoryd.server import WAL_DIR_NAME, Server
 from memoryd.wal import inspect_wal
 from memoryd_client import Client, errors
+from memoryd_client.paging import IncompleteAnswer
 
 logger = logging.getLogger("memoryd")
 
 EXIT_HEALTHY, EXIT_DEGRADED, EXIT_FAILING = 0, 1, 2
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's Restart=on-failure should not spin on it forever
 IMPORT_BATCH = 500
+RECORD_FIELDS_BYTES = 512
 CONNECT_TIMEOUT_S = 3.0
 TRANSFER_TIMEOUT_S = 60.0  # per call: a batch may wait for a full WAL to drain
 PROGRESS_EVERY = 10_000
@@ -351,9 +353,11 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
     skipped: list[tuple[Path, str]] = []
     try:
         with _daemon(args) as client:
+            # What is left of max_record_bytes once the fields around the content are in.
+            max_content_bytes = client.status()["limits"]["max_record_bytes"] - RECORD_FIELDS_BYTES
             for agent_dir in legacy.agent_dirs(root):
                 agent_records = 0
-                for found in legacy.read_agent(agent_dir, now_s):
+                for found in legacy.read_agent(agent_dir, now_s, max_content_bytes):
                     if found.problem is not None:
                         skipped.append((found.path, found.problem))
                         _progress(f"  skipped {found.path}: {found.problem}")
@@ -404,6 +408,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     rate = _Rate()
     try:
         with _daemon(args) as client, _output(args.output) as output:
+            if client.status()["state"] == "degraded":
+                raise IncompleteAnswer("the store is unreachable: an export now would miss records")
             if args.agent is not None:
                 agent_ids: Iterable[str] = [args.agent]
             else:
@@ -422,7 +428,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     report = transfer.ImportReport()
     rate = _Rate()
-    source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
+    try:
+        source = sys.stdin if args.input == "-" else open(args.input, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        print(f"memoryd: cannot read {args.input}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILING
     try:
         with _daemon(args) as client:
             transfer.import_lines(

@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from memoryd import validation as v
 from memoryd.errors import InvalidRequest
 
@@ -63,7 +65,7 @@ def record_files(agent_dir: Path) -> list[Path]:
     return ([whole] if whole.is_file() else []) + singles
 
 
-def read_agent(agent_dir: Path, now_s: float) -> Iterator[LegacyFile]:
+def read_agent(agent_dir: Path, now_s: float, max_content_bytes: int) -> Iterator[LegacyFile]:
     agent_id = agent_dir.name
     try:
         v.agent_id("agent_id", agent_id)
@@ -71,10 +73,10 @@ def read_agent(agent_dir: Path, now_s: float) -> Iterator[LegacyFile]:
         yield LegacyFile(agent_id, agent_dir, problem=f"directory name: {exc}")
         return
     for path in record_files(agent_dir):
-        yield read_file(agent_id, path, now_s)
+        yield read_file(agent_id, path, now_s, max_content_bytes)
 
 
-def read_file(agent_id: str, path: Path, now_s: float) -> LegacyFile:
+def read_file(agent_id: str, path: Path, now_s: float, max_content_bytes: int) -> LegacyFile:
     legacy = LegacyFile(agent_id, path)
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
@@ -95,7 +97,7 @@ def read_file(agent_id: str, path: Path, now_s: float) -> LegacyFile:
     for index, item in enumerate(items):
         where = f"record {index}" if path.name == MEMORY_FILE else "the record"
         try:
-            legacy.records.append(_record(item, now_s))
+            legacy.records.append(_record(item, now_s, max_content_bytes))
         except InvalidRequest as exc:
             legacy.problem = f"{where}: {exc}"
             legacy.records.clear()
@@ -103,11 +105,13 @@ def read_file(agent_id: str, path: Path, now_s: float) -> LegacyFile:
     return legacy
 
 
-def _record(item: Any, now_s: float) -> LegacyRecord:
+def _record(item: Any, now_s: float, max_content_bytes: int) -> LegacyRecord:
     if not isinstance(item, dict):
         raise InvalidRequest("record", "must be an object {type, content, timestamp}")
-    if "content" not in item:
-        raise InvalidRequest("content", "is missing")
+    if item.get("content") is None:
+        raise InvalidRequest("content", "is missing or null")
+    if len(msgpack.packb(item["content"], use_bin_type=True)) > max_content_bytes:
+        raise InvalidRequest("content", "larger than the daemon's max_record_bytes")
     memory_type = v.type_token("type", item.get("type"))
     timestamp = item.get("timestamp")
     if isinstance(timestamp, bool) or not isinstance(timestamp, int | float):

@@ -109,6 +109,7 @@ class Server:
             max_records=settings.read_cache_records,
             max_memories=settings.max_memories,
         )
+        self.store.stale_removed = self.cache.touched
         self.sole_writer = SoleWriter(self.store, self.cache)
         self.flusher = Flusher(
             store=self.store,
@@ -307,6 +308,7 @@ class Server:
         if token == known:
             return
         if known is not None:
+            self.cache.invalidate_all()  # what the views hold is gone from the store too
             self.alerts.raise_alert(
                 "store_data_lost",
                 f"the store at {self.store.describe().get('address')} lost memoryd's marker: "

@@ -495,7 +495,8 @@ class Service:
             if found is not None:
                 return found
         records = await self.store.query(agent_id, fetch, now_s)
-        cache.remember(agent_id, records, token)
+        if fetch.order == "newest":
+            cache.remember(agent_id, records, token)
         return records
 
     async def _exact_stats(self, agent_id: str) -> dict[str, Any]:

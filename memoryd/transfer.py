@@ -95,8 +95,8 @@ def _from_json(value: Any) -> Any:
     return value
 
 
-def add_item(line: str, now_s: float) -> dict[str, Any] | None:
-    """The ``add_many`` item for one line; None if the record has expired already."""
+def _document(line: str) -> dict[str, Any]:
+    """The line's JSON object, with the required fields and no unknown ones."""
     try:
         document = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -110,6 +110,27 @@ def add_item(line: str, now_s: float) -> dict[str, Any] | None:
     unknown = sorted(set(document) - set(FIELDS))
     if unknown:
         raise BadLine(f"unknown fields {', '.join(unknown)}")
+    return document
+
+
+def _optional(document: dict[str, Any]) -> dict[str, Any]:
+    """The optional fields that are there, checked as the daemon checks them."""
+    checks: dict[str, Callable[[Any], Any]] = {
+        "author": lambda value: v.author("author", value),
+        "importance": lambda value: v.number("importance", value, 0, 1),
+        "tags": lambda value: v.tags("tags", value),
+        "metadata": lambda value: v.metadata("metadata", _from_json(value)),
+    }
+    return {
+        name: check(document[name])
+        for name, check in checks.items()
+        if document.get(name) is not None
+    }
+
+
+def add_item(line: str, now_s: float) -> dict[str, Any] | None:
+    """The ``add_many`` item for one line; None if the record has expired already."""
+    document = _document(line)
     try:
         expires_at = document.get("expires_at")
         if expires_at is not None:
@@ -122,6 +143,7 @@ def add_item(line: str, now_s: float) -> dict[str, Any] | None:
             "type": v.type_token("type", document["type"]),
             "content": _from_json(document["content"]),
             "created_at": v.timestamp("created_at", document["created_at"], now_s),
+            **_optional(document),
         }
     except InvalidRequest as exc:
         raise BadLine(str(exc)) from None
@@ -129,11 +151,6 @@ def add_item(line: str, now_s: float) -> dict[str, Any] | None:
         item["ttl_s"] = 0  # never expires; a missing expiry would mean the default TTL
     else:
         item["expires_at"] = expires_at
-    for name in ("author", "importance", "tags"):
-        if document.get(name) is not None:
-            item[name] = document[name]
-    if document.get("metadata") is not None:
-        item["metadata"] = _from_json(document["metadata"])
     return item
 
 

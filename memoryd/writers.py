@@ -10,9 +10,13 @@ shows up, this daemon stops answering from memory at its next renewal (reads
 go to the store, as they always may), and when it is alone again it
 distrusts everything it learnt before and starts over.
 
-A lease lasts ``lease_s``, so a daemon that died without giving its lease up
-keeps the others off their caches for at most that long.  A store only one
-daemon can open (the local store) always answers "alone".
+Every batch the flusher writes renews the lease in the same round trip, so a
+daemon never writes without a fresh lease, at start-up included: the others
+see it at their next renewal.  A lease lasts ``lease_s``, so a daemon that
+died without giving its lease up keeps the others off their caches for at most
+that long.  A lease that is gone at a renewal (the key space was flushed)
+starts trust over.  A store only one daemon can open (the local store) always
+answers "alone".
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ class SoleWriter:
         self.lease_s = lease_s
         self.daemon_id = new_id()
         self.writers = 0  # how many daemons the last renewal counted; 0: unknown
+        store.writer_lease = (self.daemon_id, lease_s)
 
     async def run(self) -> None:
         """Renew the lease forever; cancel to stop."""
@@ -59,13 +64,18 @@ class SoleWriter:
     async def renew(self) -> None:
         asked_at = time.monotonic()
         try:
-            writers = await asyncio.wait_for(
+            writers, held = await asyncio.wait_for(
                 self.store.renew_writer_lease(self.daemon_id, self.lease_s), self.trust_s
             )
         except (StoreUnavailable, StoreError, TimeoutError):
             # Whoever else writes meanwhile, this daemon would not know.  The
             # health probe reports the store itself.
             self._distrust(0)
+            return
+        if not held:
+            # The lease was gone: the key space was flushed (what the views hold
+            # may be gone too) or the lease ran out.  Trust starts over.
+            self._distrust(writers)
             return
         if writers > 1:
             if self.writers <= 1:
@@ -85,6 +95,7 @@ class SoleWriter:
 
     async def leave(self) -> None:
         """Give the lease up (at shutdown), so that the other daemons need not wait it out."""
+        self.store.writer_lease = None
         self._distrust(0)
         try:
             await asyncio.wait_for(self.store.renew_writer_lease(self.daemon_id, 0), self.trust_s)

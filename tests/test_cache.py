@@ -232,3 +232,27 @@ def test_a_warm_cache_answers_filtered_and_unfiltered_reads(redis_server: RedisS
     for kind in ("local", "redis"):
         answered = asyncio.run(run_history(kind, redis_server.url, history, per_agent=2))
         assert answered >= len(reads) + 1
+
+
+def test_a_fill_that_raced_a_repair_is_refused() -> None:
+    """A store that removed stale entries of the agent while a read paged through its index
+    may have answered with records missing: the cache must not learn from that answer."""
+    cache = ReadCache(per_agent=4, max_records=100, max_memories=MAX_MEMORIES)
+    cache.trusted_until = math.inf
+    token = cache.token()
+    cache.touched(AGENT)  # the sweep or another read's repair, between two pages
+    cache.fill(AGENT, [record(1, 0)], 4, token)  # "fewer than asked: the whole agent"
+    assert cache.answer(AGENT, Query(limit=4), NOW) is None
+    cache.fill(AGENT, [record(1, 0)], 4, cache.token())
+    assert cache.answer(AGENT, Query(limit=4), NOW) == [record(1, 0)]
+
+
+async def test_the_redis_store_reports_the_stale_entries_it_removes(
+    redis_server: RedisServer,
+) -> None:
+    async with opened("redis", redis_server.url) as store:
+        reported: list[str] = []
+        store.stale_removed = reported.append
+        await store.apply([Put.of(record(1, 5)), Put.of(record(2, 0))], NOW)
+        assert await store.query(AGENT, Query(limit=5), NOW + 10) == [record(2, 0)]
+        assert reported == [AGENT]  # the read removed the expired record's index entries

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from memoryd_client import Client, errors
-from tests.daemons import Env, new_agent, run_cli
+from tests.daemons import Env, eventually, new_agent, run_cli
 from tests.harness import Daemon, RedisServer
 
 pytest_plugins = ["tests.daemons"]
@@ -22,7 +22,8 @@ def write_json(path: Path, document: object) -> None:
 
 def legacy_store(root: Path) -> dict[str, str]:
     """A data/ directory as TableRound left it: good, truncated, invalid and mixed agents."""
-    agents = {tag: new_agent(tag) for tag in ("good", "singles", "truncated", "invalid", "mixed")}
+    tags = ("good", "singles", "truncated", "invalid", "mixed", "nulled")
+    agents = {tag: new_agent(tag) for tag in tags}
     memories = root / "memories"
     write_json(
         memories / agents["good"] / "memory.json",
@@ -68,6 +69,10 @@ def legacy_store(root: Path) -> dict[str, str]:
     (memories / agents["mixed"] / "1747829891_introduction.json").write_text(
         '{"type": "intro', encoding="utf-8"
     )
+    write_json(
+        memories / agents["nulled"] / "memory.json",
+        [{"type": "discussion", "content": None, "timestamp": 1749371400.0}],
+    )
     (memories / "bad name!").mkdir()
     return agents
 
@@ -84,7 +89,7 @@ def test_import_legacy_keeps_times_and_order_skips_bad_files_and_is_idempotent(
         for _attempt in range(2):
             done = run_cli("import-legacy", str(tmp_path / "data"), "--socket", socket)
             assert done.returncode == 1, done.stderr
-            assert "imported 6 records of 3 agents from 4 files; skipped 4 files" in done.stdout
+            assert "imported 6 records of 3 agents from 4 files; skipped 5 files" in done.stdout
             good = client.recent(agents["good"], order="oldest", limit=10)
             assert [r["created_at"] for r in good] == [1749371468.5, 1749371470.0, 1749371470.0]
             assert [r["type"] for r in good] == ["introduction", "discussion", "keywords"]
@@ -99,6 +104,7 @@ def test_import_legacy_keeps_times_and_order_skips_bad_files_and_is_idempotent(
     assert f"{agents['invalid']}/memory.json: record 1: type:" in report
     assert "1747829891_introduction.json: invalid or truncated JSON" in report
     assert "bad name!: directory name: agent_id:" in report
+    assert f"{agents['nulled']}/memory.json: record 0: content: is missing or null" in report
 
 
 def test_import_legacy_of_a_missing_directory_says_so(env: Env, tmp_path: Path) -> None:
@@ -180,17 +186,19 @@ def test_import_reports_bad_lines_and_skips_expired_records(env: Env, tmp_path: 
                 json.dumps(expired),
                 "",
                 json.dumps({**good, "id": "u1", "colour": "red"}),
+                json.dumps({**good, "id": "i1", "importance": 7}),
             ]
         ),
         encoding="utf-8",
     )
     done = run_cli("import", str(source), "--socket", str(env.socket_path))
     assert done.returncode == 1
-    assert "imported 1 records of 1 agents; 1 already expired, 4 bad lines" in done.stdout
+    assert "imported 1 records of 1 agents; 1 already expired, 5 bad lines" in done.stdout
     assert "line 2: invalid JSON" in done.stdout
     assert "line 3: agent_id:" in done.stdout
     assert "line 4: missing agent_id, type, content, created_at" in done.stdout
     assert "line 7: unknown fields colour" in done.stdout
+    assert "line 8: importance:" in done.stdout
     with env.client() as client:
         assert [r["id"] for r in client.recent(agent)] == ["g1"]
 
@@ -256,3 +264,19 @@ def test_export_finds_every_agent_past_the_agents_limit(
     lines = out.read_text(encoding="utf-8").splitlines()
     assert len(lines) == count
     assert [json.loads(line)["content"] for line in lines] == list(range(count))
+
+
+def test_an_export_while_the_store_is_down_fails_and_keeps_the_old_backup(
+    private_redis: RedisServer, daemon_dir: Daemon, tmp_path: Path
+) -> None:
+    daemon_dir.env_overrides = {"MEMORYD_REDIS_URL": private_redis.url}
+    daemon = daemon_dir.start()
+    backup = tmp_path / "backup.jsonl"
+    backup.write_text("the last good backup\n", encoding="utf-8")
+    with Client(daemon.socket_path) as client:
+        client.add("kept", "note", "x", durability="store")
+        private_redis.kill()
+        eventually(lambda: client.status()["state"], lambda state: state == "degraded")
+    done = run_cli("export", "--all", "-o", str(backup), "--socket", str(daemon.socket_path))
+    assert done.returncode == 2 and "the store is unreachable" in done.stderr
+    assert backup.read_text(encoding="utf-8") == "the last good backup\n"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import redis
+
 from memoryd_client import Client
 from tests.harness import Daemon, RedisServer, wait_until
 
@@ -62,3 +64,18 @@ def test_a_second_daemon_on_the_same_redis_turns_reads_from_memory_off(
         wait_until(lambda: read_cache(one)["from_memory"], 5, "reads from memory to resume")
         assert read_cache(one)["writers"] == 1
         assert len(one.recent("shared", limit=10)) == 5
+
+
+def test_reads_from_memory_do_not_outlive_a_flushed_redis(
+    private_redis: RedisServer, daemon_dir: Daemon
+) -> None:
+    daemon_dir.env_overrides = {"MEMORYD_REDIS_URL": private_redis.url}
+    daemon = daemon_dir.start()
+    with Client(daemon.socket_path) as client:
+        wait_until(lambda: read_cache(client)["from_memory"], 5, "the writer lease")
+        client.add("flushed", "discussion", "soon gone", durability="store")
+        assert len(client.recent("flushed")) == 1  # the view is filled and exact
+        with redis.Redis(unix_socket_path=str(private_redis.socket_path)) as conn:
+            conn.flushall()
+        # The next lease renewal finds the lease gone and starts trust over.
+        wait_until(lambda: client.recent("flushed") == [], 3, "the flushed record to go")

@@ -13,7 +13,8 @@ from typing import Any
 
 from memoryd_client.aio import AsyncClient
 from memoryd_client.client import Client
-from memoryd_client.types import Record
+from memoryd_client.errors import MemorydError
+from memoryd_client.types import Record, RecordList
 
 # memoryd answers at most this many records per call (its ``limit`` bound).
 PAGE = 1000
@@ -26,6 +27,19 @@ def _page_args(since: float | None, types: list[str] | None) -> dict[str, Any]:
     if types is not None:
         args["types"] = types
     return args
+
+
+class IncompleteAnswer(MemorydError):
+    """memoryd could not give every record (the store is unreachable, or too many
+    records share one ``created_at`` to page past them)."""
+
+
+def _checked(page: RecordList, agent_id: str) -> list[Record]:
+    if page.degraded:
+        raise IncompleteAnswer(
+            f"the store is unreachable: memoryd answered for {agent_id!r} from what it holds"
+        )
+    return list(page)
 
 
 def _new_in_page(page: list[Record], seen_at_boundary: set[str]) -> list[Record]:
@@ -44,14 +58,14 @@ async def all_records(
     since: float | None = None
     seen: set[str] = set()
     while True:
-        page = list(await client.recent(agent_id, **_page_args(since, types)))
+        page = _checked(await client.recent(agent_id, **_page_args(since, types)), agent_id)
         fresh = _new_in_page(page, seen)
         for record in fresh:
             yield record
         if len(page) < PAGE:
             return
         if not fresh:
-            raise RuntimeError(f"more than {PAGE} records of {agent_id!r} share one created_at")
+            raise IncompleteAnswer(f"more than {PAGE} records of {agent_id!r} share one created_at")
         since, seen = _boundary(page)
 
 
@@ -62,11 +76,11 @@ def all_records_sync(
     since: float | None = None
     seen: set[str] = set()
     while True:
-        page = list(client.recent(agent_id, **_page_args(since, types)))
+        page = _checked(client.recent(agent_id, **_page_args(since, types)), agent_id)
         fresh = _new_in_page(page, seen)
         yield from fresh
         if len(page) < PAGE:
             return
         if not fresh:
-            raise RuntimeError(f"more than {PAGE} records of {agent_id!r} share one created_at")
+            raise IncompleteAnswer(f"more than {PAGE} records of {agent_id!r} share one created_at")
         since, seen = _boundary(page)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -49,6 +49,16 @@ class Store(Protocol):
     the event loop; none may block it."""
 
     kind: str
+    # Called with an agent id whenever a store removes expired records or
+    # dangling index entries of that agent outside apply() (read repairs, the
+    # sweep).  The live records are the same, but a read that paged through
+    # the agent's index meanwhile may have missed some, so the read cache must
+    # not learn from it.  Set by the daemon; a store whose reads are one
+    # atomic step never calls it.
+    stale_removed: Callable[[str], None]
+    # (daemon id, lease in seconds) to renew with every write, so that no
+    # daemon writes without holding a fresh writer lease (memoryd.writers).
+    writer_lease: tuple[str, float] | None
 
     async def open(self) -> None:
         """Connect or open files.  Raises StoreUnavailable if not reachable."""
@@ -85,10 +95,11 @@ class Store(Protocol):
         has none.  A token that changes between two calls means the data the
         store held is gone (a Redis restarted empty or flushed, a new file)."""
 
-    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> int:
+    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> tuple[int, bool]:
         """Renew this daemon's lease among the writers of the store (``lease_s``
-        0: give it up); how many daemons hold one, this one included.  A store
-        that only one daemon can open at a time answers 1."""
+        0: give it up): how many daemons hold one, this one included, and
+        whether this daemon's lease was still there.  A store that only one
+        daemon can open at a time answers (1, True)."""
 
     async def sweep(self, now_s: float) -> int:
         """Remove expired records with their index entries; the number removed."""

@@ -173,6 +173,8 @@ class LocalStore:
     def __init__(self, data_dir: Path, *, max_memories: int = 1000) -> None:
         self._path = Path(data_dir) / FILENAME
         self._max_memories = max_memories
+        self.stale_removed: Callable[[str], None] = lambda agent_id: None  # reads are atomic
+        self.writer_lease: tuple[str, float] | None = None  # the data_dir lock is the lease
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # only used on the worker thread
 
@@ -282,10 +284,10 @@ class LocalStore:
             raise
         conn.execute("COMMIT")
 
-    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> int:
+    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> tuple[int, bool]:
         # The database lives in data_dir, which one daemon at a time holds
         # (memoryd.lock): nobody else writes it.
-        return 1
+        return 1, True
 
     async def sweep(self, now_s: float) -> int:
         removed = await self._run("sweep", lambda: self._sweep_sync(now_s))

@@ -64,6 +64,10 @@ MAX_PAGE = 1000
 _TRANSIENT_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY")
 
 
+def _nobody(agent_id: str) -> None:
+    pass
+
+
 def _script_text(name: str) -> str:
     return resources.files("memoryd.stores").joinpath(name).read_text(encoding="utf-8")
 
@@ -196,6 +200,11 @@ class RedisStore:
         self._apply_script: AsyncScript | None = None
         self._page_script: AsyncScript | None = None
         self._writers_script: AsyncScript | None = None
+        # Told of every agent whose index entries were removed outside apply():
+        # a read paging through its index meanwhile may have missed entries.
+        self.stale_removed: Callable[[str], None] = _nobody
+        # (daemon id, lease in seconds): renewed with every write (memoryd.writers).
+        self.writer_lease: tuple[str, float] | None = None
         self._server_version: str | None = None
 
     # -- life cycle ---------------------------------------------------------
@@ -268,13 +277,13 @@ class RedisStore:
                 self._server_version = str(info.get("redis_version", "")) or None
         return _text(token) if token is not None else candidate
 
-    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> int:
+    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> tuple[int, bool]:
         script = self._require_script(self._writers_script)
         with _translated("writer lease"):
-            writers = await script(
+            writers, held = await script(
                 keys=[self._keys.writers], args=[daemon_id, math.ceil(lease_s * 1000)]
             )
-        return int(writers)
+        return int(writers), bool(held)
 
     # -- writes -------------------------------------------------------------
 
@@ -316,6 +325,9 @@ class RedisStore:
             return [self._apply_command(self._keys.agent(a), now_s, []) for a in agent_ids]
 
         results = await self._run_batch("sweep", commands)
+        for agent_id, result in zip(agent_ids, results, strict=True):
+            if int(result[0]):
+                self.stale_removed(agent_id)
         return sum(int(result[0]) for result in results)
 
     def _apply_args(self, keys: AgentKeys, now_s: float) -> list[str | bytes]:
@@ -340,7 +352,12 @@ class RedisStore:
         """
         with _translated(action):
             for attempt in range(2):
-                replies = await self._round_trip(commands())
+                lease = self._lease_command()
+                replies = await self._round_trip(lease + commands())
+                if lease:
+                    # The writer lease is renewed by the very round trip that writes:
+                    # the other daemons see this one as a writer before its writes.
+                    replies = replies[1:]
                 if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
                     logger.info("redis does not know the scripts any more; loading them again")
                     await self._load_scripts()
@@ -350,6 +367,21 @@ class RedisStore:
                         raise reply
                 return replies
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _lease_command(self) -> list[bytes]:
+        if self.writer_lease is None:
+            return []
+        daemon_id, lease_s = self.writer_lease
+        script = self._require_script(self._writers_script)
+        arguments = (
+            "EVALSHA",
+            script.sha,
+            1,
+            self._keys.writers,
+            daemon_id,
+            math.ceil(lease_s * 1000),
+        )
+        return [cast(bytes, hiredis.pack_command(arguments))]  # type: ignore[arg-type]
 
     async def _round_trip(self, packed: list[bytes]) -> list[Any]:
         """Write ``packed`` on a pooled connection and read a reply for each.
@@ -388,7 +420,9 @@ class RedisStore:
         words: list[str | bytes] = []
         for record_id in stale_ids:
             words += ["E", record_id]
-        await self._call_apply(agent_id, words, now_s)
+        result = await self._call_apply(agent_id, words, now_s)
+        if stale_ids or int(result[0]):
+            self.stale_removed(agent_id)
         logger.debug("repaired %d stale entries of agent %s", len(stale_ids), agent_id)
 
     async def _load_scripts(self) -> None:
@@ -472,6 +506,8 @@ class RedisStore:
         # The apply script with no operations: the expire step, then the stats
         # and types HASHes read in the same atomic step.
         result = await self._call_apply(agent_id, [], now_s)
+        if int(result[0]):
+            self.stale_removed(agent_id)
         return _parse_stats(result[1], result[2])
 
     async def agents(self, prefix: str, limit: int) -> list[str]:

@@ -1,4 +1,6 @@
--- Renew one daemon's lease among the writers of a key space; how many hold one.
+-- Renew one daemon's lease among the writers of a key space: how many hold one,
+-- and whether this daemon's lease was still there (not: the key space was
+-- flushed, or the lease ran out).
 --
 -- KEYS: 1 writers ZSET (memoryd/stores/keys.py): daemon id -> lease end, in
 --       milliseconds of the Redis server's clock, so daemons on hosts whose
@@ -11,10 +13,11 @@ local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
 redis.call('ZREMRANGEBYSCORE', writers_key, '-inf', now_ms)
+local held = redis.call('ZSCORE', writers_key, daemon_id) and 1 or 0
 if lease_ms > 0 then
   redis.call('ZADD', writers_key, now_ms + lease_ms, daemon_id)
   redis.call('PEXPIRE', writers_key, lease_ms)
 else
   redis.call('ZREM', writers_key, daemon_id)
 end
-return redis.call('ZCARD', writers_key)
+return {redis.call('ZCARD', writers_key), held}
