@@ -10,8 +10,9 @@ shows up, this daemon stops answering from memory at its next renewal (reads
 go to the store, as they always may), and when it is alone again it
 distrusts everything it learnt before and starts over.
 
-Every batch the flusher writes renews the lease in the same round trip, so a
-daemon never writes without a fresh lease, at start-up included: the others
+A batch the flusher writes renews the lease in the same round trip unless a
+renewal went out less than half a second before, so a daemon never writes
+without a fresh lease, at start-up included: the others
 see it at their next renewal.  A lease lasts ``lease_s``, so a daemon that
 died without giving its lease up keeps the others off their caches for at most
 that long.  A lease that is gone at a renewal (the key space was flushed)

@@ -54,6 +54,10 @@ EXPIRY_GRACE_S = 3600.0
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 1.0
 
+# A write renews the writer lease itself only when no renewal was sent this
+# recently: a lease lasts seconds, and a renewal per batch costs Redis a script.
+LEASE_FRESH_S = 0.5
+
 SCAN_COUNT = 1000  # keys per SCAN step: few round trips, short server stalls
 SWEEP_AGENTS_PER_PIPELINE = 256
 MIN_PAGE = 32
@@ -205,6 +209,7 @@ class RedisStore:
         self.stale_removed: Callable[[str], None] = _nobody
         # (daemon id, lease in seconds): renewed with every write (memoryd.writers).
         self.writer_lease: tuple[str, float] | None = None
+        self._lease_renewed_at = -math.inf
         self._server_version: str | None = None
 
     # -- life cycle ---------------------------------------------------------
@@ -278,6 +283,7 @@ class RedisStore:
         return _text(token) if token is not None else candidate
 
     async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> tuple[int, bool]:
+        self._lease_renewed_at = time.monotonic()
         script = self._require_script(self._writers_script)
         with _translated("writer lease"):
             writers, held = await script(
@@ -369,8 +375,12 @@ class RedisStore:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _lease_command(self) -> list[bytes]:
+        """The lease renewal to send with a write, unless a renewal is fresh already."""
         if self.writer_lease is None:
             return []
+        if time.monotonic() - self._lease_renewed_at < LEASE_FRESH_S:
+            return []
+        self._lease_renewed_at = time.monotonic()
         daemon_id, lease_s = self.writer_lease
         script = self._require_script(self._writers_script)
         arguments = (
