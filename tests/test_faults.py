@@ -223,7 +223,9 @@ def test_redis_killed_and_restarted_mid_load_loses_nothing(
         assert poll(lambda: watcher.status()["state"] == "degraded", 10), (
             f"{context}: the daemon never reported degraded: {watcher.status()}"
         )
-        assert ledger.wait_more_acks(200, 15), ledger.summary()
+        # More than the 200 asserted below: a write sent before the kill may be
+        # acknowledged after it, and is counted here but not there.
+        assert ledger.wait_more_acks(250, 15), ledger.summary()
         recent = watcher.recent(AGENTS[0], limit=5)
         assert recent.degraded, f"{context}: a read while Redis is down: {recent}"
         up_from = time.monotonic()
