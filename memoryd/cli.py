@@ -30,6 +30,7 @@ logger = logging.getLogger("memoryd")
 EXIT_HEALTHY, EXIT_DEGRADED, EXIT_FAILING = 0, 1, 2
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's Restart=on-failure should not spin on it forever
 IMPORT_BATCH = 500
+MAX_IMPORT_BATCH = 1000  # the daemon's default max_batch
 RECORD_FIELDS_BYTES = 512
 CONNECT_TIMEOUT_S = 3.0
 TRANSFER_TIMEOUT_S = 60.0  # per call: a batch may wait for a full WAL to drain
@@ -82,7 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     load = commands.add_parser("import", help="read records from JSON Lines (an export)")
     load.add_argument("input", help="the file to read, or - for stdin")
     load.add_argument("--socket", type=Path, help="the daemon's socket (default: from config)")
-    load.add_argument("--batch", type=int, default=500, help="records per add_many (500)")
+    load.add_argument(
+        "--batch", type=_batch_size, default=500, help="records per add_many, 1-1000 (500)"
+    )
 
     wal = commands.add_parser("wal", help="look at the write-ahead log")
     wal_commands = wal.add_subparsers(dest="wal_command", required=True)
@@ -91,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--config", type=Path, help="TOML config file, for data_dir")
     inspect.add_argument("--json", action="store_true", help="print JSON")
     return parser
+
+
+def _batch_size(text: str) -> int:
+    size = int(text)
+    if not 1 <= size <= MAX_IMPORT_BATCH:
+        raise argparse.ArgumentTypeError(f"must be 1-{MAX_IMPORT_BATCH}, not {size}")
+    return size
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -399,6 +409,11 @@ def _output(name: str) -> Iterator[TextIO]:
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a crash
+        finally:
+            os.close(directory)
     finally:
         partial.unlink(missing_ok=True)
 

@@ -280,3 +280,8 @@ def test_an_export_while_the_store_is_down_fails_and_keeps_the_old_backup(
     done = run_cli("export", "--all", "-o", str(backup), "--socket", str(daemon.socket_path))
     assert done.returncode == 2 and "the store is unreachable" in done.stderr
     assert backup.read_text(encoding="utf-8") == "the last good backup\n"
+
+
+def test_an_import_batch_out_of_bounds_is_refused_by_name(tmp_path: Path) -> None:
+    done = run_cli("import", str(tmp_path / "x.jsonl"), "--batch", "5000")
+    assert done.returncode == 2 and "argument --batch: must be 1-1000, not 5000" in done.stderr
