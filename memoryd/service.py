@@ -470,17 +470,14 @@ class Service:
         return {"records": records, "degraded": degraded}
 
     async def _stored_answer(self, agent_id: str, fetch: Query, now_s: float) -> list[Record]:
-        """What the store would answer to ``fetch``: from memory when the cache can tell.
+        """What the store answers to ``fetch``, once the cache could not tell (``_query``
+        asked it first, with the backlog replayed).
 
-        When it cannot and may learn the agent (memoryd.cache), the agent's
-        newest records are fetched first, unfiltered, so that the next reads
-        of this agent, filtered or not, can be answered from memory.
+        When the cache may learn the agent (memoryd.cache), the agent's newest
+        records are fetched first, unfiltered, so that the next reads of this
+        agent, filtered or not, can be answered from memory.
         """
         cache = self.cache
-        found = cache.answer(agent_id, fetch, now_s)
-        if found is not None:
-            cache.hits += 1
-            return found
         cache.misses += 1
         token = cache.token()
         # Only newest-first reads fill: an oldest-first page (an export) would

@@ -75,30 +75,37 @@ def redis_in_use(status: dict[str, Any]) -> bool:
     return kind == "redis" and status.get("state") in ("healthy", "recovering")
 
 
-class MemoryAdapter:
-    """The per-agent memory of TableRound's agents, served by memoryd.
+class _AgentMemory:
+    """What both personal facades keep, as the originals did: ``storage_type``,
+    ``max_tokens`` and ``settings`` are accepted and kept, the storage is
+    whatever memoryd runs on.  ``socket_path`` (an addition) picks the daemon;
+    by default the client's (``MEMORYD_SOCKET_PATH``, else the standard path)."""
 
-    ``storage_type``, ``max_tokens`` and ``settings`` are accepted and kept as
-    attributes, as the original's were; the storage is whatever memoryd runs
-    on.  ``socket_path`` (an addition) picks the daemon; by default the
-    client's (``MEMORYD_SOCKET_PATH``, else the standard path).
-    """
+    default_storage_type: str
+    logger_prefix: str
 
     def __init__(
         self,
         agent_id: str,
-        storage_type: str = "auto",
+        storage_type: str | None = None,
         max_tokens: int = 4000,
         settings: Any = None,
         *,
         socket_path: str | None = None,
     ) -> None:
         self.agent_id = agent_id
-        self.storage_type = storage_type
+        self.storage_type = self.default_storage_type if storage_type is None else storage_type
         self.max_tokens = max_tokens
         self.settings = settings
         self.socket_path = socket_path
-        self.logger = logging.getLogger(f"memory_adapter.{agent_id}")
+        self.logger = logging.getLogger(f"{self.logger_prefix}.{agent_id}")
+
+
+class MemoryAdapter(_AgentMemory):
+    """The per-agent memory of TableRound's agents (storage_type "auto"), served by memoryd."""
+
+    default_storage_type = "auto"
+    logger_prefix = "memory_adapter"
 
     @property
     def _client(self) -> AsyncClient:
@@ -171,26 +178,13 @@ class MemoryAdapter:
         return redis_in_use(shared_client(self.socket_path).status())
 
 
-class Memory:
+class Memory(_AgentMemory):
     """The legacy synchronous ``Memory`` of TableRound, with its file-store semantics
     (``get_memories_by_type`` gives every record of the type, oldest first), served
     by memoryd whatever ``storage_type`` says."""
 
-    def __init__(
-        self,
-        agent_id: str,
-        storage_type: str = "memory",
-        max_tokens: int = 4000,
-        settings: Any = None,
-        *,
-        socket_path: str | None = None,
-    ) -> None:
-        self.agent_id = agent_id
-        self.storage_type = storage_type
-        self.max_tokens = max_tokens
-        self.settings = settings
-        self.socket_path = socket_path
-        self.logger = logging.getLogger(f"memory.{agent_id}")
+    default_storage_type = "memory"
+    logger_prefix = "memory"
 
     @property
     def _client(self) -> Client:
