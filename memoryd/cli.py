@@ -18,7 +18,7 @@ import uvloop
 
 from memoryd import __version__, legacy, transfer
 from memoryd.alerts import Alerts
-from memoryd.config import Settings, load_settings
+from memoryd.config import Settings, load_settings, unknown_variables
 from memoryd.errors import ConfigError, MemorydError
 from memoryd.server import WAL_DIR_NAME, Server
 from memoryd.wal import inspect_wal
@@ -139,6 +139,8 @@ def _configure_logging(level: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _configure_logging(settings.log_level)
+    for warning in unknown_variables():
+        logger.warning("%s", warning)
     server = Server(settings, reload=lambda: _settings(args))
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
@@ -153,6 +155,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    for warning in unknown_variables():
+        print(f"memoryd: warning: {warning}", file=sys.stderr)
     for name, value in settings.masked().items():
         print(f"{name} = {json.dumps(value)}")
     return 0

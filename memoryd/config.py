@@ -8,10 +8,11 @@ a ``MEMORYD_*`` variable always wins over its legacy counterpart.
 
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic.fields import FieldInfo
@@ -23,6 +24,9 @@ from pydantic_settings import (
 )
 
 from memoryd.errors import ConfigError
+from memoryd.redis_url import RedisUrl
+from memoryd.redis_url import masked as masked_url
+from memoryd.redis_url import parse as parse_url
 from memoryd_client import wire
 
 ENV_PREFIX = "MEMORYD_"
@@ -113,9 +117,16 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url")
     @classmethod
-    def _known_scheme(cls, value: str) -> str:
-        if value and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+    def _whole_url(cls, value: str) -> str:
+        if value:
+            parse_url(value)  # RedisUrlError is a ValueError: pydantic reports it
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _directory(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} exists and is not a directory")
         return value
 
     @field_validator("key_prefix")
@@ -130,6 +141,11 @@ class Settings(BaseSettings):
         if self.backend == "auto":
             return "redis" if self.redis_url else "local"
         return self.backend
+
+    @property
+    def redis(self) -> RedisUrl:
+        """The parsed redis_url (checked when the settings were read)."""
+        return parse_url(self.redis_url)
 
     def masked(self) -> dict[str, Any]:
         """Every setting, with passwords masked, as check-config prints them."""
@@ -194,8 +210,14 @@ class LegacyEnvSource(PydanticBaseSettingsSource):
 
 def _url_from_parts(env: dict[str, str]) -> str:
     host = env.get("REDIS_HOST", "localhost")
-    port = env.get("REDIS_PORT", "6379")
-    db = env.get("REDIS_DB", "0")
+    port = env.get("REDIS_PORT", "6379").strip()
+    db = env.get("REDIS_DB", "0").strip()
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"REDIS_PORT: must be a number from 1 to 65535, not {port[:20]!r}")
+    if not db.isdigit():
+        raise ConfigError(f"REDIS_DB: must be a whole number, not {db[:20]!r}")
+    if not host.strip() or any(char in host for char in "/?#@ "):
+        raise ConfigError("REDIS_HOST: must be a host name or address")
     user = env.get("REDIS_USERNAME", "")
     password = env.get("REDIS_PASSWORD", "")
     auth = ""
@@ -205,15 +227,25 @@ def _url_from_parts(env: dict[str, str]) -> str:
 
 
 def mask_url(url: str) -> str:
-    """The URL without its password, for logs and status."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    """The URL without its secrets, for logs and status."""
+    return masked_url(url)
+
+
+# Variables with the prefix that belong to the client library, not to the daemon.
+CLIENT_VARIABLES = frozenset({wire.SOCKET_PATH_ENV})
+
+
+def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:
+    """``MEMORYD_*`` variables that name no setting (typos), each with a hint."""
+    environ = dict(os.environ) if environ is None else environ
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | CLIENT_VARIABLES
+    found = []
+    for name in sorted(environ):
+        if name.startswith(ENV_PREFIX) and name.upper() not in known:
+            close = difflib.get_close_matches(name.upper(), known, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            found.append(f"{name} is not a memoryd setting{hint}; it is ignored")
+    return found
 
 
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:

@@ -70,7 +70,7 @@ class Flusher:
                 await self._checkpoint_if_due()
                 continue
             if not await self.apply_one_batch():
-                await self.health.wait_store_usable()
+                await self.health.wait_store_writable()
             await self._checkpoint_if_due()
 
     async def apply_one_batch(self) -> bool:
@@ -110,8 +110,16 @@ class Flusher:
 
     async def _checkpoint_if_due(self) -> None:
         due = time.monotonic() - self._last_checkpoint_s >= self.checkpoint_interval_s
-        if due and self.applied_seq > self.wal.applied_seq:
+        if not due or self.applied_seq <= self.wal.applied_seq:
+            return
+        try:
             await self.checkpoint()
+        except OSError as exc:
+            # A full disk, no file descriptors left: the store has the records,
+            # the WAL keeps them a while longer, and the next interval tries again.
+            self.health.disk_failed("writing the WAL checkpoint", _os_reason(exc))
+        else:
+            self.health.disk_recovered("writing the WAL checkpoint")
 
     async def checkpoint(self) -> None:
         self._last_checkpoint_s = time.monotonic()
@@ -129,3 +137,7 @@ class Flusher:
                 await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         await self.checkpoint()
         return not len(self.backlog)
+
+
+def _os_reason(exc: OSError) -> str:
+    return f"{exc.strerror or exc} (errno {exc.errno})" if exc.errno else str(exc)

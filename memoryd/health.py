@@ -1,9 +1,16 @@
 """The health monitor: probes the store on its own schedule, owns the state.
 
-States (the contract): ``healthy``; ``degraded`` (store unreachable, writes
-buffered in the WAL); ``recovering`` (store back, draining the backlog);
-``failing`` (the WAL cannot take writes).  The probe runs independently of
-traffic, so recovery is noticed even when nobody writes.
+States (the contract): ``healthy``; ``degraded`` (store unreachable, or
+reachable but refusing writes: out of memory, a read-only replica, a failed
+RDB save, or refusing memoryd's credentials; writes are buffered in the WAL);
+``recovering`` (store back, draining the backlog); ``failing`` (the WAL cannot
+take writes, or the disk under it is in trouble).  The probe runs
+independently of traffic, so recovery is noticed even when nobody writes.
+
+A store that refuses writes still answers reads, so reads keep going to it;
+only the flusher waits.  It leaves ``degraded`` once a batch is applied again,
+not at the first write probe that passes: a Redis hovering at its maxmemory
+takes a small probe and refuses the next batch, and the state must not flap.
 """
 
 from __future__ import annotations
@@ -16,7 +23,13 @@ import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 
-from memoryd.stores.base import Store, StoreError, StoreUnavailable
+from memoryd.stores.base import (
+    Store,
+    StoreError,
+    StoreMisconfigured,
+    StoreRefusing,
+    StoreUnavailable,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +88,18 @@ class Health:
         self.loop_lag_s = 0.0
         self.wal_failure: str | None = None
         self.wal_full_reason: str | None = None
+        self._wal_full_for_space = True
+        # Trouble with files beside the WAL (the checkpoint...), by what failed.
+        self.disk_trouble: dict[str, str] = {}
+        # Why the store cannot take writes when it is reachable: "refusing: OOM",
+        # "misconfigured"...; None when it is fine or merely unreachable.
+        self.store_problem: str | None = None
         # The state is derived from these facts, so that, say, a full WAL
         # never hides that the store is down too.
         self._store_reachable = asyncio.Event()
         self._store_reachable.set()
+        self._store_writable = asyncio.Event()
+        self._store_writable.set()
         self._draining = False
         # Recovery is over once what queued up during the outage is applied;
         # new writes keep arriving meanwhile, so "backlog empty" may never be seen.
@@ -91,18 +112,24 @@ class Health:
     def store_down(self) -> bool:
         return not self._store_reachable.is_set()
 
+    @property
+    def store_refuses_writes(self) -> bool:
+        return not self._store_writable.is_set()
+
     def _derive(self) -> State:
-        if self.wal_failure is not None or self.wal_full_reason is not None:
+        if self.wal_failure is not None or self.wal_full_reason is not None or self.disk_trouble:
             return State.FAILING
-        if self.store_down:
+        if self.store_down or self.store_problem is not None:
             return State.DEGRADED
         return State.RECOVERING if self._draining else State.HEALTHY
 
-    def _update(self, reason: str) -> None:
+    def _update(self, reason: str, *, news: bool = False) -> None:
+        """Take the state the facts give; log and report it if it changed, or
+        if ``news`` (the same state for another reason: refusing after unreachable)."""
         state = self._derive()
-        if state is self.state:
+        if state is self.state and not news:
             return
-        worse = _SEVERITY[state] > _SEVERITY[self.state]
+        worse = news or _SEVERITY[state] > _SEVERITY[self.state]
         previous, self.state, self.since, self.reason = self.state, state, time.time(), reason
         if worse:
             logger.warning("health %s -> %s: %s", previous.value, state.value, reason)
@@ -115,37 +142,79 @@ class Health:
     def store_failed(self, exc: BaseException) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
         self._successes = 0
-        if not self.store_down:
-            self._store_reachable.clear()
-            self._update(
-                f"store unreachable ({self.last_error}); writes go on into the WAL "
-                "and are applied when it returns"
-            )
         self._wake_probe.set()
+        if isinstance(exc, StoreRefusing):
+            self._store_refusing(f"refusing: {exc.reason}")
+            return
+        problem = "misconfigured" if isinstance(exc, StoreMisconfigured) else None
+        news = self.store_down and problem != self.store_problem
+        if self.store_down and not news:
+            return
+        self.store_problem = problem
+        self._store_reachable.clear()
+        self._store_writable.clear()
+        if problem is None:
+            why = f"store unreachable ({self.last_error})"
+        else:
+            why = f"store misconfigured: it refuses memoryd ({self.last_error})"
+        self._update(f"{why}; writes go on into the WAL and are applied when it returns", news=news)
+
+    def _store_refusing(self, problem: str) -> None:
+        """Reachable (reads go on) but refusing writes: the flusher waits for the probe."""
+        self._store_writable.clear()
+        self._came_back()
+        if self.store_problem == problem:
+            return
+        news = self.state is State.DEGRADED
+        self.store_problem = problem
+        self._update(
+            f"store {problem} ({self.last_error}); writes go on into the WAL and are "
+            "applied once it takes them again",
+            news=news,
+        )
 
     def store_succeeded(self, latency_s: float) -> None:
+        """The flusher applied a batch: the store takes writes."""
         self.ping_latency_s = latency_s
+        if self.store_problem is not None and not self.store_down:
+            self.store_problem = None
+            self.last_error = None
+            draining = "; draining the backlog" if self._draining else ""
+            self._update("the store takes writes again" + draining)
         if self._draining and self._applied_seq() >= self._recovered_at_seq:
             self._draining = False
             self._update("what queued up during the outage is applied")
+
+    def disk_failed(self, what: str, reason: str) -> None:
+        """Writing ``what`` (the checkpoint...) failed; it is tried again on its own."""
+        if self.disk_trouble.get(what) == reason:
+            return
+        self.disk_trouble[what] = reason
+        self._update(f"{what} failed: {reason}; retried until it works", news=True)
+
+    def disk_recovered(self, what: str) -> None:
+        if self.disk_trouble.pop(what, None) is not None:
+            self._update(f"{what} works again")
 
     def wal_failed(self, reason: str) -> None:
         """The WAL cannot take writes (an fdatasync failed): for good."""
         self.wal_failure = reason
         self._update(reason)
 
-    def wal_full(self, reason: str) -> None:
-        """Writes are refused with wal_full until the WAL has room again."""
+    def wal_full(self, reason: str, *, for_space: bool = True) -> None:
+        """The WAL refuses writes (retryable) until it takes one again, or, when
+        the cause is room (``for_space``), until the probe finds room."""
         self.wal_full_reason = reason
-        self._update(f"{reason}; writes get wal_full, reads go on")
+        self._wal_full_for_space = for_space
+        self._update(f"{reason}; writes are refused until the WAL takes them again, reads go on")
 
     def wal_has_room(self) -> None:
         if self.wal_full_reason is not None:
             self.wal_full_reason = None
             self._update("the WAL takes writes again")
 
-    async def wait_store_usable(self) -> None:
-        await self._store_reachable.wait()
+    async def wait_store_writable(self) -> None:
+        await self._store_writable.wait()
 
     # The probe.
 
@@ -161,7 +230,7 @@ class Health:
             await self._probe()
 
     def _next_delay_s(self) -> float:
-        if not self.store_down:
+        if not self.store_down and not self.store_refuses_writes:
             return self.probe_interval_s
         # Full jitter: spread the probes of many daemons hitting one Redis.
         ceiling = min(self.backoff_cap_s, self.backoff_base_s * 2 ** min(self._failures, 16))
@@ -169,7 +238,7 @@ class Health:
 
     async def _probe(self) -> None:
         self._probes += 1
-        if self.wal_full_reason is not None and self._wal_has_room():
+        if self.wal_full_reason is not None and self._wal_full_for_space and self._wal_has_room():
             self.wal_has_room()
         try:
             latency_s = await asyncio.wait_for(self.store.ping(), self.probe_timeout_s)
@@ -177,25 +246,56 @@ class Health:
             self._failures += 1
             self.store_failed(exc)
             return
-        self._failures = 0
         self.ping_latency_s = latency_s
         self._successes += 1
-        if self.store_down and self._successes >= self.successes_to_recover:
-            # Several successes in a row, so one lucky ping does not flap the state.
-            if not await self._check_store():
-                return
-            self._draining = self._backlog_size() > 0
-            self._recovered_at_seq = self._newest_queued_seq()
-            self._store_reachable.set()
-            self.last_error = None
-            self._update(
-                "store reachable again" + ("; draining the backlog" if self._draining else "")
-            )
+        if self.store_down:
+            if self._successes >= self.successes_to_recover:
+                # Several successes in a row, so one lucky ping does not flap the state.
+                await self._reconnected()
+        elif self.store_refuses_writes:
+            await self._probe_writes()
         elif self._draining and self._applied_seq() >= self._recovered_at_seq:
             self._draining = False
             self._update("what queued up during the outage is applied")
-        elif not self.store_down and self._probes % self.check_store_every == 0:
+        elif self._probes % self.check_store_every == 0:
             await self._check_store()
+        if not self.store_down and not self.store_refuses_writes:
+            self._failures = 0
+
+    async def _reconnected(self) -> None:
+        """Pings pass again: look deeper (the marker, which also writes), then use it.
+
+        A store that answers but refuses the marker's write is reachable but
+        refusing (``_store_refusing``): reads go to it, the flusher waits.
+        """
+        if not await self._check_store():
+            return
+        self._came_back()
+        self._store_writable.set()
+        self.store_problem = None
+        self.last_error = None
+        self._update("store reachable again" + ("; draining the backlog" if self._draining else ""))
+
+    def _came_back(self) -> None:
+        if self.store_down:
+            self._draining = self._backlog_size() > 0
+            self._recovered_at_seq = self._newest_queued_seq()
+            self._store_reachable.set()
+
+    async def _probe_writes(self) -> None:
+        """The store refused writes: let the flusher try once a probe write passes.
+
+        The state stays degraded until a batch is applied (``store_succeeded``),
+        unless there is nothing to apply.
+        """
+        if not await self._check_store():
+            self._failures += 1
+            return
+        self._store_writable.set()
+        if self._backlog_size() == 0:
+            self.store_problem = None
+            self.last_error = None
+            self._update("the store takes writes again")
 
     async def _check_store(self) -> bool:
         if self.check_store is None:

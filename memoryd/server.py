@@ -34,17 +34,18 @@ from memoryd.backlog import Backlog
 from memoryd.cache import ReadCache
 from memoryd.config import Settings
 from memoryd.errors import ConfigError, FatalError
+from memoryd.fdlimit import connections_that_fit
 from memoryd.flusher import Flusher
 from memoryd.health import Health, State
+from memoryd.marker import StoreMarker
 from memoryd.metrics import Metrics
 from memoryd.protocol import Connection, ConnectionRegistry
 from memoryd.service import Service
 from memoryd.stores import create_store
-from memoryd.stores.base import StoreError, StoreUnavailable
+from memoryd.stores.base import StoreError, StoreMisconfigured, StoreUnavailable
 from memoryd.systemd import Notifier, watchdog_interval_s
-from memoryd.wal import QUARANTINE_DIR, Recovery, Wal
+from memoryd.wal import QUARANTINE_DIR, Recovery, Wal, WalFullError
 from memoryd.writers import SoleWriter
-from memoryd_client.ids import new_id
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,9 @@ RELOADABLE = frozenset(
 
 WAL_DIR_NAME = "wal"
 LOCK_NAME = "memoryd.lock"
-MARKER_NAME = "store-marker"
+# A background task that fails with an OSError (no file descriptors left, a
+# full disk) is started again after this long; any other failure is a bug.
+TASK_RESTART_S = 1.0
 
 
 class Server:
@@ -84,6 +87,7 @@ class Server:
         self.notifier = Notifier()
         self.metrics = Metrics()
         self.alerts = Alerts(settings.data_dir)
+        self.marker = StoreMarker(settings.data_dir)
         self.registry = ConnectionRegistry()
         self.backlog = Backlog()
         self.store = create_store(settings)
@@ -142,6 +146,7 @@ class Server:
         self._process = psutil.Process()
         self._lock_fd: int | None = None
         self._owns_socket = False
+        self.max_connections = self._fit_connections(settings)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -165,13 +170,21 @@ class Server:
             self.store.kind,
             self.settings.wal_fsync,
         )
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"data_dir {self.settings.data_dir}: {exc.strerror}") from exc
         self._lock_data_dir()
         # Claim the socket before touching the WAL: a second daemon must not
         # "repair" the log the first one is writing.
         listen_socket = self._listen_socket()
         recovery = self.wal.open()
         self._alert_on_damage(recovery)
+        if self.wal.open_error is not None:
+            for_space = not isinstance(self.wal.open_error, WalFullError) or (
+                self.wal.open_error.for_space
+            )
+            self.health.wal_full(str(self.wal.open_error), for_space=for_space)
         self.wal.on_fatal = self._wal_fatal
         self.backlog.extend(recovery.entries)
         if recovery.entries:
@@ -182,13 +195,13 @@ class Server:
                 recovery.entries[-1].seq,
             )
         await self._open_store()
-        self._spawn(self.flusher.run(), "flusher")
-        self._spawn(self.health.run(), "health")
-        self._spawn(self.sole_writer.run(), "writer lease")
-        self._spawn(self._sweep_expired(), "sweep")
+        self._spawn(self.flusher.run, "flusher")
+        self._spawn(self.health.run, "health")
+        self._spawn(self.sole_writer.run, "writer lease")
+        self._spawn(self._sweep_expired, "sweep")
         interval_s = watchdog_interval_s()
         if interval_s is not None:
-            self._spawn(self._feed_watchdog(interval_s), "watchdog")
+            self._spawn(lambda: self._feed_watchdog(interval_s), "watchdog")
         self._server = await asyncio.get_running_loop().create_unix_server(
             self._new_connection, sock=listen_socket
         )
@@ -286,10 +299,15 @@ class Server:
         try:
             await self.store.open()
             await self.check_store_marker()
+        except StoreMisconfigured as exc:
+            # Wrong credentials or permissions will not heal by waiting: stop (exit 78).
+            raise ConfigError(f"redis_url: {exc}") from exc
         except StoreUnavailable as exc:
-            if self.store.kind == "local":
+            if self.store.kind == "local" and self.wal.has_room():
                 # A file we cannot open will not heal by waiting: say so and stop.
                 raise ConfigError(f"data_dir {self.settings.data_dir}: {exc}") from exc
+            # A Redis that is down, or a full disk under the local store: both
+            # heal.  Start degraded; the probe opens the store once it can.
             self.health.store_failed(exc)
         except StoreError as exc:
             raise ConfigError(f"store: {exc}") from exc
@@ -297,32 +315,45 @@ class Server:
     async def check_store_marker(self) -> None:
         """Raise an alert if the store lost the data it had (Redis restarted empty).
 
-        The store keeps a token; this daemon remembers the last one it saw.
-        A store without it (or with another) has been emptied, flushed or
-        swapped: the records applied to it before are gone, and the WAL no
+        A store without its marker (memoryd.marker) has been emptied, flushed
+        or swapped: the records applied to it before are gone, and the WAL no
         longer has them.  memoryd goes on with the store as it is, but says so.
         """
-        path = self.settings.data_dir / MARKER_NAME
-        known = path.read_text().strip() if path.exists() else None
-        token = await self.store.marker(new_id())
-        if token == known:
+        if not await self.marker.lost(self.store):
             return
-        if known is not None:
-            self.cache.invalidate_all()  # what the views hold is gone from the store too
-            self.alerts.raise_alert(
-                "store_data_lost",
-                f"the store at {self.store.describe().get('address')} lost memoryd's marker: "
-                "it restarted empty, was flushed, or is another server; records applied to it "
-                "before now are not in it (only writes not yet applied were still in the WAL)",
-            )
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(token)
-        os.replace(tmp, path)
+        self.cache.invalidate_all()  # what the views hold is gone from the store too
+        self.alerts.raise_alert(
+            "store_data_lost",
+            f"the store at {self.store.describe().get('address')} lost memoryd's marker: "
+            "it restarted empty, was flushed, or is another server; records applied to it "
+            "before now are not in it (only writes not yet applied were still in the WAL)",
+        )
 
-    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
+    def _spawn(self, run: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._supervise(run, name), name=name)
         task.add_done_callback(self._task_done)
         self._tasks.append(task)
+
+    @staticmethod
+    async def _supervise(run: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
+        """Run a background task; start it again after an OSError.
+
+        Running out of file descriptors or disk is a condition of the host,
+        not a bug: it passes, and the task must outlive it (the health state
+        reports it meanwhile).  Anything else stops the daemon (_task_done).
+        """
+        while True:
+            try:
+                await run()
+                return
+            except OSError as exc:
+                logger.error(
+                    "background task %s failed (%s); starting it again in %.0f s",
+                    name,
+                    exc,
+                    TASK_RESTART_S,
+                )
+            await asyncio.sleep(TASK_RESTART_S)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
@@ -409,6 +440,21 @@ class Server:
         sock.setblocking(False)
         return sock
 
+    def _fit_connections(self, settings: Settings) -> int:
+        """``max_connections``, held to what the open-file limit leaves room for."""
+        store_fds = settings.redis_pool_size + 2 if self.store.kind == "redis" else 4
+        fitting, limit = connections_that_fit(settings.max_connections, store_fds)
+        if fitting < settings.max_connections:
+            logger.warning(
+                "max_connections %d does not fit the open-file limit of %d (RLIMIT_NOFILE) "
+                "with room for the store and the WAL: at most %d connections are accepted; "
+                "raise the limit (LimitNOFILE= in the unit) or lower max_connections",
+                settings.max_connections,
+                limit,
+                fitting,
+            )
+        return fitting
+
     def _new_connection(self) -> Connection:
         return Connection(
             self.service,
@@ -416,7 +462,7 @@ class Server:
             self.metrics,
             max_message_bytes=self.settings.max_message_bytes,
             max_inflight=self.settings.max_inflight_per_connection,
-            max_connections=self.settings.max_connections,
+            max_connections=self.max_connections,
         )
 
     # ------------------------------------------------------------ signals
@@ -479,6 +525,7 @@ class Server:
 
     def _apply_settings(self, settings: Settings) -> None:
         self.settings = settings
+        self.max_connections = self._fit_connections(settings)
         self.service.settings = settings
         self.wal.max_bytes = settings.wal_max_bytes
         self.wal.min_free_disk_bytes = settings.min_free_disk_bytes
@@ -493,6 +540,12 @@ class Server:
 
     def _state_changed(self, state: State, reason: str) -> None:
         self.notifier.status(self._status_line())
+        problem = self.health.store_problem
+        if problem is not None and state is State.DEGRADED:
+            # Unlike an outage, these need somebody: keep them until cleared.
+            kind = "store_misconfigured" if problem == "misconfigured" else "store_refusing_writes"
+            address = self.store.describe().get("address")
+            self.alerts.raise_alert(kind, f"the store at {address}: {reason}", once=True)
 
     def _status_line(self) -> str:
         return (
@@ -526,6 +579,7 @@ class Server:
             "store": store,
             "wal": wal,
             "limits": {
+                "max_connections": self.max_connections,
                 "max_memories": self.settings.max_memories,
                 "default_ttl_s": self.settings.default_ttl_s,
                 "max_record_bytes": self.settings.max_record_bytes,

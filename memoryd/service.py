@@ -40,6 +40,7 @@ from memoryd.errors import (
     InternalError,
     InvalidRequest,
     NotFound,
+    Overloaded,
     TooLarge,
     WalFull,
 )
@@ -49,7 +50,7 @@ from memoryd.ops import Clear, Delete, Entry, Op, Put, Replace
 from memoryd.records import Query, Record, is_expired
 from memoryd.stores.base import Store, StoreError, StoreUnavailable
 from memoryd.validation import Args
-from memoryd.wal import Wal, WalError, WalFullError
+from memoryd.wal import Wal, WalBusyError, WalError, WalFullError
 from memoryd_client import wire
 from memoryd_client.ids import new_id
 
@@ -360,8 +361,11 @@ class Service:
         try:
             seqs = await self.wal.append(ops)
         except WalFullError as exc:
-            self.health.wal_full(str(exc))
+            self.health.wal_full(str(exc), for_space=exc.for_space)
             raise WalFull(str(exc)) from exc
+        except WalBusyError as exc:
+            self.health.wal_full(str(exc), for_space=False)
+            raise Overloaded(str(exc)) from exc
         except WalError as exc:
             raise InternalError(str(exc)) from exc
         if self.health.wal_full_reason is not None:

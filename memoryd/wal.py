@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from memoryd.atomicfile import fsync_directory, write_atomically
 from memoryd.errors import MemorydError
 from memoryd.ops import Entry, Op, OpDecodeError, decode_op, encode_op
 
@@ -61,7 +62,21 @@ class WalError(MemorydError):
 
 
 class WalFullError(WalError):
-    """Taking the write would pass ``wal_max_bytes`` or the disk is full."""
+    """Taking the write would pass ``wal_max_bytes``, the disk is full, or
+    writing failed; nothing of it is in the log, and a retry may succeed.
+
+    ``for_space``: the cause is room (bytes or disk), so it is over once there
+    is room again; other causes are over at the next write that succeeds.
+    """
+
+    def __init__(self, message: str, *, for_space: bool = True) -> None:
+        super().__init__(message)
+        self.for_space = for_space
+
+
+class WalBusyError(WalError):
+    """The process is out of file descriptors (or memory) for the WAL's files;
+    nothing of the write is in the log, and a retry may succeed."""
 
 
 class WalFatalError(WalError):
@@ -75,14 +90,6 @@ def encode_frame(seq: int, payload: bytes) -> bytes:
 
 def segment_name(first_seq: int) -> str:
     return f"{first_seq:020d}{SEGMENT_SUFFIX}"
-
-
-def fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------- reading
@@ -225,18 +232,10 @@ def _checkpoint_fields(wal_dir: Path) -> tuple[int, int, bool]:
 def write_checkpoint(wal_dir: Path, applied_seq: int, synced_seq: int = 0) -> None:
     """Record what the store applied, and how far the log was synced then:
     a later start that finds less on disk knows segments went missing."""
-    tmp = wal_dir / (CHECKPOINT_NAME + ".tmp")
     body = json.dumps(
         {"applied_seq": applied_seq, "synced_seq": synced_seq, "written_at": time.time()}
     )
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, body.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, wal_dir / CHECKPOINT_NAME)
-    fsync_directory(wal_dir)
+    write_atomically(wal_dir / CHECKPOINT_NAME, body.encode())
 
 
 # --------------------------------------------------------------------- inspection
@@ -319,6 +318,9 @@ class Recovery:
     missing_records: int = 0
     # The checkpoint claims more than the files ever held: files were removed.
     checkpoint_ahead_by: int = 0
+    # Damage in the newest segment could not be moved away (a full disk):
+    # appends go to a new segment, never after the damage.
+    newest_keeps_damage: bool = False
 
     @property
     def damaged(self) -> bool:
@@ -331,13 +333,36 @@ class Recovery:
         )
 
 
-def _quarantine(wal_dir: Path, scan: SegmentScan) -> None:
-    """Move the bytes past the last readable frame out of the log."""
+def _quarantine(wal_dir: Path, scan: SegmentScan) -> bool:
+    """Copy the bytes past the last readable frame out of the log; whether the
+    copy is safe on disk (only then may the segment be cut back)."""
     quarantine = wal_dir / QUARANTINE_DIR
-    quarantine.mkdir(exist_ok=True)
     data = scan.path.read_bytes()[scan.valid_bytes :]
     target = quarantine / f"{scan.path.name}.{int(time.time())}.{scan.valid_bytes}"
-    target.write_bytes(data)
+    try:
+        quarantine.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "short write")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        # A full disk at start must not stop the daemon: the damage stays where
+        # it is, nothing is appended after it, and the next start tries again.
+        logger.warning(
+            "WAL segment %s: %d unreadable bytes from offset %d could not be moved to %s "
+            "(%s); they stay in place until a start can move them",
+            scan.path.name,
+            len(data),
+            scan.valid_bytes,
+            quarantine,
+            exc.strerror or exc,
+        )
+        with contextlib.suppress(OSError):
+            target.unlink()
+        return False
     logger.warning(
         "WAL segment %s: %d unreadable bytes from offset %d moved to %s",
         scan.path.name,
@@ -345,6 +370,7 @@ def _quarantine(wal_dir: Path, scan: SegmentScan) -> None:
         scan.valid_bytes,
         target,
     )
+    return True
 
 
 def recover(wal_dir: Path) -> Recovery:
@@ -368,14 +394,17 @@ def recover(wal_dir: Path) -> Recovery:
         # data; before the first one, only a checkpoint says where to start.
         if checkpoint_read or path != segments[0]:
             result.missing_records += max(0, scan.first_seq - result.last_seq - 1)
+        moved = False
         if scan.quarantined_bytes:
-            _quarantine(wal_dir, scan)
+            moved = _quarantine(wal_dir, scan)
             result.quarantined_segments += 1
+            if not moved and path == segments[-1]:
+                result.newest_keeps_damage = True
         if scan.torn_tail_bytes:
             logger.warning(
                 "WAL segment %s: torn tail of %d bytes truncated", path.name, scan.torn_tail_bytes
             )
-        if scan.quarantined_bytes or scan.torn_tail_bytes:
+        if moved or scan.torn_tail_bytes:
             os.truncate(path, scan.valid_bytes)
         result.torn_tail_bytes += scan.torn_tail_bytes
         result.corrupt_records += scan.corrupt_records
@@ -454,6 +483,9 @@ class Wal:
         self.fatal_error: BaseException | None = None
         self.on_fatal: Callable[[BaseException], None] = lambda exc: None
         self.recovery = Recovery()
+        # Why the WAL could not open a segment at start (None once it has one).
+        self.open_error: WalError | None = None
+        self._reuse_newest = True
 
     # ----------------------------------------------------------- lifecycle
 
@@ -467,7 +499,14 @@ class Wal:
         for path in segments:
             self._closed_segments[path] = int(path.name.removesuffix(SEGMENT_SUFFIX))
             self.total_bytes += path.stat().st_size
-        self._open_segment(self._next_seq)
+        self._reuse_newest = not self.recovery.newest_keeps_damage
+        try:
+            self._open_segment(self._next_seq)
+        except OSError as exc:
+            # A full disk must not keep the daemon from starting: reads go on,
+            # and the first write that finds room opens the segment.
+            self.open_error = _write_error(exc)
+            logger.warning("WAL: no segment to append to yet (%s)", self.open_error)
         if self.fsync_policy == "everysec":
             self._everysec_task = asyncio.get_running_loop().create_task(self._sync_every_second())
         return self.recovery
@@ -564,6 +603,9 @@ class Wal:
             self._start_sync()
 
     def _write(self, frames: list[bytes], first_seq: int) -> None:
+        if self._segment is None:
+            self._open_segment(first_seq)
+            self.open_error = None
         assert self._segment is not None
         if self._segment.size >= self.segment_bytes:
             self._rotate(first_seq)
@@ -679,18 +721,27 @@ class Wal:
     def _open_segment(self, first_seq: int) -> None:
         path = self.wal_dir / segment_name(first_seq)
         existing = list_segments(self.wal_dir)
-        if existing and existing[-1].stat().st_size < self.segment_bytes:
+        if self._reuse_newest and existing and existing[-1].stat().st_size < self.segment_bytes:
             # Keep appending to the newest segment rather than starting a file per start.
             path = existing[-1]
             first_seq = int(path.name.removesuffix(SEGMENT_SUFFIX))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        size = os.fstat(fd).st_size
-        if size == 0:
-            os.write(fd, MAGIC)
-            os.fsync(fd)
-            fsync_directory(self.wal_dir)
-            size = len(MAGIC)
-            self.total_bytes += size
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                if os.write(fd, MAGIC) != len(MAGIC):
+                    raise OSError(errno.ENOSPC, "short write of a WAL segment header")
+                os.fsync(fd)
+                fsync_directory(self.wal_dir)
+                size = len(MAGIC)
+                self.total_bytes += size
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                if os.stat(path).st_size < len(MAGIC):
+                    path.unlink()  # a header cut short: recovery would take it for damage
+            raise
+        self._reuse_newest = True
         self._closed_segments.pop(path, None)
         self._segment = _Segment(path, first_seq, fd, size)
 
@@ -771,6 +822,10 @@ def _fdatasync_all(fds: list[int]) -> None:
 
 
 def _write_error(exc: OSError) -> WalError:
+    """What a failed write (not an fdatasync) tells the client: always retryable."""
+    reason = f"{exc.strerror or exc} (errno {exc.errno})"
+    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+        return WalBusyError(f"the WAL could not open its file: {reason}")
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return WalFullError(f"the WAL's disk is full: {exc.strerror}")
-    return WalError(f"the WAL write failed: {exc.strerror}")
+        return WalFullError(f"the WAL's disk is full: {reason}")
+    return WalFullError(f"the WAL write failed: {reason}", for_space=False)

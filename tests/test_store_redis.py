@@ -9,11 +9,24 @@ from typing import Any
 
 import pytest
 import redis
-from redis.exceptions import BusyLoadingError, ReadOnlyError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+)
 
 from memoryd.ops import Clear, Delete, Put, Replace
 from memoryd.records import Query, decode_record
-from memoryd.stores import RedisStore, StoreError, StoreUnavailable
+from memoryd.stores import (
+    RedisStore,
+    StoreError,
+    StoreMisconfigured,
+    StoreRefusing,
+    StoreUnavailable,
+)
 from memoryd.stores.redis import EXPIRY_GRACE_S, _translated
 from tests.harness import RedisServer
 from tests.test_stores import NOW, make_record, put
@@ -371,7 +384,17 @@ async def test_open_without_a_server_is_store_unavailable(private_redis: RedisSe
     [
         (BusyLoadingError("Redis is loading the dataset in memory"), StoreUnavailable),
         (ResponseError("LOADING Redis is loading the dataset in memory"), StoreUnavailable),
-        (ReadOnlyError("You can't write against a read only replica."), StoreUnavailable),
+        (ReadOnlyError("You can't write against a read only replica."), StoreRefusing),
+        (OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), StoreRefusing),
+        (ResponseError("OOM command not allowed when used memory > 'maxmemory'."), StoreRefusing),
+        (ResponseError("MISCONF Redis is configured to save RDB snapshots"), StoreRefusing),
+        (ResponseError("READONLY You can't write against a read only replica."), StoreRefusing),
+        (AuthenticationError("invalid username-password pair"), StoreMisconfigured),
+        (ResponseError("NOAUTH Authentication required."), StoreMisconfigured),
+        (
+            NoPermissionError("this user has no permissions to run the 'evalsha' command"),
+            StoreMisconfigured,
+        ),
         (redis.ConnectionError("refused"), StoreUnavailable),
         (redis.TimeoutError("timed out"), StoreUnavailable),
         (ResponseError("ERR Error running script"), StoreError),

@@ -9,7 +9,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from memoryd.config import Settings
-from memoryd.stores.base import AgentStats, Store, StoreError, StoreUnavailable
+from memoryd.stores.base import (
+    AgentStats,
+    Store,
+    StoreError,
+    StoreMisconfigured,
+    StoreRefusing,
+    StoreUnavailable,
+)
 
 if TYPE_CHECKING:
     from memoryd.stores.local import LocalStore
@@ -21,6 +28,8 @@ __all__ = [
     "RedisStore",
     "Store",
     "StoreError",
+    "StoreMisconfigured",
+    "StoreRefusing",
     "StoreUnavailable",
     "create_store",
 ]

@@ -20,6 +20,22 @@ class StoreUnavailable(MemorydError):
     """
 
 
+class StoreRefusing(StoreUnavailable):
+    """The store answers, but refuses writes for now: out of memory (``OOM``),
+    a replica (``READONLY``), a failed RDB save (``MISCONF``).  Reads still
+    work; writes wait in the WAL until it takes them again."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class StoreMisconfigured(StoreUnavailable):
+    """The store answers, but refuses memoryd itself: wrong credentials, no
+    permission.  Waiting does not cure it; at start it stops the daemon, at
+    run time it raises an alert (writes wait in the WAL meanwhile)."""
+
+
 class StoreError(MemorydError):
     """The store answered, but with an error that retrying will not fix."""
 
@@ -49,6 +65,12 @@ class Store(Protocol):
     the event loop; none may block it."""
 
     kind: str
+
+    @property
+    def identity(self) -> str:
+        """Which dataset this store is (its address, never a password, and key
+        prefix): the store marker is remembered under it."""
+
     # Called with an agent id whenever a store removes expired records or
     # dangling index entries of that agent outside apply() (read repairs, the
     # sweep).  The live records are the same, but a read that paged through

@@ -182,6 +182,10 @@ class LocalStore:
     def path(self) -> Path:
         return self._path
 
+    @property
+    def identity(self) -> str:
+        return f"local {self._path}"
+
     # -- plumbing -----------------------------------------------------------
 
     async def _run(self, action: str, work: Callable[[], _T]) -> _T:
@@ -251,6 +255,8 @@ class LocalStore:
         }
 
     async def ping(self) -> float:
+        if self._conn is None:
+            await self.open()  # a start on a full disk could not open the file yet
         started = time.perf_counter()
         await self._run("ping", lambda: self._db().execute("SELECT 1").fetchone())
         return time.perf_counter() - started

@@ -25,8 +25,11 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
+    AuthenticationError,
     BusyLoadingError,
+    NoPermissionError,
     NoScriptError,
+    OutOfMemoryError,
     ReadOnlyError,
     RedisError,
     ResponseError,
@@ -34,10 +37,16 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from memoryd.config import mask_url
+from memoryd import redis_url
 from memoryd.ops import Clear, Delete, Op, Put, Replace
 from memoryd.records import Query, Record, decode_record, is_expired, matches
-from memoryd.stores.base import AgentStats, StoreError, StoreUnavailable
+from memoryd.stores.base import (
+    AgentStats,
+    StoreError,
+    StoreMisconfigured,
+    StoreRefusing,
+    StoreUnavailable,
+)
 from memoryd.stores.keys import AgentKeys, KeySpace
 
 logger = logging.getLogger(__name__)
@@ -65,7 +74,11 @@ MAX_PAGE = 1000
 
 # Replies that mean "not now" rather than "never": a Redis still loading its
 # dataset, busy in a script, or a replica promoted/demoted mid-failover.
-_TRANSIENT_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "READONLY")
+_TRANSIENT_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
+# Replies of a Redis that answers but will not take writes for now.
+_REFUSING_REPLIES = ("OOM", "READONLY", "MISCONF")
+# Replies of a Redis that refuses memoryd itself (credentials, ACL).
+_MISCONFIGURED_REPLIES = ("NOAUTH", "WRONGPASS", "NOPERM")
 
 
 def _nobody(agent_id: str) -> None:
@@ -81,21 +94,37 @@ def _translated(action: str) -> Iterator[None]:
     """Turn redis-py's exceptions into the store's own, at the boundary."""
     try:
         yield
+    except (AuthenticationError, NoPermissionError) as exc:
+        raise StoreMisconfigured(f"redis {action}: {exc}") from exc
+    except ReadOnlyError as exc:
+        raise StoreRefusing("READONLY", f"redis {action}: {exc}") from exc
+    except OutOfMemoryError as exc:
+        raise StoreRefusing("OOM", f"redis {action}: {exc}") from exc
     except (
         BusyLoadingError,
         RedisConnectionError,
         RedisTimeoutError,
-        ReadOnlyError,
         TimeoutError,
         OSError,
     ) as exc:
         raise StoreUnavailable(f"redis {action}: {exc}") from exc
     except ResponseError as exc:
-        if str(exc).startswith(_TRANSIENT_REPLIES):
-            raise StoreUnavailable(f"redis {action}: {exc}") from exc
-        raise StoreError(f"redis {action}: {exc}") from exc
+        raise _reply_error(action, exc) from exc
     except RedisError as exc:
         raise StoreError(f"redis {action}: {exc}") from exc
+
+
+def _reply_error(action: str, exc: ResponseError) -> Exception:
+    """The store's exception for an error reply (a script's error included)."""
+    text = str(exc)
+    message = f"redis {action}: {text}"
+    if text.startswith(_REFUSING_REPLIES):
+        return StoreRefusing(text.split(" ", 1)[0], message)
+    if text.startswith(_MISCONFIGURED_REPLIES):
+        return StoreMisconfigured(message)
+    if text.startswith(_TRANSIENT_REPLIES):
+        return StoreUnavailable(message)
+    return StoreError(message)
 
 
 def _score(value: float) -> str:
@@ -170,6 +199,20 @@ def _parse_stats(stats_pairs: Sequence[Any], types_pairs: Sequence[Any]) -> Agen
     )
 
 
+def _connection_arguments(url: redis_url.RedisUrl) -> dict[str, Any]:
+    """redis-py's connection arguments for a parsed URL."""
+    common: dict[str, Any] = {"db": url.db, "username": url.username, "password": url.password}
+    if url.scheme == "unix":
+        return {**common, "connection_class": aioredis.UnixDomainSocketConnection, "path": url.path}
+    common.update(host=url.host, port=url.port)
+    if url.scheme == "rediss":
+        common["connection_class"] = aioredis.SSLConnection
+        for name, value in url.tls_options.items():
+            is_flag = name == "ssl_check_hostname"
+            common[name] = value.lower() in ("1", "true", "yes") if is_flag else value
+    return common
+
+
 def _page_size(query: Query) -> int:
     # Without filters beyond type and time nearly every entry matches, so a
     # page of about `limit` suffices; otherwise read ahead more per trip.
@@ -193,7 +236,8 @@ class RedisStore:
         connect_timeout_s: float = 1.0,
         retries: int = 2,
     ) -> None:
-        self._url = url
+        self._url = redis_url.parse(url)  # checked already when the settings were read
+        self._masked_url = redis_url.masked(url)
         self._keys = KeySpace(key_prefix)
         self._max_memories = max_memories
         self._pool_size = pool_size
@@ -221,8 +265,10 @@ class RedisStore:
         retry = Retry(
             ExponentialWithJitterBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S), self._retries
         )
-        pool = aioredis.BlockingConnectionPool.from_url(
-            self._url,
+        # Built from the parsed parts, never from the text: redis-py reads a
+        # malformed URL loosely (a missing host as localhost, db "zz" as 0).
+        pool = aioredis.BlockingConnectionPool(
+            **_connection_arguments(self._url),
             max_connections=self._pool_size,
             # Waiting longer than one command may take for a free connection
             # only hides an overload; better to fail and let the caller back off.
@@ -248,7 +294,7 @@ class RedisStore:
             await self._load_scripts()
         logger.info(
             "redis store at %s (server %s, key prefix %r)",
-            mask_url(self._url),
+            self._masked_url,
             self._server_version,
             self._keys.prefix,
         )
@@ -261,9 +307,14 @@ class RedisStore:
     def describe(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
-            "address": mask_url(self._url),
+            "address": self._masked_url,
             "server_version": self._server_version,
         }
+
+    @property
+    def identity(self) -> str:
+        """Which dataset this is: the server's address (no credentials) and the key prefix."""
+        return f"redis {self._url.address} prefix {self._keys.prefix!r}"
 
     async def ping(self) -> float:
         client = self._require_client()
