@@ -80,6 +80,7 @@ class Health:
         # room again, so `failing` does not outlast its cause when nobody writes.
         self._wal_has_room = wal_has_room
         self._probes = 0
+        self._deep_check_due = False
         self.state = State.HEALTHY
         self.since = time.time()
         self.reason = "started"
@@ -213,6 +214,13 @@ class Health:
             self.wal_full_reason = None
             self._update("the WAL takes writes again")
 
+    def check_soon(self) -> None:
+        """Look deeper (the data-loss marker) at the next probe, and probe now:
+        the link to the store broke, so it may have restarted between two
+        commands that both succeeded."""
+        self._deep_check_due = True
+        self._wake_probe.set()
+
     async def wait_store_writable(self) -> None:
         await self._store_writable.wait()
 
@@ -257,7 +265,8 @@ class Health:
         elif self._draining and self._applied_seq() >= self._recovered_at_seq:
             self._draining = False
             self._update("what queued up during the outage is applied")
-        elif self._probes % self.check_store_every == 0:
+        elif self._deep_check_due or self._probes % self.check_store_every == 0:
+            self._deep_check_due = False
             await self._check_store()
         if not self.store_down and not self.store_refuses_writes:
             self._failures = 0

@@ -47,7 +47,7 @@ class StoreMarker:
         if known is None and self._bare_token is not None:
             # Whichever store the bare token belonged to, it is this one's if it matches.
             known = self._bare_token if self._bare_token == token else None
-        if token != known or self._unsaved:
+        if token != known or self._unsaved or self._bare_token is not None:
             tokens[store.identity] = token
             self._save(tokens)
         return known is not None and token != known

@@ -114,7 +114,7 @@ class Server:
             max_memories=settings.max_memories,
         )
         self.store.stale_removed = self.cache.touched
-        self.sole_writer = SoleWriter(self.store, self.cache)
+        self.sole_writer = SoleWriter(self.store, self.cache, on_link_lost=self.health.check_soon)
         self.flusher = Flusher(
             store=self.store,
             backlog=self.backlog,
@@ -180,11 +180,7 @@ class Server:
         listen_socket = self._listen_socket()
         recovery = self.wal.open()
         self._alert_on_damage(recovery)
-        if self.wal.open_error is not None:
-            for_space = not isinstance(self.wal.open_error, WalFullError) or (
-                self.wal.open_error.for_space
-            )
-            self.health.wal_full(str(self.wal.open_error), for_space=for_space)
+        self._report_wal_room()
         self.wal.on_fatal = self._wal_fatal
         self.backlog.extend(recovery.entries)
         if recovery.entries:
@@ -198,6 +194,7 @@ class Server:
         self._spawn(self.flusher.run, "flusher")
         self._spawn(self.health.run, "health")
         self._spawn(self.sole_writer.run, "writer lease")
+        self._spawn(self.sole_writer.watch, "store watch")
         self._spawn(self._sweep_expired, "sweep")
         interval_s = watchdog_interval_s()
         if interval_s is not None:
@@ -208,6 +205,15 @@ class Server:
         self._serving = True
         logger.info("listening on %s", self.settings.socket_path)
         self.notifier.ready(self._status_line())
+
+    def _report_wal_room(self) -> None:
+        """Start ``failing`` when the WAL cannot take a write (a restart on a full disk)."""
+        error = self.wal.open_error
+        if error is not None:
+            for_space = isinstance(error, WalFullError) and error.for_space
+            self.health.wal_full(str(error), for_space=for_space)
+        elif (problem := self.wal.room_problem()) is not None:
+            self.health.wal_full(problem)
 
     def _alert_on_damage(self, recovery: Recovery) -> None:
         if recovery.corrupt_records:

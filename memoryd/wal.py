@@ -626,10 +626,19 @@ class Wal:
 
     def has_room(self) -> bool:
         """Whether a small write would pass both bounds now."""
-        return (
-            self.total_bytes < self.max_bytes
-            and self.free_disk_bytes() >= self.min_free_disk_bytes + 64 * 1024
-        )
+        return self.room_problem() is None
+
+    def room_problem(self) -> str | None:
+        """Why a small write would not pass the bounds now, or None."""
+        if self.total_bytes >= self.max_bytes:
+            return f"the WAL holds {self.total_bytes} bytes; wal_max_bytes is {self.max_bytes}"
+        free_bytes = self.free_disk_bytes()
+        if free_bytes < self.min_free_disk_bytes + 64 * 1024:
+            return (
+                f"{free_bytes} bytes free under {self.wal_dir}; "
+                f"min_free_disk_bytes is {self.min_free_disk_bytes}"
+            )
+        return None
 
     def free_disk_bytes(self) -> int:
         """Free space for the WAL, looked up at most twice a second."""

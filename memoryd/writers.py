@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from memoryd.cache import ReadCache
 from memoryd.stores.base import Store, StoreError, StoreUnavailable
@@ -35,6 +36,10 @@ logger = logging.getLogger(__name__)
 INTERVAL_S = 0.5
 TRUST_S = 1.5
 LEASE_S = 5.0
+# Pause before the watch connection is made again after it broke, doubled
+# while the store cannot be reached.
+REWATCH_S = 0.1
+REWATCH_MAX_S = 5.0
 
 
 class SoleWriter:
@@ -46,9 +51,11 @@ class SoleWriter:
         interval_s: float = INTERVAL_S,
         trust_s: float = TRUST_S,
         lease_s: float = LEASE_S,
+        on_link_lost: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.cache = cache
+        self.on_link_lost = on_link_lost
         self.interval_s = interval_s
         self.trust_s = trust_s
         self.lease_s = lease_s
@@ -93,6 +100,27 @@ class SoleWriter:
                 logger.info("this daemon is the only writer again: reads from memory resume")
         self.writers = 1
         self.cache.trusted_until = asked_at + self.trust_s
+
+    async def watch(self) -> None:
+        """Stop answering from memory the moment the link to the store breaks; forever.
+
+        A Redis that restarts between two renewals (killed and started again
+        within half a second, empty) would otherwise have its old records
+        served from memory until the next renewal found the lease gone.
+        """
+        pause_s = REWATCH_S
+        while True:
+            try:
+                await self.store.watch()
+            except (StoreUnavailable, StoreError):
+                # Down: renewals fail too, so trust is over.  Try less often.
+                pause_s = min(REWATCH_MAX_S, pause_s * 2)
+            else:
+                logger.info("the link to the store broke: reads go to the store until checked")
+                pause_s = REWATCH_S
+                self.on_link_lost()
+            self._distrust(0)
+            await asyncio.sleep(pause_s)
 
     async def leave(self) -> None:
         """Give the lease up (at shutdown), so that the other daemons need not wait it out."""

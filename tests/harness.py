@@ -188,6 +188,9 @@ class Daemon:
     directory: Path = field(default_factory=lambda: short_tempdir("mdd-"))
     process: subprocess.Popen[bytes] | None = None
     notify: NotifyListener | None = None
+    # RLIMIT_NOFILE (soft and hard) of the daemon process, as `ulimit -n` would set it.
+    nofile_limit: int | None = None
+    data_dir_override: Path | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -195,7 +198,7 @@ class Daemon:
 
     @property
     def data_dir(self) -> Path:
-        return self.directory / "data"
+        return self.data_dir_override or self.directory / "data"
 
     @property
     def log_path(self) -> Path:
@@ -223,8 +226,11 @@ class Daemon:
             (self.directory / "notify.sock").unlink()
         self.notify = NotifyListener(self.directory / "notify.sock")
         log = self.log_path.open("ab")
+        # prlimit(1) sets the limit and execs the daemon: same pid, as `ulimit -n` would.
+        limit = self.nofile_limit
+        prefix = [] if limit is None else ["prlimit", f"--nofile={limit}:{limit}"]
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "memoryd", "run", *args],
+            [*prefix, sys.executable, "-m", "memoryd", "run", *args],
             env=self.environment(),
             stdout=log,
             stderr=log,
@@ -274,6 +280,33 @@ class Daemon:
         if self.notify is not None:
             self.notify.close()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(directory: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted on ``directory`` (needs root: CI runs as root)."""
+    directory.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], check=True
+    )
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=True)
+
+
+def fill_disk(directory: Path, name: str = "filler") -> Path:
+    """Write a file under ``directory`` until the file system is full; the file."""
+    path = directory / name
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for size in (1 << 20, 65536, 4096, 512, 1):
+            with contextlib.suppress(OSError):
+                while os.write(fd, b"\0" * size) == size:
+                    pass
+    finally:
+        os.close(fd)
+    return path
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,48 @@ async def test_seq_numbers_of_a_failed_write_are_given_back(
     assert [e.seq for e in recovery.entries] == [1, 2]
     assert recovery.missing_records == 0
     assert (tmp_path / segment_name(1)).exists()
+
+
+def test_switching_a_data_dir_between_stores_is_no_data_loss(
+    private_redis: RedisServer, daemon_dir: Daemon
+) -> None:
+    """The README's "Redis instead of the local store" step, and back (the rollback)."""
+    local = {"MEMORYD_BACKEND": "local"}
+    on_redis = {"MEMORYD_REDIS_URL": private_redis.url}
+    for env in (local, on_redis, local, on_redis):
+        daemon_dir.env_overrides = env
+        daemon = daemon_dir.start()
+        with Client(daemon.socket_path) as client:
+            client.add("switch", "note", "kept where it was written", durability="store")
+        assert alert_kinds(daemon) == []
+        assert status_exit(daemon)[0] == 0
+        assert daemon.stop() == 0
+    # A loss is still a loss: the Redis this data_dir used comes back empty.
+    private_redis.kill()
+    private_redis.start()
+    daemon = daemon_dir.start()
+    assert alert_kinds(daemon) == ["store_data_lost"]
+    daemon.stop()
+
+
+def test_an_older_marker_file_is_taken_for_the_store_that_holds_it(
+    private_redis: RedisServer, daemon_dir: Daemon
+) -> None:
+    """An older memoryd kept one bare token: upgrading must not raise a false alarm."""
+    daemon_dir.env_overrides = {"MEMORYD_REDIS_URL": private_redis.url}
+    daemon = daemon_dir.start()
+    with Client(daemon.socket_path) as client:
+        client.add("upgrade", "note", "x", durability="store")
+    daemon.stop()
+    marker = daemon.data_dir / "store-marker"
+    token = json.loads(marker.read_text())["stores"].popitem()[1]
+    marker.write_text(token)  # the older format
+    daemon.start()
+    assert alert_kinds(daemon) == []
+    assert json.loads(marker.read_text())["stores"]  # rewritten in the new format
+    daemon.stop()
+    daemon_dir.env_overrides = {"MEMORYD_BACKEND": "local"}
+    marker.write_text(token)  # the older format, of another store than the one now used
+    daemon.start()
+    assert alert_kinds(daemon) == []
+    daemon.stop()

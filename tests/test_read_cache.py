@@ -79,3 +79,25 @@ def test_reads_from_memory_do_not_outlive_a_flushed_redis(
             conn.flushall()
         # The next lease renewal finds the lease gone and starts trust over.
         wait_until(lambda: client.recent("flushed") == [], 3, "the flushed record to go")
+
+
+def test_no_read_from_memory_outlives_a_redis_that_restarted_empty(
+    private_redis: RedisServer, daemon_dir: Daemon
+) -> None:
+    """A Redis killed and started again between two lease renewals (0.5 s apart)
+    must not have its old records served from memory afterwards as if it held them."""
+    daemon_dir.env_overrides = {"MEMORYD_REDIS_URL": private_redis.url}
+    daemon = daemon_dir.start()
+    with Client(daemon.socket_path) as client:
+        for round_ in range(5):
+            agent = f"restart-{round_}"
+            wait_until(lambda: read_cache(client)["from_memory"], 5, "the writer lease")
+            client.add(agent, "discussion", "applied, then lost", durability="store")
+            assert len(client.recent(agent, limit=5)) == 1  # now in the agent's view
+            private_redis.kill()
+            private_redis.start()  # within a few ms: no persistence, so empty
+            answer = client.recent(agent, limit=5)
+            assert not (answer and not answer.degraded), (
+                f"round {round_}: a record the store no longer has, answered as if it had it"
+                + daemon.log()[-3000:]
+            )

@@ -48,7 +48,7 @@ from memoryd.wal import (
     write_checkpoint,
 )
 from memoryd_client import Client
-from tests.harness import Daemon
+from tests.harness import Daemon, tiny_tmpfs
 
 SEGMENT_BYTES = 512
 SOURCE_RECORDS = 12  # 3 frames a segment at 512 bytes: 4 segments
@@ -925,18 +925,6 @@ def test_file_size_limit_fails_with_wal_full_and_recovers_cleanly(tmp_path: Path
     assert [e.seq for e in recovery.entries] == outcome["acked"]
     assert counters(recovery) == (0, 0, 0, 0)
     assert sum(p.stat().st_size for p in list_segments(wal_dir)) == limit
-
-
-@contextlib.contextmanager
-def tiny_tmpfs(directory: Path, size: str) -> Iterator[Path]:
-    directory.mkdir()
-    subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], check=True
-    )
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", str(directory)], check=True)
 
 
 async def test_a_full_tmpfs_gives_wal_full_then_recovers_cleanly(tmp_path: Path) -> None:

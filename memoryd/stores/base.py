@@ -123,6 +123,15 @@ class Store(Protocol):
         whether this daemon's lease was still there.  A store that only one
         daemon can open at a time answers (1, True)."""
 
+    async def watch(self) -> None:
+        """Return when the link to the store broke: a sign that it may have
+        restarted, perhaps empty, between two commands that both succeeded.
+
+        A connection of its own waits on the server for nothing else.  Raises
+        StoreUnavailable when the link cannot be made.  A store in this
+        process's own files never breaks it and never returns.
+        """
+
     async def sweep(self, now_s: float) -> int:
         """Remove expired records with their index entries; the number removed."""
 

@@ -100,6 +100,12 @@ class KeySpace:
         """ZSET daemon id -> lease end: the daemons writing under this prefix."""
         return f"{self.prefix}memoryd:writers"
 
+    @property
+    def watch_channel(self) -> str:
+        """Pub/sub channel each daemon's watch connection subscribes to; nothing
+        is published on it: the subscription only waits for the link to break."""
+        return f"{self.prefix}memoryd:watch"
+
     def stats_pattern(self, agent_prefix: str = "") -> str:
         """SCAN MATCH pattern of the stats keys of agents whose id starts with ``agent_prefix``."""
         return f"{glob_escape(self.prefix)}{_AGENT}{glob_escape(agent_prefix)}*{_STATS}"

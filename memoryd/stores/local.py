@@ -295,6 +295,9 @@ class LocalStore:
         # (memoryd.lock): nobody else writes it.
         return 1, True
 
+    async def watch(self) -> None:
+        await asyncio.Event().wait()  # nothing between this process and its file
+
     async def sweep(self, now_s: float) -> int:
         removed = await self._run("sweep", lambda: self._sweep_sync(now_s))
         if removed:

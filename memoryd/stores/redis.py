@@ -22,7 +22,7 @@ import hiredis
 import msgpack
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     AuthenticationError,
@@ -341,6 +341,31 @@ class RedisStore:
                 keys=[self._keys.writers], args=[daemon_id, math.ceil(lease_s * 1000)]
             )
         return int(writers), bool(held)
+
+    async def watch(self) -> None:
+        # A connection of its own, without the pool's retries (they would
+        # reconnect behind our back, which is the very event to see), and
+        # without a socket timeout: it waits on SUBSCRIBE until the link breaks.
+        # RESP2: in RESP3 the confirmation is a push message read_response skips.
+        arguments = _connection_arguments(self._url)
+        connection_class = arguments.pop("connection_class", aioredis.Connection)
+        connection = connection_class(
+            **arguments,
+            protocol=2,
+            socket_timeout=None,
+            socket_connect_timeout=self._connect_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            with _translated("watch"):
+                await connection.connect()
+                await connection.send_command("SUBSCRIBE", self._keys.watch_channel)
+                await connection.read_response()
+            with contextlib.suppress(RedisError, OSError):
+                while True:
+                    await connection.read_response(timeout=None)
+        finally:
+            await connection.disconnect()
 
     # -- writes -------------------------------------------------------------
 
