@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from memoryd.permissions import write_private
+
 logger = logging.getLogger(__name__)
 
 ALERTS_NAME = "alerts.json"
@@ -52,5 +54,5 @@ class Alerts:
 
     def _write(self, alerts: list[dict[str, Any]]) -> None:
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(alerts, indent=1))
+        write_private(tmp, json.dumps(alerts, indent=1))
         os.replace(tmp, self.path)

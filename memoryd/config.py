@@ -23,6 +23,7 @@ from pydantic_settings import (
 )
 
 from memoryd.errors import ConfigError
+from memoryd.permissions import FILE_MODE
 from memoryd_client import wire
 
 ENV_PREFIX = "MEMORYD_"
@@ -46,7 +47,7 @@ class Settings(BaseSettings):
 
     # Where clients connect and where state lives.
     socket_path: Path = Field(default_factory=lambda: Path(wire.default_socket_path()))
-    socket_mode: int = Field(default=0o660, ge=0, le=0o777)
+    socket_mode: int = Field(default=FILE_MODE, ge=0, le=0o777)
     data_dir: Path = Field(default_factory=_default_data_dir)
 
     # The store.

@@ -23,12 +23,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 import psutil
 
-from memoryd import __version__
+from memoryd import __version__, permissions, socketpath
 from memoryd.alerts import Alerts
 from memoryd.backlog import Backlog
 from memoryd.cache import ReadCache
@@ -165,8 +164,9 @@ class Server:
             self.store.kind,
             self.settings.wal_fsync,
         )
-        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        permissions.make_private_dir(self.settings.data_dir)
         self._lock_data_dir()
+        permissions.tighten(self.settings.data_dir)
         # Claim the socket before touching the WAL: a second daemon must not
         # "repair" the log the first one is writing.
         listen_socket = self._listen_socket()
@@ -316,7 +316,7 @@ class Server:
                 "before now are not in it (only writes not yet applied were still in the WAL)",
             )
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(token)
+        permissions.write_private(tmp, token)
         os.replace(tmp, path)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
@@ -387,26 +387,8 @@ class Server:
         self._lock_fd = fd  # held for the life of the process
 
     def _listen_socket(self) -> socket.socket:
-        path = self.settings.socket_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() or path.is_symlink():
-            if _is_listening(path):
-                raise ConfigError(f"socket_path {path}: another memoryd is listening there")
-            path.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Bind under a tight umask so the socket never exists with looser permissions.
-        old_umask = os.umask(0o177)
-        try:
-            sock.bind(str(path))
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(f"socket_path {path}: {exc.strerror}") from exc
-        finally:
-            os.umask(old_umask)
+        sock = socketpath.listen(self.settings.socket_path, self.settings.socket_mode)
         self._owns_socket = True
-        os.chmod(path, self.settings.socket_mode)
-        sock.listen(1024)
-        sock.setblocking(False)
         return sock
 
     def _new_connection(self) -> Connection:
@@ -556,12 +538,3 @@ class Server:
             "data_dir": str(self.settings.data_dir),
             "disk_free_bytes": disk.free,
         }
-
-
-def _is_listening(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True

@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 from memoryd.errors import MemorydError
 from memoryd.ops import Entry, Op, OpDecodeError, decode_op, encode_op
+from memoryd.permissions import make_private_dir, open_private
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +230,7 @@ def write_checkpoint(wal_dir: Path, applied_seq: int, synced_seq: int = 0) -> No
     body = json.dumps(
         {"applied_seq": applied_seq, "synced_seq": synced_seq, "written_at": time.time()}
     )
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = open_private(tmp, os.O_WRONLY | os.O_TRUNC)
     try:
         os.write(fd, body.encode())
         os.fsync(fd)
@@ -334,10 +335,11 @@ class Recovery:
 def _quarantine(wal_dir: Path, scan: SegmentScan) -> None:
     """Move the bytes past the last readable frame out of the log."""
     quarantine = wal_dir / QUARANTINE_DIR
-    quarantine.mkdir(exist_ok=True)
+    make_private_dir(quarantine)
     data = scan.path.read_bytes()[scan.valid_bytes :]
     target = quarantine / f"{scan.path.name}.{int(time.time())}.{scan.valid_bytes}"
-    target.write_bytes(data)
+    with os.fdopen(open_private(target, os.O_WRONLY | os.O_TRUNC), "wb") as file:
+        file.write(data)
     logger.warning(
         "WAL segment %s: %d unreadable bytes from offset %d moved to %s",
         scan.path.name,
@@ -353,7 +355,7 @@ def recover(wal_dir: Path) -> Recovery:
     Never raises for damage: a torn tail is truncated, a bad record skipped
     and counted, unreadable bytes moved to ``quarantine/``.
     """
-    wal_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(wal_dir)
     with contextlib.suppress(FileNotFoundError):
         (wal_dir / (CHECKPOINT_NAME + ".tmp")).unlink()
     applied_seq, synced_seq, checkpoint_read = _checkpoint_fields(wal_dir)
@@ -683,7 +685,7 @@ class Wal:
             # Keep appending to the newest segment rather than starting a file per start.
             path = existing[-1]
             first_seq = int(path.name.removesuffix(SEGMENT_SUFFIX))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = open_private(path, os.O_WRONLY | os.O_APPEND)
         size = os.fstat(fd).st_size
         if size == 0:
             os.write(fd, MAGIC)
@@ -699,7 +701,7 @@ class Wal:
         wanted it fails and a later one tries again)."""
         assert self._segment is not None
         path = self.wal_dir / segment_name(first_seq)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        fd = open_private(path, os.O_WRONLY | os.O_TRUNC | os.O_APPEND)
         try:
             if os.write(fd, MAGIC) != len(MAGIC):
                 raise OSError(errno.ENOSPC, "short write of a WAL segment header")
