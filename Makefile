@@ -102,7 +102,7 @@ endef
 export CLIENT_SNIPPET
 
 run: $(STAMP_RUN)
-	@mkdir -p $(RUN_DIR) $(DATA_DIR)
+	@mkdir -p $(RUN_DIR)
 	@echo "memoryd socket: $(SOCKET)"
 	@echo "data:           $(DATA_DIR)"
 	@echo

@@ -2,7 +2,7 @@
 
 The new bytes go to a temporary file beside the target, are fsynced, renamed
 over it, and the directory is fsynced so that the rename survives a crash
-too.  Files are created 0600: what memoryd keeps is nobody else's to read.
+too.  Files are created ``FILE_MODE`` (memoryd.permissions): nobody else's to read.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import errno
 import os
 from pathlib import Path
 
-FILE_MODE = 0o600
+from memoryd.permissions import FILE_MODE
 
 
 def fsync_directory(path: Path) -> None:

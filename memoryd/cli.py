@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import uvloop
 
-from memoryd import __version__, legacy, transfer
+from memoryd import __version__, legacy, permissions, transfer
 from memoryd.alerts import Alerts
 from memoryd.config import Settings, load_settings, unknown_variables
 from memoryd.errors import ConfigError, MemorydError
@@ -78,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--prefix", help="the records of every agent whose id starts with this")
     which.add_argument("--all", action="store_true", help="every record")
     export.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    export.add_argument(
+        "--mode",
+        type=_file_mode,
+        default=permissions.FILE_MODE,
+        help=f"permission bits of the -o file, octal ({permissions.FILE_MODE:04o}: yours alone)",
+    )
     export.add_argument("--socket", type=Path, help="the daemon's socket (default: from config)")
 
     load = commands.add_parser("import", help="read records from JSON Lines (an export)")
@@ -101,6 +107,19 @@ def _batch_size(text: str) -> int:
     if not 1 <= size <= MAX_IMPORT_BATCH:
         raise argparse.ArgumentTypeError(f"must be 1-{MAX_IMPORT_BATCH}, not {size}")
     return size
+
+
+def _file_mode(text: str) -> int:
+    # Octal, as chmod(1) reads it: 0640, 640 or 0o640.
+    try:
+        mode = int(text.strip().lower().removeprefix("0o"), 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an octal file mode such as 0600, not {text!r}"
+        ) from None
+    if not 0 <= mode <= 0o777:
+        raise argparse.ArgumentTypeError(f"must be an octal file mode 0000-0777, not {text!r}")
+    return mode
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -137,6 +156,8 @@ def _configure_logging(level: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # Whatever a library or a later change creates without an explicit mode stays private too.
+    os.umask(permissions.DAEMON_UMASK)
     settings = _settings(args)
     _configure_logging(settings.log_level)
     for warning in unknown_variables():
@@ -400,15 +421,18 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _output(name: str) -> Iterator[TextIO]:
-    """stdout for ``-``; else a file that appears, fsynced, only once whole."""
+def _output(name: str, mode: int) -> Iterator[TextIO]:
+    """stdout for ``-``; else a file with permission bits ``mode`` (whatever the umask)
+    that appears, fsynced, only once whole."""
     if name == "-":
         yield sys.stdout
         return
     path = Path(name)
     partial = path.with_name(path.name + ".partial")
     try:
-        with partial.open("w", encoding="utf-8") as file:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, permissions.FILE_MODE)
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            os.fchmod(fd, mode)
             yield file
             file.flush()
             os.fsync(file.fileno())
@@ -426,7 +450,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     written = 0
     rate = _Rate()
     try:
-        with _daemon(args) as client, _output(args.output) as output:
+        with _daemon(args) as client, _output(args.output, args.mode) as output:
             if client.status()["state"] == "degraded":
                 raise IncompleteAnswer("the store is unreachable: an export now would miss records")
             if args.agent is not None:

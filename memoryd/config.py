@@ -27,7 +27,7 @@ from memoryd.errors import ConfigError
 from memoryd.redis_url import RedisUrl
 from memoryd.redis_url import masked as masked_url
 from memoryd.redis_url import parse as parse_url
-from memoryd_client import wire
+from memoryd_client import peer, wire
 
 ENV_PREFIX = "MEMORYD_"
 KiB = 1024
@@ -50,6 +50,7 @@ class Settings(BaseSettings):
 
     # Where clients connect and where state lives.
     socket_path: Path = Field(default_factory=lambda: Path(wire.default_socket_path()))
+    # The socket is the door agents come in by: group members may use it (the contract's 0660).
     socket_mode: int = Field(default=0o660, ge=0, le=0o777)
     data_dir: Path = Field(default_factory=_default_data_dir)
 
@@ -232,7 +233,7 @@ def mask_url(url: str) -> str:
 
 
 # Variables with the prefix that belong to the client library, not to the daemon.
-CLIENT_VARIABLES = frozenset({wire.SOCKET_PATH_ENV})
+CLIENT_VARIABLES = frozenset({wire.SOCKET_PATH_ENV, peer.SERVER_UID_ENV})
 
 
 def unknown_variables(environ: dict[str, str] | None = None) -> list[str]:

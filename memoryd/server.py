@@ -23,12 +23,11 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 import psutil
 
-from memoryd import __version__
+from memoryd import __version__, permissions, socketpath
 from memoryd.alerts import Alerts
 from memoryd.backlog import Backlog
 from memoryd.cache import ReadCache
@@ -171,10 +170,11 @@ class Server:
             self.settings.wal_fsync,
         )
         try:
-            self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+            permissions.make_private_dir(self.settings.data_dir)
         except OSError as exc:
             raise ConfigError(f"data_dir {self.settings.data_dir}: {exc.strerror}") from exc
         self._lock_data_dir()
+        permissions.tighten(self.settings.data_dir)
         # Claim the socket before touching the WAL: a second daemon must not
         # "repair" the log the first one is writing.
         listen_socket = self._listen_socket()
@@ -413,7 +413,7 @@ class Server:
 
     def _lock_data_dir(self) -> None:
         lock_path = self.settings.data_dir / LOCK_NAME
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = permissions.open_private(lock_path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -424,26 +424,8 @@ class Server:
         self._lock_fd = fd  # held for the life of the process
 
     def _listen_socket(self) -> socket.socket:
-        path = self.settings.socket_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() or path.is_symlink():
-            if _is_listening(path):
-                raise ConfigError(f"socket_path {path}: another memoryd is listening there")
-            path.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        # Bind under a tight umask so the socket never exists with looser permissions.
-        old_umask = os.umask(0o177)
-        try:
-            sock.bind(str(path))
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(f"socket_path {path}: {exc.strerror}") from exc
-        finally:
-            os.umask(old_umask)
+        sock = socketpath.listen(self.settings.socket_path, self.settings.socket_mode)
         self._owns_socket = True
-        os.chmod(path, self.settings.socket_mode)
-        sock.listen(1024)
-        sock.setblocking(False)
         return sock
 
     def _fit_connections(self, settings: Settings) -> int:
@@ -616,12 +598,3 @@ class Server:
             "data_dir": str(self.settings.data_dir),
             "disk_free_bytes": disk.free,
         }
-
-
-def _is_listening(path: Path) -> bool:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            probe.connect(str(path))
-        except OSError:
-            return False
-    return True

@@ -39,6 +39,7 @@ from typing import Any, Literal
 from memoryd.atomicfile import fsync_directory, write_atomically
 from memoryd.errors import MemorydError
 from memoryd.ops import Entry, Op, OpDecodeError, decode_op, encode_op
+from memoryd.permissions import make_private_dir, open_private
 
 logger = logging.getLogger(__name__)
 
@@ -340,8 +341,8 @@ def _quarantine(wal_dir: Path, scan: SegmentScan) -> bool:
     data = scan.path.read_bytes()[scan.valid_bytes :]
     target = quarantine / f"{scan.path.name}.{int(time.time())}.{scan.valid_bytes}"
     try:
-        quarantine.mkdir(mode=0o700, exist_ok=True)
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        make_private_dir(quarantine)
+        fd = open_private(target, os.O_WRONLY | os.O_TRUNC)
         try:
             if os.write(fd, data) != len(data):
                 raise OSError(errno.ENOSPC, "short write")
@@ -379,7 +380,7 @@ def recover(wal_dir: Path) -> Recovery:
     Never raises for damage: a torn tail is truncated, a bad record skipped
     and counted, unreadable bytes moved to ``quarantine/``.
     """
-    wal_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(wal_dir)
     with contextlib.suppress(FileNotFoundError):
         (wal_dir / (CHECKPOINT_NAME + ".tmp")).unlink()
     applied_seq, synced_seq, checkpoint_read = _checkpoint_fields(wal_dir)
@@ -734,7 +735,7 @@ class Wal:
             # Keep appending to the newest segment rather than starting a file per start.
             path = existing[-1]
             first_seq = int(path.name.removesuffix(SEGMENT_SUFFIX))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = open_private(path, os.O_WRONLY | os.O_APPEND)
         try:
             size = os.fstat(fd).st_size
             if size == 0:
@@ -759,7 +760,7 @@ class Wal:
         wanted it fails and a later one tries again)."""
         assert self._segment is not None
         path = self.wal_dir / segment_name(first_seq)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
+        fd = open_private(path, os.O_WRONLY | os.O_TRUNC | os.O_APPEND)
         try:
             if os.write(fd, MAGIC) != len(MAGIC):
                 raise OSError(errno.ENOSPC, "short write of a WAL segment header")

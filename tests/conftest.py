@@ -1,11 +1,17 @@
 from __future__ import annotations
 
+import os
+import pwd
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-from tests.harness import Daemon, RedisServer
+from tests.harness import Daemon, LocalUser, RedisServer
+
+UNPRIVILEGED_USER = "memoryd-test"
+USERADD_EXISTS = 9  # useradd's exit status for "username already in use"
 
 
 @pytest.fixture(scope="session")
@@ -61,3 +67,31 @@ def daemon_dir() -> Iterator[Daemon]:
 def second_daemon_dir() -> Iterator[Daemon]:
     """Another one, for tests of two daemons."""
     yield from _unstarted_daemon()
+
+
+@pytest.fixture(scope="session")
+def unprivileged_user() -> Iterator[LocalUser]:
+    """A real user without privileges, created for the session (and removed after it).
+
+    CI runs as root, so it can; elsewhere the tests that need another local
+    user cannot run, and say so.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a second local user with useradd (CI runs as root)")
+    existing = {user.pw_name for user in pwd.getpwall()}
+    if UNPRIVILEGED_USER not in existing:  # else left by a run that did not finish: reuse it
+        added = subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin"]
+            + [UNPRIVILEGED_USER],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        # USERADD_EXISTS: another run created it meanwhile.
+        if added.returncode not in (0, USERADD_EXISTS):
+            raise RuntimeError(f"useradd {UNPRIVILEGED_USER} failed: {added.stderr.strip()}")
+    entry = pwd.getpwnam(UNPRIVILEGED_USER)
+    try:
+        yield LocalUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
+    finally:
+        subprocess.run(["userdel", UNPRIVILEGED_USER], capture_output=True, check=False)

@@ -316,3 +316,57 @@ def running_daemon(**env: str) -> Iterator[Daemon]:
         yield daemon.start()
     finally:
         daemon.cleanup()
+
+
+# Tools an unprivileged user can run: not this venv's python, which may live
+# under a directory only root can enter.
+SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin"
+SYSTEM_PYTHON = shutil.which("python3", path=SYSTEM_PATH) or "/usr/bin/python3"
+
+
+@dataclass(frozen=True)
+class LocalUser:
+    """A real user of this machine without privileges, to act as 'another local user'."""
+
+    name: str
+    uid: int
+    gid: int
+
+    def _environment(self) -> dict[str, str]:
+        return {"PATH": SYSTEM_PATH, "HOME": "/", "LC_ALL": "C"}
+
+    def run(self, *args: str, timeout_s: float = 30) -> subprocess.CompletedProcess[str]:
+        """Run a command as this user (its own group, no supplementary groups)."""
+        return subprocess.run(
+            list(args),
+            user=self.uid,
+            group=self.gid,
+            extra_groups=[],
+            env=self._environment(),
+            cwd="/",
+            capture_output=True,
+            text=True,
+            errors="replace",  # `cat` of a binary file
+            timeout=timeout_s,
+            check=False,
+        )
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        """Start a command as this user, its stdout and stderr piped."""
+        return subprocess.Popen(
+            list(args),
+            user=self.uid,
+            group=self.gid,
+            extra_groups=[],
+            env=self._environment(),
+            cwd="/",
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def can_read(self, path: Path) -> bool:
+        return self.run("cat", str(path)).returncode == 0
+
+    def can_list(self, path: Path) -> bool:
+        return self.run("ls", str(path)).returncode == 0

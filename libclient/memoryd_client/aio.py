@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
-from memoryd_client import calls, wire
+from memoryd_client import calls, peer, wire
 from memoryd_client.calls import UNSET, Call, Unset
 from memoryd_client.client import DEFAULT_TIMEOUT_S
 from memoryd_client.errors import (
@@ -160,8 +160,8 @@ class _Connection:
 class AsyncClient:
     """asyncio client for memoryd; many calls may run concurrently on it.
 
-    Same arguments, methods and errors as ``memoryd_client.Client``, as
-    coroutines.  Use ``async with AsyncClient() as client`` or call
+    Same arguments (``server_uid`` included), methods and errors as
+    ``memoryd_client.Client``, as coroutines.  Use ``async with AsyncClient() as client`` or call
     ``aclose()``: the client owns a reader task that must be stopped before
     the event loop ends.  A client belongs to the event loop it first
     connects on.
@@ -174,12 +174,14 @@ class AsyncClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retry: bool | RetryPolicy = True,
         max_message_bytes: int = calls.DEFAULT_MAX_RESPONSE_BYTES,
+        server_uid: int | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
         self.socket_path = wire.resolve_socket_path(socket_path)
         self.timeout_s = timeout_s
         self.retry_policy = policy_from(retry)
+        self.trusted_uids = peer.trusted_uids(server_uid)
         self._max_message_bytes = max_message_bytes
         self._msgids = calls.MsgIds()
         self._packer = wire.make_packer()
@@ -423,5 +425,10 @@ class AsyncClient:
             reader, writer = await asyncio.open_unix_connection(self.socket_path)
         except OSError as exc:
             raise connect_error(self.socket_path, exc) from exc
+        try:
+            peer.check_server(writer.get_extra_info("socket"), self.socket_path, self.trusted_uids)
+        except BaseException:
+            writer.transport.abort()
+            raise
         logger.debug("memoryd: connected to %s", self.socket_path)
         return _Connection(reader, writer, self._max_message_bytes)

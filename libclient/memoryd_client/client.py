@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
-from memoryd_client import calls, wire
+from memoryd_client import calls, peer, wire
 from memoryd_client.calls import UNSET, Call, Unset
 from memoryd_client.errors import (
     ClientClosed,
@@ -65,7 +65,10 @@ class Client:
     default path.  ``timeout_s`` is the deadline of each call, retries
     included; every method also takes ``timeout_s`` to override it for one
     call.  ``retry``: True for the default policy, False for a single attempt,
-    or a ``RetryPolicy``.
+    or a ``RetryPolicy``.  ``server_uid``: a uid trusted to run the daemon
+    besides root and this process's own (default: ``$MEMORYD_SERVER_UID``);
+    a daemon of any other uid gets nothing sent and raises ``UntrustedServer``
+    (see ``memoryd_client.peer``).
 
     Arguments left as None are not sent, so the server applies its defaults.
     Errors raise ``memoryd_client.errors`` classes: the server's (one per
@@ -81,12 +84,14 @@ class Client:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         retry: bool | RetryPolicy = True,
         max_message_bytes: int = calls.DEFAULT_MAX_RESPONSE_BYTES,
+        server_uid: int | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
         self.socket_path = wire.resolve_socket_path(socket_path)
         self.timeout_s = timeout_s
         self.retry_policy = policy_from(retry)
+        self.trusted_uids = peer.trusted_uids(server_uid)
         self._max_message_bytes = max_message_bytes
         # The lock guards everything below: socket, unpacker, packer, msgids.
         self._lock = threading.Lock()
@@ -367,6 +372,11 @@ class Client:
         except OSError as exc:
             sock.close()
             raise connect_error(self.socket_path, exc) from exc
+        except BaseException:
+            sock.close()
+            raise
+        try:
+            peer.check_server(sock, self.socket_path, self.trusted_uids)
         except BaseException:
             sock.close()
             raise

@@ -94,6 +94,14 @@ class ClientClosed(ConnectError):
     retryable = False
 
 
+class UntrustedServer(ConnectError):
+    """The process listening on the socket runs as a user this client does not
+    trust (see ``memoryd_client.peer``); nothing was sent to it."""
+
+    code = "untrusted_server"
+    retryable = False
+
+
 class MemorydTimeoutError(MemorydError, TimeoutError):
     """No answer within the call's deadline."""
 

@@ -67,7 +67,8 @@ def policy_from(retry: bool | RetryPolicy) -> RetryPolicy:
 
 def connect_error(socket_path: str, exc: OSError) -> ConnectError:
     """The error for a failed connect; retried only when waiting can help."""
-    error = ConnectError(f"cannot connect to memoryd at {socket_path}: {exc}")
+    reason = wire.socket_path_too_long(socket_path) or str(exc)
+    error = ConnectError(f"cannot connect to memoryd at {socket_path}: {reason}")
     error.__cause__ = exc
     if not isinstance(exc, _TRANSIENT_CONNECT_ERRORS):
         # A permission problem or a bad path does not heal by waiting.

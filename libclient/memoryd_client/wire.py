@@ -60,19 +60,46 @@ ERROR_CODES: Final = frozenset(
 
 SOCKET_PATH_ENV: Final = "MEMORYD_SOCKET_PATH"
 SYSTEM_SOCKET_PATH: Final = "/run/memoryd/memoryd.sock"
+SOCKET_NAME: Final = "memoryd.sock"
+# Under the home directory when there is no XDG_RUNTIME_DIR.
+HOME_SOCKET_DIR: Final = (".local", "state", "memoryd")
+# sockaddr_un.sun_path holds 108 bytes, the terminating NUL included.
+MAX_SOCKET_PATH_BYTES: Final = 107
 
 
 def default_socket_path() -> str:
     """The socket the daemon listens on when nothing else is configured.
 
-    Root uses the system path; other users a path under ``$XDG_RUNTIME_DIR``
-    (or ``/tmp/memoryd-<uid>``), so that an unprivileged daemon and its
-    clients agree without configuration.
+    Root uses the system path.  Other users use a directory of their own,
+    ``$XDG_RUNTIME_DIR/memoryd/``, else ``~/.local/state/memoryd/``: never a
+    shared directory such as /tmp, where another user could create the
+    directory first and then take or replace the socket.  The daemon and the
+    client both call this, so they agree without configuration.
     """
-    if os.geteuid() == 0:
+    return socket_path_for(
+        os.geteuid(), os.environ.get("XDG_RUNTIME_DIR", ""), os.path.expanduser("~")
+    )
+
+
+def socket_path_for(euid: int, runtime_dir: str, home: str) -> str:
+    """``default_socket_path`` for a given user, runtime directory ("" if unset) and home."""
+    if euid == 0:
         return SYSTEM_SOCKET_PATH
-    runtime_dir = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/memoryd-{os.geteuid()}"
-    return os.path.join(runtime_dir, "memoryd", "memoryd.sock")
+    # The XDG spec requires an absolute path; a relative one would depend on the cwd.
+    if os.path.isabs(runtime_dir):
+        return os.path.join(runtime_dir, "memoryd", SOCKET_NAME)
+    return os.path.join(home, *HOME_SOCKET_DIR, SOCKET_NAME)
+
+
+def socket_path_too_long(path: str) -> str | None:
+    """Why ``path`` cannot be a Unix socket's path (too many bytes), or None."""
+    size = len(os.fsencode(path))
+    if size <= MAX_SOCKET_PATH_BYTES:
+        return None
+    return (
+        f"the path is {size} bytes, longer than the {MAX_SOCKET_PATH_BYTES} bytes a Unix "
+        f"socket path can have; set a shorter one ({SOCKET_PATH_ENV} or socket_path)"
+    )
 
 
 def resolve_socket_path(path: str | os.PathLike[str] | None = None) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 import msgpack
 
 from memoryd.ops import Clear, Delete, Op, Put, Replace
+from memoryd.permissions import make_private_dir, open_private
 from memoryd.records import Query, Record, decode_record, is_expired, matches
 from memoryd.stores.base import AgentStats, StoreError, StoreUnavailable
 
@@ -215,7 +217,9 @@ class LocalStore:
             logger.info("local store at %s (sqlite %s)", self._path, sqlite3.sqlite_version)
 
     def _open_sync(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self._path.parent)
+        # SQLite gives its -wal and -shm files the database file's mode.
+        os.close(open_private(self._path, os.O_RDWR))
         # Autocommit mode: transactions are begun and ended explicitly below.
         conn = sqlite3.connect(self._path, isolation_level=None)
         try:
