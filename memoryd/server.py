@@ -34,6 +34,7 @@ from memoryd.backlog import Backlog
 from memoryd.cache import ReadCache
 from memoryd.config import Settings
 from memoryd.errors import ConfigError, FatalError
+from memoryd.eviction import EvictionWatch
 from memoryd.flusher import Flusher
 from memoryd.health import Health, State
 from memoryd.metrics import Metrics
@@ -110,6 +111,8 @@ class Server:
             max_memories=settings.max_memories,
         )
         self.store.stale_removed = self.cache.touched
+        self.store.records_changed = self.cache.invalidate
+        self.eviction_watch = EvictionWatch(self.store, self.alerts, self.cache)
         self.sole_writer = SoleWriter(self.store, self.cache)
         self.flusher = Flusher(
             store=self.store,
@@ -295,7 +298,8 @@ class Server:
             raise ConfigError(f"store: {exc}") from exc
 
     async def check_store_marker(self) -> None:
-        """Raise an alert if the store lost the data it had (Redis restarted empty).
+        """Raise an alert if the store lost the data it had (Redis restarted empty),
+        or may evict it (memoryd.eviction).
 
         The store keeps a token; this daemon remembers the last one it saw.
         A store without it (or with another) has been emptied, flushed or
@@ -305,6 +309,8 @@ class Server:
         path = self.settings.data_dir / MARKER_NAME
         known = path.read_text().strip() if path.exists() else None
         token = await self.store.marker(new_id())
+        # Read after the marker: evictions that took the marker are counted.
+        evicted_keys = await self.eviction_watch.check()
         if token == known:
             return
         if known is not None:
@@ -312,8 +318,12 @@ class Server:
             self.alerts.raise_alert(
                 "store_data_lost",
                 f"the store at {self.store.describe().get('address')} lost memoryd's marker: "
-                "it restarted empty, was flushed, or is another server; records applied to it "
-                "before now are not in it (only writes not yet applied were still in the WAL)",
+                + (
+                    self.eviction_watch.likely_cause(evicted_keys)
+                    or "it restarted empty, was flushed, or is another server; records applied "
+                    "to it before now are not in it (only writes not yet applied were still in "
+                    "the WAL)"
+                ),
             )
         tmp = path.with_suffix(".tmp")
         tmp.write_text(token)
