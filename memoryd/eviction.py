@@ -56,11 +56,12 @@ class EvictionWatch:
         return evicted
 
     def likely_cause(self, evicted: int) -> str | None:
-        """Why the marker may be gone, when the store evicted keys since the last check."""
+        """Why the marker may be gone, when the store evicted keys since the last check
+        (the first check: since the server started)."""
         if not evicted or self._last is None:
             return None
         return (
-            f"Redis evicted {evicted} keys since the last check (maxmemory-policy "
+            f"Redis evicted {evicted} keys since memoryd last looked (maxmemory-policy "
             f"{self._last.policy}): eviction is the likely cause, not a restart; records "
             "applied to it before now may be gone or lose their index entries (the sweep "
             "indexes again the records left); set maxmemory-policy noeviction"
