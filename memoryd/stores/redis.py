@@ -375,7 +375,7 @@ class RedisStore:
         removed = await self._sweep_expired(now_s)
         eviction = await self.eviction()
         if self._repair_due(eviction):
-            removed += await self._repair_evicted(now_s)
+            removed += await self._repair_evicted(eviction, now_s)
             self._repaired_at = eviction
         return removed
 
@@ -423,14 +423,13 @@ class RedisStore:
             return eviction.may_evict or eviction.evicted_keys > 0
         return eviction.evicted_since(earlier) > 0
 
-    async def _repair_evicted(self, now_s: float) -> int:
+    async def _repair_evicted(self, eviction: Eviction, now_s: float) -> int:
         """Repair every agent's keys after evictions; how many records it removed."""
-        eviction = self._eviction
         logger.info(
             "redis may have evicted memoryd's keys (maxmemory-policy %s, %d keys evicted since "
             "it started): checking every agent's indexes against its records",
-            None if eviction is None else eviction.policy,
-            0 if eviction is None else eviction.evicted_keys,
+            eviction.policy,
+            eviction.evicted_keys,
         )
         found = await self._scan_agents()
         tally = _RepairTally(agents=len(found))
@@ -569,10 +568,11 @@ class RedisStore:
         ]
         with _translated("sweep"):
             replies = await self._round_trip(reads)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
         words: dict[str, list[str | bytes]] = {}
         for (agent_id, record_id), data in zip(targets, replies, strict=True):
-            if isinstance(data, Exception):
-                raise StoreError(f"redis sweep: {data}") from data
             if not isinstance(data, bytes):
                 continue  # gone meanwhile: the next repair sees its index entries
             record = self._decode(agent_id, record_id, data)
