@@ -21,6 +21,7 @@ from memoryd.alerts import Alerts
 from memoryd.config import Settings, load_settings, unknown_variables
 from memoryd.errors import ConfigError, MemorydError
 from memoryd.server import WAL_DIR_NAME, Server
+from memoryd.stores.base import NO_EVICTION
 from memoryd.wal import inspect_wal
 from memoryd_client import Client, errors
 from memoryd_client.paging import IncompleteAnswer
@@ -282,6 +283,8 @@ def render_status(s: dict[str, Any]) -> str:
         f"store      {store['kind']} {store.get('address', '')}  "
         f"version {store.get('server_version') or '?'}  ping {_ms(store.get('ping_ms'))}",
     ]
+    if store.get("maxmemory_policy") is not None:
+        lines.append(_eviction_line(store))
     if store.get("last_error"):
         lines.append(f"           last error: {store['last_error']}")
     lines += [
@@ -328,6 +331,16 @@ def render_status(s: dict[str, Any]) -> str:
                 f" {m['p50_ms']:>8} {m['p99_ms']:>8}"
             )
     return "\n".join(lines)
+
+
+def _eviction_line(store: dict[str, Any]) -> str:
+    policy = store["maxmemory_policy"]
+    limit = _bytes(store["maxmemory_bytes"]) if store.get("maxmemory_bytes") else "none"
+    risk = "" if policy == NO_EVICTION else " (may evict memoryd's keys)"
+    return (
+        f"           maxmemory {limit}  policy {policy}{risk}  "
+        f"evicted {store.get('evicted_keys')} keys"
+    )
 
 
 def _ms(value: float | None) -> str:

@@ -33,6 +33,7 @@ from memoryd.backlog import Backlog
 from memoryd.cache import ReadCache
 from memoryd.config import Settings
 from memoryd.errors import ConfigError, FatalError
+from memoryd.eviction import EvictionWatch
 from memoryd.fdlimit import connections_that_fit
 from memoryd.flusher import Flusher
 from memoryd.health import Health, State
@@ -113,6 +114,8 @@ class Server:
             max_memories=settings.max_memories,
         )
         self.store.stale_removed = self.cache.touched
+        self.store.records_changed = self.cache.invalidate
+        self.eviction_watch = EvictionWatch(self.store, self.alerts, self.cache)
         self.sole_writer = SoleWriter(self.store, self.cache, on_link_lost=self.health.check_soon)
         self.flusher = Flusher(
             store=self.store,
@@ -319,20 +322,28 @@ class Server:
             raise ConfigError(f"store: {exc}") from exc
 
     async def check_store_marker(self) -> None:
-        """Raise an alert if the store lost the data it had (Redis restarted empty).
+        """Raise an alert if the store lost the data it had (Redis restarted empty),
+        or may evict it (memoryd.eviction).
 
         A store without its marker (memoryd.marker) has been emptied, flushed
         or swapped: the records applied to it before are gone, and the WAL no
         longer has them.  memoryd goes on with the store as it is, but says so.
         """
-        if not await self.marker.lost(self.store):
+        lost = await self.marker.lost(self.store)
+        # Read after the marker: evictions that took the marker are counted.
+        evicted_keys = await self.eviction_watch.check()
+        if not lost:
             return
         self.cache.invalidate_all()  # what the views hold is gone from the store too
         self.alerts.raise_alert(
             "store_data_lost",
             f"the store at {self.store.describe().get('address')} lost memoryd's marker: "
-            "it restarted empty, was flushed, or is another server; records applied to it "
-            "before now are not in it (only writes not yet applied were still in the WAL)",
+            + (
+                self.eviction_watch.likely_cause(evicted_keys)
+                or "it restarted empty, was flushed, or is another server; records applied "
+                "to it before now are not in it (only writes not yet applied were still in "
+                "the WAL)"
+            ),
         )
 
     def _spawn(self, run: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:

@@ -9,12 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import redis
 
 from memoryd import wal as wal_module
 from memoryd.ops import Put
 from memoryd.wal import segment_name
 from memoryd_client import Client
 from tests.harness import Daemon, RedisServer, wait_until
+from tests.test_store_redis import assert_consistent, orphan_kinds
 from tests.test_wal import make_wal, record
 
 
@@ -45,6 +47,9 @@ def test_redis_restarted_empty_is_reported(private_redis: RedisServer, daemon_di
     private_redis.kill()
     private_redis.start()  # no persistence: it comes back empty
     wait_until(lambda: "store_data_lost" in alert_kinds(daemon), 30, "the data-loss alert")
+    with Client(daemon.socket_path) as client:
+        (lost,) = client.status()["alerts"]
+    assert "restarted empty" in lost["message"] and "evict" not in lost["message"]
     code, screen = status_exit(daemon)
     assert code == 1, screen  # healthy, but an operator must look
     assert "ALERTS" in screen and "store_data_lost" in screen
@@ -79,6 +84,129 @@ def test_a_redis_that_kept_its_data_raises_no_alert(daemon_dir: Daemon) -> None:
             assert client.status()["alerts"] == []
             assert client.stats("kept")["count"] == 1
     finally:
+        server.cleanup()
+
+
+def alerts_of(daemon: Daemon, kind: str) -> list[dict[str, object]]:
+    with Client(daemon.socket_path) as client:
+        return [alert for alert in client.status()["alerts"] if alert["kind"] == kind]
+
+
+def consistent(conn: redis.Redis) -> bool:
+    """Every index entry has its record, every record is indexed, stats are exact."""
+    try:
+        assert_consistent(conn)
+    except AssertionError:
+        return False
+    return True
+
+
+def marker_checks(conn: redis.Redis) -> int:
+    """How many times the daemon has read its marker: once per deeper store check."""
+    return int(conn.info("commandstats").get("cmdstat_get", {}).get("calls", 0))
+
+
+def test_a_redis_that_evicts_is_reported_and_the_sweep_repairs_it(daemon_dir: Daemon) -> None:
+    server = RedisServer().start("--maxmemory", "4mb", "--maxmemory-policy", "allkeys-lru")
+    conn = redis.Redis(unix_socket_path=str(server.socket_path))
+    try:
+        daemon_dir.env_overrides = {
+            "MEMORYD_REDIS_URL": server.url,
+            "MEMORYD_SWEEP_INTERVAL_S": "0.5",
+        }
+        daemon = daemon_dir.start()
+        # The policy is checked when the store is opened.
+        (may_evict,) = alerts_of(daemon, "store_may_evict")
+        assert "maxmemory-policy allkeys-lru" in str(may_evict["message"])
+        assert "noeviction" in str(may_evict["message"])
+        screen = status_exit(daemon)[1]
+        assert "maxmemory 4.0MiB  policy allkeys-lru (may evict memoryd's keys)" in screen
+
+        kinds = ["discussion", "speech", "keywords"]
+        with Client(daemon.socket_path, timeout_s=30) as client:
+            # One agent after the other, so that the first ones go cold and
+            # eviction takes their lists and stats as well as their records.
+            for agent in range(16):
+                for batch in range(10):
+                    first = agent * 200 + batch * 20
+                    client.add_many(
+                        [
+                            {
+                                "agent_id": f"agent_{agent}",
+                                "type": kinds[n % 3],
+                                "content": "x" * 400,
+                                "ttl_s": 3600 if n % 2 else 0,
+                                "durability": "store",
+                            }
+                            for n in range(first, first + 20)
+                        ]
+                    )
+        assert int(conn.info("stats")["evicted_keys"]) > 0
+        # Eviction takes the marker too, in the same step as other keys
+        # (one pipeline: the daemon's check cannot come in between).
+        with conn.pipeline(transaction=False) as pipe:
+            pipe.delete("memoryd:marker")
+            pipe.set("not-memoryd", b"j" * 1_000_000)
+            pipe.ping()
+            pipe.execute()
+        wait_until(lambda: alerts_of(daemon, "store_data_lost"), 30, "the lost-marker alert")
+        for lost in alerts_of(daemon, "store_data_lost"):
+            assert "eviction is the likely cause" in str(lost["message"]), lost
+
+        # Redis gets room: evictions stop, and a sweep repairs what they left.
+        conn.config_set("maxmemory", 0)
+        wait_until(lambda: consistent(conn), 30, "the sweep's repair")
+        assert orphan_kinds(conn) == {"entries": 0, "records": 0}
+        with Client(daemon.socket_path, timeout_s=30) as client:
+            agents = client.agents(limit=100)
+            assert agents
+            for agent_id in agents:
+                readable = client.recent(agent_id, limit=1000, order="oldest")
+                stats = client.stats(agent_id)
+                assert stats["count"] == len(readable)
+                by_type: dict[str, int] = {}
+                for found in readable:
+                    by_type[found["type"]] = by_type.get(found["type"], 0) + 1
+                assert stats["by_type"] == by_type
+                assert stats["oldest"] == readable[0]["created_at"]
+                assert stats["newest"] == readable[-1]["created_at"]
+                base = f"agent:{{{agent_id}}}:memory:"
+                hashes = {key.decode()[len(base) :] for key in conn.scan_iter(base + "*")}
+                assert {found["id"] for found in readable} == hashes
+                for record_id in hashes:
+                    assert client.get(agent_id, record_id)["id"] == record_id
+        assert len(alerts_of(daemon, "store_may_evict")) == 1
+    finally:
+        conn.close()
+        server.cleanup()
+
+
+def test_the_policy_is_checked_again_and_alerted_once_per_value(daemon_dir: Daemon) -> None:
+    server = RedisServer().start()
+    conn = redis.Redis(unix_socket_path=str(server.socket_path))
+    try:
+        daemon_dir.env_overrides = {"MEMORYD_REDIS_URL": server.url}
+        daemon = daemon_dir.start()
+        assert alert_kinds(daemon) == []  # noeviction, the default
+
+        # volatile-* too: record HASHes carry an EXPIRE.
+        conn.config_set("maxmemory-policy", "volatile-lru")
+        wait_until(lambda: alerts_of(daemon, "store_may_evict"), 30, "the policy alert")
+        checks = marker_checks(conn)
+        wait_until(lambda: marker_checks(conn) >= checks + 2, 30, "two more store checks")
+        (alert,) = alerts_of(daemon, "store_may_evict")
+        assert "maxmemory-policy volatile-lru (no maxmemory set yet)" in str(alert["message"])
+
+        # A restarted daemon does not raise it again while it is listed.
+        daemon.stop()
+        daemon.start()
+        assert len(alerts_of(daemon, "store_may_evict")) == 1
+
+        conn.config_set("maxmemory-policy", "allkeys-lfu")
+        wait_until(lambda: len(alerts_of(daemon, "store_may_evict")) == 2, 30, "a new alert")
+        assert "allkeys-lfu" in str(alerts_of(daemon, "store_may_evict")[-1]["message"])
+    finally:
+        conn.close()
         server.cleanup()
 
 

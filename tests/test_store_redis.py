@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -27,9 +27,10 @@ from memoryd.stores import (
     StoreRefusing,
     StoreUnavailable,
 )
+from memoryd.stores.base import Eviction
 from memoryd.stores.redis import EXPIRY_GRACE_S, _translated
 from tests.harness import RedisServer
-from tests.test_stores import NOW, make_record, put
+from tests.test_stores import NOW, assert_stats_match, make_record, put
 
 A = "craftsman_1"
 BASE = "agent:{craftsman_1}:"
@@ -416,3 +417,383 @@ def test_describe_never_shows_the_password() -> None:
     assert description["kind"] == "redis"
     assert "s3cret" not in description["address"]
     assert description["address"] == "redis://memoryd:***@127.0.0.1:1/0"
+
+
+# -- eviction -------------------------------------------------------------------
+#
+# A Redis whose maxmemory-policy evicts drops whole keys.  The tests below drop
+# them by hand (DEL), one kind at a time, on a Redis whose policy evicts (so the
+# store's first sweep repairs), then under real eviction.
+
+LIST = BASE + "memories:list"
+TYPES = BASE + "memories:types"
+STATS = BASE + "stats"
+EXPIRY = BASE + "memories:expiry"
+
+
+def type_key(record_type: str) -> str:
+    return BASE + "memories:type:" + record_type
+
+
+@pytest.fixture(scope="module")
+def lru_redis() -> Iterator[RedisServer]:
+    """A Redis whose policy evicts, with room enough that it does not (until a test says)."""
+    server = RedisServer().start("--maxmemory", "256mb", "--maxmemory-policy", "allkeys-lru")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def lru_conn(lru_redis: RedisServer) -> Iterator[redis.Redis]:
+    with redis.Redis(unix_socket_path=str(lru_redis.socket_path)) as conn:
+        conn.flushall()
+        conn.config_set("maxmemory", "256mb")
+        conn.config_set("maxmemory-policy", "allkeys-lru")
+        yield conn
+
+
+@pytest.fixture
+async def lru_store(lru_redis: RedisServer, lru_conn: redis.Redis) -> AsyncIterator[RedisStore]:
+    store = RedisStore(lru_redis.url, max_memories=5)
+    await store.open()
+    yield store
+    await store.close()
+
+
+def four_records() -> list[Put]:
+    return [
+        put("1", A, type="speech", expires_at=NOW + 1000),
+        put("2", A),
+        put("3", A, type="speech"),
+        put("4", A, expires_at=NOW + 2000),
+    ]
+
+
+def listed(conn: redis.Redis, key: str) -> list[tuple[str, float]]:
+    return [(member.decode(), score) for member, score in conn.zrange(key, 0, -1, withscores=True)]
+
+
+async def test_describe_and_eviction_report_the_policy(
+    lru_store: RedisStore, store: RedisStore
+) -> None:
+    eviction = await lru_store.eviction()
+    assert eviction.policy == "allkeys-lru"
+    assert eviction.maxmemory_bytes == 256 * 1024 * 1024
+    assert eviction.may_evict
+    assert lru_store.describe()["maxmemory_policy"] == "allkeys-lru"
+    assert lru_store.describe()["maxmemory_bytes"] == 256 * 1024 * 1024
+    assert lru_store.describe()["evicted_keys"] == eviction.evicted_keys
+
+    safe = await store.eviction()
+    assert (safe.policy, safe.maxmemory_bytes, safe.evicted_keys) == ("noeviction", 0, 0)
+    assert not safe.may_evict
+    assert store.describe()["maxmemory_policy"] == "noeviction"
+
+
+def test_every_policy_but_noeviction_may_evict() -> None:
+    # Record HASHes carry an EXPIRE: the volatile-* policies may pick them too.
+    for policy in (
+        "allkeys-lru",
+        "allkeys-lfu",
+        "allkeys-random",
+        "volatile-lru",
+        "volatile-lfu",
+        "volatile-random",
+        "volatile-ttl",
+        "unknown",
+    ):
+        assert Eviction(policy, 1 << 20, 0, "run").may_evict, policy
+    assert not Eviction("noeviction", 1 << 20, 0, "run").may_evict
+
+
+def test_evicted_since_counts_from_a_restart_or_a_reset() -> None:
+    earlier = Eviction("allkeys-lru", 1 << 20, 100, "run-1")
+    assert Eviction("allkeys-lru", 1 << 20, 130, "run-1").evicted_since(earlier) == 30
+    assert Eviction("allkeys-lru", 1 << 20, 100, "run-1").evicted_since(earlier) == 0
+    assert Eviction("allkeys-lru", 1 << 20, 7, "run-2").evicted_since(earlier) == 7  # restarted
+    assert Eviction("allkeys-lru", 1 << 20, 7, "run-1").evicted_since(earlier) == 7  # RESETSTAT
+    assert Eviction("allkeys-lru", 1 << 20, 7, "run-1").evicted_since(None) == 7
+
+
+async def test_sweep_removes_index_entries_whose_record_was_evicted(
+    lru_store: RedisStore, lru_conn: redis.Redis
+) -> None:
+    await lru_store.apply(four_records(), NOW)
+    lru_conn.delete(BASE + "memory:1", BASE + "memory:2")
+
+    await lru_store.sweep(NOW)
+
+    assert listed(lru_conn, LIST) == [("3", NOW + 3), ("4", NOW + 4)]
+    assert listed(lru_conn, type_key("speech")) == [("3", NOW + 3)]
+    assert listed(lru_conn, type_key("discussion")) == [("4", NOW + 4)]
+    assert listed(lru_conn, EXPIRY) == [("4", NOW + 2000)]
+    assert lru_conn.hgetall(TYPES) == {b"speech": b"1", b"discussion": b"1"}
+    assert_consistent(lru_conn)
+    await assert_stats_match(lru_store, A)
+
+
+async def test_sweep_removes_type_entries_when_the_types_hash_was_evicted_too(
+    lru_store: RedisStore, lru_conn: redis.Redis
+) -> None:
+    # Without the types HASH nothing names the type ZSET of "1": SCAN finds it.
+    await lru_store.apply(four_records(), NOW)
+    lru_conn.delete(BASE + "memory:1", TYPES)
+
+    await lru_store.sweep(NOW)
+
+    assert listed(lru_conn, type_key("speech")) == [("3", NOW + 3)]
+    assert lru_conn.hgetall(TYPES) == {b"speech": b"1", b"discussion": b"2"}
+    assert_consistent(lru_conn)
+    await assert_stats_match(lru_store, A)
+
+
+async def test_sweep_indexes_again_records_whose_list_was_evicted(
+    lru_store: RedisStore, lru_conn: redis.Redis
+) -> None:
+    records = four_records()
+    await lru_store.apply(records, NOW)
+    lru_conn.delete(LIST)
+    # The defect: the record answers `get`, but `recent` and `stats` do not know it.
+    assert await lru_store.get(A, "2", NOW) == records[1].record
+    assert await lru_store.query(A, Query(limit=10), NOW) == []
+
+    await lru_store.sweep(NOW)
+
+    assert listed(lru_conn, LIST) == [(str(n), NOW + n) for n in range(1, 5)]
+    assert await lru_store.query(A, Query(limit=10, order="oldest"), NOW) == [
+        op.record for op in records
+    ]
+    assert_consistent(lru_conn)
+    await assert_stats_match(lru_store, A)
+
+
+async def test_sweep_recounts_stats_after_the_stats_hash_was_evicted(
+    lru_store: RedisStore, lru_conn: redis.Redis
+) -> None:
+    records = four_records()
+    await lru_store.apply(records, NOW)
+    lru_conn.delete(STATS)
+    assert (await lru_store.stats(A, NOW)).count == 0
+
+    await lru_store.sweep(NOW)
+
+    assert (await lru_store.stats(A, NOW)).as_dict() == {
+        "count": 4,
+        "by_type": {"speech": 2, "discussion": 2},
+        "bytes": sum(len(op.data) for op in records),
+        "oldest": NOW + 1,
+        "newest": NOW + 4,
+    }
+    assert_consistent(lru_conn)
+
+
+async def test_sweep_rebuilds_an_evicted_type_zset(
+    lru_store: RedisStore, lru_conn: redis.Redis
+) -> None:
+    records = four_records()
+    await lru_store.apply(records, NOW)
+    lru_conn.delete(type_key("speech"))
+    assert await lru_store.query(A, Query(types=frozenset({"speech"})), NOW) == []
+
+    await lru_store.sweep(NOW)
+
+    assert listed(lru_conn, type_key("speech")) == [("1", NOW + 1), ("3", NOW + 3)]
+    assert await lru_store.query(A, Query(types=frozenset({"speech"})), NOW) == [
+        records[2].record,
+        records[0].record,
+    ]
+    assert_consistent(lru_conn)
+
+
+async def test_sweep_rebuilds_an_evicted_expiry_index_and_expires_on_time(
+    lru_store: RedisStore, lru_conn: redis.Redis
+) -> None:
+    await lru_store.apply(four_records(), NOW)
+    lru_conn.delete(EXPIRY)
+
+    await lru_store.sweep(NOW)
+
+    # Exact scores: the records' own expires_at, read from their data.
+    assert listed(lru_conn, EXPIRY) == [("1", NOW + 1000), ("4", NOW + 2000)]
+    assert_consistent(lru_conn)
+    assert await lru_store.sweep(NOW + 1000) == 1
+    assert listed(lru_conn, LIST) == [("2", NOW + 2), ("3", NOW + 3), ("4", NOW + 4)]
+    await assert_stats_match(lru_store, A, NOW + 1000)
+
+
+async def test_an_expired_record_without_index_entries_is_removed_not_indexed(
+    lru_store: RedisStore, lru_conn: redis.Redis
+) -> None:
+    await lru_store.apply(four_records(), NOW)
+    lru_conn.delete(LIST, EXPIRY)
+
+    assert await lru_store.sweep(NOW + 1000) == 1
+
+    assert lru_conn.exists(BASE + "memory:1") == 0
+    assert listed(lru_conn, LIST) == [("2", NOW + 2), ("3", NOW + 3), ("4", NOW + 4)]
+    assert_consistent(lru_conn)
+    await assert_stats_match(lru_store, A, NOW + 1000)
+
+
+async def test_sweep_rebuilds_an_agent_of_which_only_the_records_are_left(
+    lru_store: RedisStore, lru_conn: redis.Redis
+) -> None:
+    records = four_records()
+    await lru_store.apply(records, NOW)
+    lru_conn.delete(LIST, TYPES, STATS, EXPIRY, type_key("speech"), type_key("discussion"))
+    assert await lru_store.agents("", 10) == []
+
+    await lru_store.sweep(NOW)
+
+    assert await lru_store.agents("", 10) == [A]
+    assert await lru_store.query(A, Query(limit=10, order="oldest"), NOW) == [
+        op.record for op in records
+    ]
+    assert_consistent(lru_conn)
+    await assert_stats_match(lru_store, A)
+
+
+async def test_records_indexed_again_are_trimmed_to_max_memories(
+    lru_store: RedisStore, lru_conn: redis.Redis
+) -> None:
+    await lru_store.apply([put(str(n), A) for n in range(1, 6)], NOW)
+    lru_conn.delete(LIST)
+    await lru_store.apply([put("6", A), put("7", A)], NOW)  # max_memories is 5
+
+    await lru_store.sweep(NOW)
+
+    assert [record_id for record_id, _ in listed(lru_conn, LIST)] == ["3", "4", "5", "6", "7"]
+    assert lru_conn.exists(BASE + "memory:1", BASE + "memory:2") == 0
+    assert_consistent(lru_conn)
+    await assert_stats_match(lru_store, A)
+
+
+async def test_sweep_tells_the_cache_which_agents_it_repaired(
+    lru_store: RedisStore, lru_conn: redis.Redis
+) -> None:
+    changed: list[str] = []
+    stale: list[str] = []
+    lru_store.records_changed = changed.append
+    lru_store.stale_removed = stale.append
+    await lru_store.apply([put("1", "a"), put("2", "a"), put("1", "b"), put("2", "b")], NOW)
+    await lru_store.apply([put("1", "untouched")], NOW)
+    lru_conn.delete("agent:{a}:memories:list")  # a's records come back to reads
+    lru_conn.delete("agent:{b}:memory:1")  # b's index entries of "1" go
+
+    await lru_store.sweep(NOW)
+
+    assert changed == ["a"]
+    assert stale == ["b"]
+    assert_consistent(lru_conn)
+
+
+async def test_repair_runs_again_only_after_more_evictions(
+    lru_redis: RedisServer, lru_conn: redis.Redis
+) -> None:
+    # volatile-lru evicts only keys with an EXPIRE: the records here have none,
+    # so the evictions the test causes take its junk keys only.
+    lru_conn.config_set("maxmemory-policy", "volatile-lru")
+    store = RedisStore(lru_redis.url, max_memories=5)
+    await store.open()
+    try:
+        await store.apply([put("1", A), put("2", A)], NOW)
+        await store.sweep(NOW)  # the first sweep under a policy that evicts repairs
+        lru_conn.delete(LIST)
+
+        await store.sweep(NOW)
+        assert lru_conn.exists(LIST) == 0, "nothing was evicted since: no repair"
+
+        evicted = int(lru_conn.info("stats")["evicted_keys"])
+        lru_conn.config_set("maxmemory", int(lru_conn.info("memory")["used_memory"]) + 200_000)
+        for n in range(200):
+            lru_conn.set(f"junk:{n}", b"j" * 10_000, ex=3600)
+        assert int(lru_conn.info("stats")["evicted_keys"]) > evicted
+        lru_conn.config_set("maxmemory", "256mb")
+
+        await store.sweep(NOW)
+        assert listed(lru_conn, LIST) == [("1", NOW + 1), ("2", NOW + 2)]
+        assert_consistent(lru_conn)
+    finally:
+        await store.close()
+
+
+async def test_the_sweep_of_a_redis_that_never_evicts_stays_cheap(
+    store: RedisStore, redis_conn: redis.Redis
+) -> None:
+    await store.apply([put("1", A, expires_at=NOW + 100), put("2", A)], NOW)
+    redis_conn.config_resetstat()
+
+    await store.sweep(NOW)
+
+    commands = redis_conn.info("commandstats")
+    assert commands["cmdstat_scan"]["calls"] == 1  # the expiry indexes only
+    assert commands["cmdstat_evalsha"]["calls"] == 1  # the expire step of the one agent
+    assert "cmdstat_zscore" not in commands
+
+
+async def test_sweep_repairs_what_real_eviction_left() -> None:
+    server = RedisServer().start("--maxmemory", "3mb", "--maxmemory-policy", "allkeys-lru")
+    store = RedisStore(server.url, max_memories=1000)
+    conn = redis.Redis(unix_socket_path=str(server.socket_path))
+    try:
+        await store.open()
+        # One agent after the other: the agents written first go cold, and
+        # eviction takes their lists as well as their records.
+        kinds = ["discussion", "speech", "keywords"]
+        for agent in range(16):
+            for batch in range(10):
+                first = agent * 200 + batch * 20
+                await store.apply(
+                    [
+                        put(
+                            str(n),
+                            f"agent_{agent}",
+                            type=kinds[n % 3],
+                            content="x" * 400,
+                            expires_at=NOW + 3600 if n % 2 else None,
+                        )
+                        for n in range(first, first + 20)
+                    ],
+                    NOW,
+                )
+        assert int(conn.info("stats")["evicted_keys"]) > 0
+        # No more evictions from here on: the repair's own writes must not race them.
+        conn.config_set("maxmemory", 0)
+        orphans = orphan_kinds(conn)
+        assert orphans["entries"] and orphans["records"], orphans
+
+        await store.sweep(NOW)
+
+        assert orphan_kinds(conn) == {"entries": 0, "records": 0}
+        assert_consistent(conn)
+        for agent_id in await store.agents("", 100):
+            readable = await store.query(agent_id, Query(limit=1000, order="oldest"), NOW)
+            await assert_stats_match(store, agent_id)
+            base = f"agent:{{{agent_id}}}:memory:"
+            hashes = {key.decode()[len(base) :] for key in conn.scan_iter(base + "*")}
+            assert {record["id"] for record in readable} == hashes
+            for record_id in hashes:
+                assert await store.get(agent_id, record_id, NOW) is not None
+    finally:
+        conn.close()
+        await store.close()
+        server.cleanup()
+
+
+def orphan_kinds(conn: redis.Redis) -> dict[str, int]:
+    """Index entries without their record HASH, record HASHes their agent's list lacks."""
+    entries = records = 0
+    for agent_id, rests in agent_keys(conn).items():
+        base = f"agent:{{{agent_id}}}:"
+        hashes = {rest[len("memory:") :] for rest in rests if rest.startswith("memory:")}
+        indexes = ["memories:list", "memories:expiry"]
+        indexes += [rest for rest in rests if rest.startswith("memories:type:")]
+        named: set[str] = set()
+        for index in indexes:
+            named |= {member.decode() for member in conn.zrange(base + index, 0, -1)}
+        entries += len(named - hashes)
+        in_list = {member.decode() for member in conn.zrange(base + "memories:list", 0, -1)}
+        records += len(hashes - in_list)
+    return {"entries": entries, "records": records}

@@ -526,6 +526,20 @@ async def test_ping_and_describe(store: Store) -> None:
     assert description["server_version"]
 
 
+async def test_eviction_facts(store: Store) -> None:
+    eviction = await store.eviction()
+    if store.kind == "local":
+        assert eviction is None  # SQLite never drops rows on its own
+        assert "maxmemory_policy" not in store.describe()
+    else:
+        # The tests' Redis is started without a memory limit, as memoryd wants it.
+        assert eviction is not None
+        assert (eviction.policy, eviction.maxmemory_bytes) == ("noeviction", 0)
+        assert not eviction.may_evict
+        assert store.describe()["maxmemory_policy"] == "noeviction"
+        assert store.describe()["evicted_keys"] == eviction.evicted_keys
+
+
 @pytest.mark.parametrize("kind", ["redis", "local"])
 async def test_create_store_follows_the_settings(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest

@@ -60,6 +60,45 @@ class AgentStats:
         }
 
 
+# The only maxmemory-policy under which Redis never drops a key to make room.
+NO_EVICTION = "noeviction"
+
+
+@dataclass(frozen=True, slots=True)
+class Eviction:
+    """What a store's server says about dropping keys when its memory is full.
+
+    Read from Redis's ``INFO`` (which answers even where CONFIG is renamed
+    away): ``maxmemory_policy`` and ``maxmemory`` from ``INFO memory``,
+    ``evicted_keys`` from ``INFO stats``, ``run_id`` from ``INFO server``.
+    """
+
+    policy: str
+    maxmemory_bytes: int  # 0: no limit
+    evicted_keys: int  # keys the server evicted since it started, in all its databases
+    server_run_id: str  # changes when the server restarts (and its counters start at 0)
+
+    @property
+    def may_evict(self) -> bool:
+        # Every other policy can drop memoryd's keys: record HASHes carry an
+        # EXPIRE, so even the volatile-* policies may pick them.
+        return self.policy != NO_EVICTION
+
+    def evicted_since(self, earlier: Eviction | None) -> int:
+        """Keys evicted since ``earlier`` was read (None: since the server started).
+
+        A server that restarted, or whose counters were reset (CONFIG
+        RESETSTAT), counts from its new start.
+        """
+        if (
+            earlier is None
+            or earlier.server_run_id != self.server_run_id
+            or self.evicted_keys < earlier.evicted_keys
+        ):
+            return self.evicted_keys
+        return self.evicted_keys - earlier.evicted_keys
+
+
 class Store(Protocol):
     """A place records live in.  All methods are coroutines safe to call from
     the event loop; none may block it."""
@@ -78,6 +117,11 @@ class Store(Protocol):
     # not learn from it.  Set by the daemon; a store whose reads are one
     # atomic step never calls it.
     stale_removed: Callable[[str], None]
+    # Called with an agent id whose live records a store changed outside
+    # apply(): the Redis store indexing again records whose index entries
+    # Redis evicted, or trimming the agent after that.  Views of that agent
+    # are no longer exact.  Set by the daemon.
+    records_changed: Callable[[str], None]
     # (daemon id, lease in seconds) to renew with every write, so that no
     # daemon writes without holding a fresh writer lease (memoryd.writers).
     writer_lease: tuple[str, float] | None
@@ -133,7 +177,19 @@ class Store(Protocol):
         """
 
     async def sweep(self, now_s: float) -> int:
-        """Remove expired records with their index entries; the number removed."""
+        """Remove expired records with their index entries; the number removed.
+
+        A store whose server may have dropped some of its keys (Redis
+        eviction) also repairs what that left behind: index entries without
+        their record, records without their index entries, stats that no
+        longer count what is readable.
+        """
+
+    async def eviction(self) -> Eviction | None:
+        """What the server says about evicting keys now (also kept for
+        ``describe``); None for a store that never drops keys on its own."""
 
     def describe(self) -> dict[str, Any]:
-        """Kind, address (never a password) and server version, for status."""
+        """Kind, address (never a password) and server version, for status; the
+        Redis store adds ``maxmemory_policy``, ``maxmemory_bytes`` and
+        ``evicted_keys`` as last read (None before the server was reached)."""

@@ -12,15 +12,26 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# The agent id rule of the protocol.  Keys found by SCAN are parsed back into
-# agent ids and checked against it, so that a stray key which merely matches a
-# glob pattern (say, a type named "x}:stats") is never taken for an agent.
-_AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
+from memoryd.validation import AGENT_ID_PATTERN, RECORD_ID_PATTERN, TYPE_PATTERN
+
+# Keys found by SCAN are parsed back into agent ids, record ids and types and
+# checked against the protocol's rules, so that a stray key which merely
+# matches a glob pattern (say, a type named "x}:stats") is never taken for ours.
+_AGENT_ID = AGENT_ID_PATTERN
+_RECORD_ID = RECORD_ID_PATTERN
+_TYPE = TYPE_PATTERN
 _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
 
 _AGENT = "agent:{"
 _STATS = "}:stats"
 _EXPIRY = "}:memories:expiry"
+# What follows "agent:{A}:" in the name of each of an agent's keys.
+_MEMORY = "memory:"
+_LIST = "memories:list"
+_TYPES = "memories:types"
+_TYPE_PREFIX = "memories:type:"
+_STATS_REST = "stats"
+_EXPIRY_REST = "memories:expiry"
 
 
 def glob_escape(text: str) -> str:
@@ -42,7 +53,7 @@ class AgentKeys:
     @property
     def memory_prefix(self) -> str:
         """Prepended to a record id: that record's HASH."""
-        return self.base + "memory:"
+        return self.base + _MEMORY
 
     def memory(self, record_id: str) -> str:
         return self.memory_prefix + record_id
@@ -50,17 +61,17 @@ class AgentKeys:
     @property
     def list(self) -> str:
         """ZSET id -> created_at: the time index."""
-        return self.base + "memories:list"
+        return self.base + _LIST
 
     @property
     def types(self) -> str:
         """HASH type -> number of records of that type stored now."""
-        return self.base + "memories:types"
+        return self.base + _TYPES
 
     @property
     def type_prefix(self) -> str:
         """Prepended to a type: that type's ZSET id -> created_at."""
-        return self.base + "memories:type:"
+        return self.base + _TYPE_PREFIX
 
     def type(self, record_type: str) -> str:
         return self.type_prefix + record_type
@@ -68,17 +79,28 @@ class AgentKeys:
     @property
     def stats(self) -> str:
         """HASH count, bytes, oldest, newest, last_write."""
-        return self.base + "stats"
+        return self.base + _STATS_REST
 
     @property
     def expiry(self) -> str:
         """ZSET id -> expires_at of the records that expire, for the sweep."""
-        return self.base + "memories:expiry"
+        return self.base + _EXPIRY_REST
 
     @property
     def script_keys(self) -> tuple[str, str, str, str]:
         """The fixed keys the apply script takes, in its KEYS order."""
         return (self.list, self.types, self.stats, self.expiry)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentKey:
+    """One key of an agent, parsed back from its name (as SCAN finds it)."""
+
+    agent_id: str
+    # "memory" (a record HASH), "type" (a type ZSET), "list", "types", "stats" or "expiry"
+    kind: str
+    # The record id of a "memory" key, the type of a "type" key, else "".
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +135,28 @@ class KeySpace:
     def expiry_pattern(self) -> str:
         """SCAN MATCH pattern of every agent's expiry index."""
         return f"{glob_escape(self.prefix)}{_AGENT}*{_EXPIRY}"
+
+    def agent_key_pattern(self) -> str:
+        """SCAN MATCH pattern of every key of every agent."""
+        return f"{glob_escape(self.prefix)}{_AGENT}*"
+
+    def parse_agent_key(self, key: str) -> AgentKey | None:
+        """What an agent's key is, or None for a key that only looks like one."""
+        head = self.prefix + _AGENT
+        if not key.startswith(head):
+            return None
+        # An agent id never holds "}", so the first one closes the hash tag.
+        agent_id, separator, rest = key[len(head) :].partition("}:")
+        if not separator or not _AGENT_ID.fullmatch(agent_id):
+            return None
+        fixed = {_LIST: "list", _TYPES: "types", _STATS_REST: "stats", _EXPIRY_REST: "expiry"}
+        if rest in fixed:
+            return AgentKey(agent_id, fixed[rest])
+        if rest.startswith(_MEMORY) and _RECORD_ID.fullmatch(rest[len(_MEMORY) :]):
+            return AgentKey(agent_id, "memory", rest[len(_MEMORY) :])
+        if rest.startswith(_TYPE_PREFIX) and _TYPE.fullmatch(rest[len(_TYPE_PREFIX) :]):
+            return AgentKey(agent_id, "type", rest[len(_TYPE_PREFIX) :])
+        return None
 
     def agent_of_stats_key(self, key: str) -> str | None:
         return self._agent_between(key, _STATS)

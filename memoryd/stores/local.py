@@ -23,7 +23,7 @@ import msgpack
 from memoryd.ops import Clear, Delete, Op, Put, Replace
 from memoryd.permissions import make_private_dir, open_private
 from memoryd.records import Query, Record, decode_record, is_expired, matches
-from memoryd.stores.base import AgentStats, StoreError, StoreUnavailable
+from memoryd.stores.base import AgentStats, Eviction, StoreError, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -176,6 +176,7 @@ class LocalStore:
         self._path = Path(data_dir) / FILENAME
         self._max_memories = max_memories
         self.stale_removed: Callable[[str], None] = lambda agent_id: None  # reads are atomic
+        self.records_changed: Callable[[str], None] = lambda agent_id: None  # nothing evicts
         self.writer_lease: tuple[str, float] | None = None  # the data_dir lock is the lease
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # only used on the worker thread
@@ -250,6 +251,9 @@ class LocalStore:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+    async def eviction(self) -> Eviction | None:
+        return None  # SQLite never drops rows on its own
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -6,15 +6,20 @@ is one call of ``apply.lua``, atomic on the agent's shard, and all the calls
 of a batch travel in one non-transactional pipeline: one round trip per batch.
 Reads go through ``page.lua`` (one round trip per page of an index) and repair
 what they find stale: an expired record or an index entry without its HASH.
+When Redis may have evicted keys (``INFO``: its ``maxmemory-policy`` evicts,
+or ``evicted_keys`` grew), the sweep also runs ``repair.lua`` over every agent
+SCAN finds, which rebuilds its indexes and stats from its record HASHes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, cast
 
@@ -42,12 +47,13 @@ from memoryd.ops import Clear, Delete, Op, Put, Replace
 from memoryd.records import Query, Record, decode_record, is_expired, matches
 from memoryd.stores.base import (
     AgentStats,
+    Eviction,
     StoreError,
     StoreMisconfigured,
     StoreRefusing,
     StoreUnavailable,
 )
-from memoryd.stores.keys import AgentKeys, KeySpace
+from memoryd.stores.keys import AgentKey, AgentKeys, KeySpace
 
 logger = logging.getLogger(__name__)
 
@@ -133,22 +139,19 @@ def _score(value: float) -> str:
     return repr(float(value))
 
 
-def _record_args(tag: str, record: Record, data: bytes) -> list[str | bytes]:
+def _index_fields(record: Record) -> list[str | bytes]:
+    """Type, created_at, expires_at|"" and the HASH's pexpireat_ms|"", as the scripts take them."""
     expires_at = record["expires_at"]
     if expires_at is None:
         expiry, pexpireat_ms = "", ""
     else:
         expiry = _score(expires_at)
         pexpireat_ms = str(math.ceil((expires_at + EXPIRY_GRACE_S) * 1000))
-    return [
-        tag,
-        record["id"],
-        record["type"],
-        _score(record["created_at"]),
-        expiry,
-        pexpireat_ms,
-        data,
-    ]
+    return [record["type"], _score(record["created_at"]), expiry, pexpireat_ms]
+
+
+def _record_args(tag: str, record: Record, data: bytes) -> list[str | bytes]:
+    return [tag, record["id"], *_index_fields(record), data]
 
 
 def _op_args(op: Op, now_s: float) -> list[str | bytes]:
@@ -213,6 +216,42 @@ def _connection_arguments(url: redis_url.RedisUrl) -> dict[str, Any]:
     return common
 
 
+def _info_eviction(
+    server: dict[str, Any], memory: dict[str, Any], stats: dict[str, Any]
+) -> Eviction:
+    return Eviction(
+        # A server that does not say (a proxy, a look-alike) is taken to evict.
+        policy=str(memory.get("maxmemory_policy") or "unknown"),
+        maxmemory_bytes=int(memory.get("maxmemory", 0)),
+        evicted_keys=int(stats.get("evicted_keys", 0)),
+        server_run_id=str(server.get("run_id", "")),
+    )
+
+
+@dataclass(slots=True)
+class _AgentScan:
+    """What SCAN found of one agent: its type ZSETs, and its HASHes no list names."""
+
+    types: set[str] = field(default_factory=set)
+    unlisted: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class _RepairTally:
+    agents: int = 0
+    dropped_entries: int = 0
+    indexed_records: int = 0
+    removed_records: int = 0
+    rewritten: set[str] = field(default_factory=set)  # agents whose counts were rewritten
+
+    def add(self, agent_id: str, reply: Sequence[Any]) -> None:
+        self.dropped_entries += int(reply[0])
+        self.indexed_records += int(reply[1])
+        self.removed_records += int(reply[2])
+        if int(reply[4]):
+            self.rewritten.add(agent_id)
+
+
 def _page_size(query: Query) -> int:
     # Without filters beyond type and time nearly every entry matches, so a
     # page of about `limit` suffices; otherwise read ahead more per trip.
@@ -248,13 +287,19 @@ class RedisStore:
         self._apply_script: AsyncScript | None = None
         self._page_script: AsyncScript | None = None
         self._writers_script: AsyncScript | None = None
+        self._repair_script: AsyncScript | None = None
         # Told of every agent whose index entries were removed outside apply():
         # a read paging through its index meanwhile may have missed entries.
         self.stale_removed: Callable[[str], None] = _nobody
+        # Told of every agent whose live records the eviction repair changed.
+        self.records_changed: Callable[[str], None] = _nobody
         # (daemon id, lease in seconds): renewed with every write (memoryd.writers).
         self.writer_lease: tuple[str, float] | None = None
         self._lease_renewed_at = -math.inf
         self._server_version: str | None = None
+        self._eviction: Eviction | None = None  # as last read, for describe()
+        # What INFO said when the last eviction repair started (None: none yet).
+        self._repaired_at: Eviction | None = None
 
     # -- life cycle ---------------------------------------------------------
 
@@ -282,21 +327,22 @@ class RedisStore:
         self._apply_script = client.register_script(_script_text("apply.lua"))
         self._page_script = client.register_script(_script_text("page.lua"))
         self._writers_script = client.register_script(_script_text("writers.lua"))
+        self._repair_script = client.register_script(_script_text("repair.lua"))
         return client
 
     async def open(self) -> None:
         if self._client is None:
             self._client = self._connect()
-        client = self._client
+        eviction = await self._read_eviction("open")
         with _translated("open"):
-            info = await client.info("server")
-            self._server_version = str(info.get("redis_version", "")) or None
             await self._load_scripts()
         logger.info(
-            "redis store at %s (server %s, key prefix %r)",
+            "redis store at %s (server %s, key prefix %r, maxmemory-policy %s, maxmemory %d)",
             self._masked_url,
             self._server_version,
             self._keys.prefix,
+            eviction.policy,
+            eviction.maxmemory_bytes,
         )
 
     async def close(self) -> None:
@@ -305,16 +351,36 @@ class RedisStore:
             await client.aclose(close_connection_pool=True)
 
     def describe(self) -> dict[str, Any]:
+        eviction = self._eviction
         return {
             "kind": self.kind,
             "address": self._masked_url,
             "server_version": self._server_version,
+            "maxmemory_policy": None if eviction is None else eviction.policy,
+            "maxmemory_bytes": None if eviction is None else eviction.maxmemory_bytes,
+            "evicted_keys": None if eviction is None else eviction.evicted_keys,
         }
 
     @property
     def identity(self) -> str:
         """Which dataset this is: the server's address (no credentials) and the key prefix."""
         return f"redis {self._url.address} prefix {self._keys.prefix!r}"
+
+    async def eviction(self) -> Eviction:
+        return await self._read_eviction("info")
+
+    async def _read_eviction(self, action: str) -> Eviction:
+        """INFO server, memory and stats, in one round trip (INFO works where CONFIG is renamed)."""
+        client = self._require_client()
+        with _translated(action):
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.info("server")
+                pipe.info("memory")
+                pipe.info("stats")
+                server, memory, stats = await pipe.execute()
+        self._server_version = str(server.get("redis_version", "")) or None
+        self._eviction = _info_eviction(server, memory, stats)
+        return self._eviction
 
     async def ping(self) -> float:
         client = self._require_client()
@@ -383,6 +449,14 @@ class RedisStore:
         await self._run_batch("apply", commands)
 
     async def sweep(self, now_s: float) -> int:
+        removed = await self._sweep_expired(now_s)
+        eviction = await self.eviction()
+        if self._repair_due(eviction):
+            removed += await self._repair_evicted(eviction, now_s)
+            self._repaired_at = eviction
+        return removed
+
+    async def _sweep_expired(self, now_s: float) -> int:
         client = self._require_client()
         removed = 0
         agents: list[str] = []
@@ -412,6 +486,188 @@ class RedisStore:
                 self.stale_removed(agent_id)
         return sum(int(result[0]) for result in results)
 
+    # -- repair after eviction ----------------------------------------------
+
+    def _repair_due(self, eviction: Eviction) -> bool:
+        """Whether keys may have been evicted since the last repair began.
+
+        Not at every sweep: a repair reads every agent's indexes.  Only when
+        ``evicted_keys`` grew since the last repair began, and once per daemon
+        and per Redis run when the policy evicts or keys were evicted at all.
+        """
+        earlier = self._repaired_at
+        if earlier is None or earlier.server_run_id != eviction.server_run_id:
+            return eviction.may_evict or eviction.evicted_keys > 0
+        return eviction.evicted_since(earlier) > 0
+
+    async def _repair_evicted(self, eviction: Eviction, now_s: float) -> int:
+        """Repair every agent's keys after evictions; how many records it removed."""
+        logger.info(
+            "redis may have evicted memoryd's keys (maxmemory-policy %s, %d keys evicted since "
+            "it started): checking every agent's indexes against its records",
+            eviction.policy,
+            eviction.evicted_keys,
+        )
+        found = await self._scan_agents()
+        tally = _RepairTally(agents=len(found))
+        agent_ids = sorted(found)
+        for first in range(0, len(agent_ids), SWEEP_AGENTS_PER_PIPELINE):
+            chunk = agent_ids[first : first + SWEEP_AGENTS_PER_PIPELINE]
+            await self._repair_agents(chunk, found, now_s, tally)
+        if tally.dropped_entries or tally.indexed_records or tally.removed_records:
+            logger.warning(
+                "eviction repair of %d agents: %d index entries without their record removed, "
+                "%d records without index entries indexed again, %d expired or trimmed records "
+                "removed, counts of %d agents rewritten; records Redis evicted are lost",
+                tally.agents,
+                tally.dropped_entries,
+                tally.indexed_records,
+                tally.removed_records,
+                len(tally.rewritten),
+            )
+        else:
+            logger.info(
+                "eviction repair of %d agents: indexes match the records (counts of %d agents "
+                "rewritten)",
+                tally.agents,
+                len(tally.rewritten),
+            )
+        return tally.removed_records
+
+    async def _scan_agents(self) -> dict[str, _AgentScan]:
+        """Every agent with a key, its type ZSETs, and its record HASHes no list names.
+
+        SCAN in steps of SCAN_COUNT keys; the HASHes of each step are looked up
+        in their agents' lists in one round trip, so only the unlisted are kept.
+        """
+        client = self._require_client()
+        found: dict[str, _AgentScan] = {}
+        cursor = 0
+        with _translated("sweep"):
+            while True:
+                cursor, names = await client.scan(
+                    cursor, match=self._keys.agent_key_pattern(), count=SCAN_COUNT
+                )
+                hashes: list[AgentKey] = []
+                for name in names:
+                    key = self._keys.parse_agent_key(_text(name))
+                    if key is None:
+                        continue
+                    scan = found.setdefault(key.agent_id, _AgentScan())
+                    if key.kind == "type":
+                        scan.types.add(key.name)
+                    elif key.kind == "memory":
+                        hashes.append(key)
+                await self._keep_unlisted(hashes, found)
+                if cursor == 0:
+                    return found
+
+    async def _keep_unlisted(
+        self, hashes: Sequence[AgentKey], found: dict[str, _AgentScan]
+    ) -> None:
+        if not hashes:
+            return
+        lookups = [
+            self._pack("ZSCORE", self._keys.agent(key.agent_id).list, key.name) for key in hashes
+        ]
+        for key, score in zip(hashes, await self._round_trip(lookups), strict=True):
+            if isinstance(score, Exception):
+                raise score
+            if score is None:
+                found[key.agent_id].unlisted.add(key.name)
+
+    async def _repair_agents(
+        self,
+        agent_ids: Sequence[str],
+        found: dict[str, _AgentScan],
+        now_s: float,
+        tally: _RepairTally,
+    ) -> None:
+        """Two calls of the repair script: the indexes, then the records whose data it needs."""
+        first_words: dict[str, list[str | bytes]] = {
+            agent_id: [
+                word for record_id in sorted(found[agent_id].unlisted) for word in ("C", record_id)
+            ]
+            for agent_id in agent_ids
+        }
+        wanted: dict[str, list[str]] = {}
+        for agent_id, reply in await self._run_repair(first_words, found):
+            tally.add(agent_id, reply)
+            if reply[5]:
+                wanted[agent_id] = [_text(record_id) for record_id in reply[5]]
+        if wanted:
+            second_words = await self._read_for_repair(wanted, now_s)
+            for agent_id, reply in await self._run_repair(second_words, found):
+                tally.add(agent_id, reply)
+
+    async def _run_repair(
+        self, words: dict[str, list[str | bytes]], found: dict[str, _AgentScan]
+    ) -> list[tuple[str, Any]]:
+        script = self._require_script(self._repair_script)
+
+        def commands() -> list[bytes]:
+            packed = []
+            for agent_id, agent_words in words.items():
+                keys = self._keys.agent(agent_id)
+                types = sorted(found[agent_id].types)
+                packed.append(
+                    self._pack(
+                        "EVALSHA",
+                        script.sha,
+                        len(keys.script_keys),
+                        *keys.script_keys,
+                        keys.memory_prefix,
+                        keys.type_prefix,
+                        str(self._max_memories),
+                        str(len(types)),
+                        *types,
+                        *agent_words,
+                    )
+                )
+            return packed
+
+        replies = await self._run_batch("sweep", commands)
+        for agent_id, reply in zip(words, replies, strict=True):
+            if int(reply[0]) or int(reply[2]):
+                self.stale_removed(agent_id)
+            if int(reply[3]):
+                self.records_changed(agent_id)
+        return list(zip(words, replies, strict=True))
+
+    async def _read_for_repair(
+        self, wanted: dict[str, list[str]], now_s: float
+    ) -> dict[str, list[str | bytes]]:
+        """K or X words for the records the repair script asked about, from their data."""
+        targets = [(agent_id, record_id) for agent_id, ids in wanted.items() for record_id in ids]
+        reads = [
+            self._pack("HGET", self._keys.agent(agent_id).memory(record_id), "data")
+            for agent_id, record_id in targets
+        ]
+        with _translated("sweep"):
+            replies = await self._round_trip(reads)
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        words: dict[str, list[str | bytes]] = {}
+        for (agent_id, record_id), data in zip(targets, replies, strict=True):
+            if not isinstance(data, bytes):
+                continue  # gone meanwhile: the next repair sees its index entries
+            record = self._decode(agent_id, record_id, data)
+            if record is None:
+                continue
+            sha1 = hashlib.sha1(data, usedforsecurity=False).hexdigest()
+            agent_words = words.setdefault(agent_id, [])
+            if is_expired(record, now_s):
+                agent_words += ["X", record_id, sha1]
+            else:
+                agent_words += ["K", record_id, *_index_fields(record), sha1]
+        return words
+
+    @staticmethod
+    def _pack(*arguments: str | bytes | int) -> bytes:
+        # hiredis's stub types its argument as a 1-tuple and its result as Any.
+        return cast(bytes, hiredis.pack_command(arguments))  # type: ignore[arg-type]
+
     def _apply_args(self, keys: AgentKeys, now_s: float) -> list[str | bytes]:
         return [keys.memory_prefix, keys.type_prefix, _score(now_s), str(self._max_memories)]
 
@@ -421,9 +677,7 @@ class RedisStore:
         script = self._require_script(self._apply_script)
         script_keys = keys.script_keys
         command = ("EVALSHA", script.sha, len(script_keys), *script_keys)
-        arguments = (*command, *self._apply_args(keys, now_s), *words)
-        # hiredis's stub types its argument as a 1-tuple and its result as Any.
-        return cast(bytes, hiredis.pack_command(arguments))  # type: ignore[arg-type]
+        return self._pack(*command, *self._apply_args(keys, now_s), *words)
 
     async def _run_batch(self, action: str, commands: Callable[[], list[bytes]]) -> list[Any]:
         """The replies to ``commands``, sent in one write: one round trip per batch.
@@ -459,15 +713,11 @@ class RedisStore:
         self._lease_renewed_at = time.monotonic()
         daemon_id, lease_s = self.writer_lease
         script = self._require_script(self._writers_script)
-        arguments = (
-            "EVALSHA",
-            script.sha,
-            1,
-            self._keys.writers,
-            daemon_id,
-            math.ceil(lease_s * 1000),
-        )
-        return [cast(bytes, hiredis.pack_command(arguments))]  # type: ignore[arg-type]
+        return [
+            self._pack(
+                "EVALSHA", script.sha, 1, self._keys.writers, daemon_id, math.ceil(lease_s * 1000)
+            )
+        ]
 
     async def _round_trip(self, packed: list[bytes]) -> list[Any]:
         """Write ``packed`` on a pooled connection and read a reply for each.
@@ -513,7 +763,8 @@ class RedisStore:
 
     async def _load_scripts(self) -> None:
         client = self._require_client()
-        for script in (self._apply_script, self._page_script, self._writers_script):
+        scripts = (self._apply_script, self._page_script, self._writers_script, self._repair_script)
+        for script in scripts:
             loaded = self._require_script(script)
             loaded.sha = await client.script_load(loaded.script)
 
