@@ -459,8 +459,14 @@ def _output(name: str, mode: int) -> Iterator[TextIO]:
         partial.unlink(missing_ok=True)
 
 
+def _skipped(agent_id: str, record_id: str | None, why: str) -> None:
+    # Names, never content: an export's stderr ends up in logs.
+    what = f"record {record_id}" if record_id is not None else "the rest of the records"
+    _progress(f"  skipped {what} of agent {agent_id}: {why}")
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    written = 0
+    report = transfer.ExportReport()
     rate = _Rate()
     try:
         with _daemon(args) as client, _output(args.output, args.mode) as output:
@@ -470,14 +476,19 @@ def cmd_export(args: argparse.Namespace) -> int:
                 agent_ids: Iterable[str] = [args.agent]
             else:
                 agent_ids = transfer.agents_under(client, "" if args.all else args.prefix)
-            for line in transfer.export_lines(client, agent_ids):
+            for line in transfer.export_lines(client, agent_ids, report, on_skip=_skipped):
                 output.write(line + "\n")
-                written += 1
-                rate.update(written)
+                rate.update(report.records)
     except (errors.MemorydError, OSError) as exc:
-        print(f"memoryd: export stopped after {written} records: {exc}", file=sys.stderr)
+        print(f"memoryd: export stopped after {report.records} records: {exc}", file=sys.stderr)
         return EXIT_FAILING
-    _progress(f"exported {written} records")
+    if report.skipped:
+        _progress(
+            f"exported {report.records} records; skipped {len(report.skipped)} "
+            "(listed above: not in the file)"
+        )
+        return EXIT_DEGRADED
+    _progress(f"exported {report.records} records")
     return EXIT_HEALTHY
 
 

@@ -87,6 +87,10 @@ def read_file(agent_id: str, path: Path, now_s: float, max_content_bytes: int) -
         where = f"line {exc.lineno} column {exc.colno}"
         legacy.problem = f"invalid or truncated JSON ({exc.msg} at {where})"
         return legacy
+    except RecursionError:
+        # json's decoder recurses: a file nested about 1,000 levels stops it.
+        legacy.problem = "JSON nested too deeply to read"
+        return legacy
     except OSError as exc:
         legacy.problem = f"unreadable ({exc.strerror})"
         return legacy
@@ -110,6 +114,8 @@ def _record(item: Any, now_s: float, max_content_bytes: int) -> LegacyRecord:
         raise InvalidRequest("record", "must be an object {type, content, timestamp}")
     if item.get("content") is None:
         raise InvalidRequest("content", "is missing or null")
+    # Checked first: what follows (msgpack, the id's digest) recurses into it.
+    v.content("content", item["content"])
     if len(msgpack.packb(item["content"], use_bin_type=True)) > max_content_bytes:
         raise InvalidRequest("content", "larger than the daemon's max_record_bytes")
     memory_type = v.type_token("type", item.get("type"))

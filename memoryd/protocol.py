@@ -211,8 +211,22 @@ class Connection(asyncio.Protocol):
         except Exception:
             logger.exception("internal error in %s", request.method[:64])
             error = InternalError("internal error; see the daemon's log").to_wire()
+        try:
+            response = wire.pack_response(self.packer, request.msgid, error, result)
+        except ValueError:
+            # msgpack nests at most about 1,000 levels: a record an older
+            # memoryd accepted may go past that once inside a response.  The
+            # request is answered all the same (the client is not left waiting).
+            logger.error(
+                "the answer to %s cannot be encoded: a record in it is nested too deeply",
+                request.method[:64],
+            )
+            error = InternalError(
+                "the answer cannot be encoded: a record in it is nested deeper than msgpack allows"
+            ).to_wire()
+            response = wire.pack_response(self.packer, request.msgid, error, None)
         self.metrics.observe(request.method, time.perf_counter() - started_s, error)
-        self._send(wire.pack_response(self.packer, request.msgid, error, result))
+        self._send(response)
 
     def _send(self, data: bytes) -> None:
         if self.transport is not None and not self._closing:

@@ -69,14 +69,25 @@ def fold_case(text: str) -> str:
 
 
 def _strings_in(value: Any) -> Iterator[str]:
-    if isinstance(value, str):
-        yield value
-    elif isinstance(value, dict):
-        for item in value.values():
-            yield from _strings_in(item)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _strings_in(item)
+    """Every string in ``value``, in order, however deeply it nests.
+
+    Iterative: memoryd bounds the nesting of what it accepts
+    (memoryd.validation), but a record an older version stored may nest a
+    thousand levels, deeper than recursion goes.
+    """
+    pending: list[Iterator[Any]] = [iter((value,))]
+    while pending:
+        for item in pending[-1]:
+            if isinstance(item, str):
+                yield item
+            elif isinstance(item, dict):
+                pending.append(iter(item.values()))
+                break
+            elif isinstance(item, list | tuple):
+                pending.append(iter(item))
+                break
+        else:
+            pending.pop()
 
 
 def text_of(record: Record) -> str:

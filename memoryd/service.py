@@ -334,7 +334,7 @@ class Service:
         if "ttl_s" in args.values and args.values["ttl_s"] is None:
             changes["expires_at"] = None  # nil, like 0: never expires
         if args.has("content"):
-            changes["content"] = args.values["content"]
+            changes["content"] = v.content("content", args.values["content"])
         if args.has("importance"):
             changes["importance"] = v.number("importance", args.values["importance"], 0, 1)
         if args.has("tags"):

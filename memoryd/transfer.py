@@ -10,26 +10,39 @@ adds nothing, and an export of the imported store equals the file.  Binary
 values (msgpack ``bin``), which JSON cannot hold, travel as
 ``{"$bytes": "<base64>"}``.
 
+A record that cannot be written as a line (nested deeper than
+``MAX_LINE_DEPTH``: an older memoryd accepted any depth) is reported with its
+agent and id and left out, and so is the rest of an agent whose records
+memoryd cannot send; the export goes on with the others.  Every conversion
+here walks content without recursion.
+
 This is the backup, and the way between the Redis and the local store.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, Final
 
 from memoryd import validation as v
 from memoryd.errors import InvalidRequest
-from memoryd_client import Client, Record
+from memoryd_client import Client, Record, errors
 from memoryd_client.paging import all_records_sync
 
 # The record's fields, in the order the protocol lists them (one definition, in the client).
 FIELDS = tuple(Record.__annotations__)
 BYTES_KEY = "$bytes"
 AGENTS_PER_CALL = 10_000  # memoryd's largest `agents` limit
+# How deeply maps and arrays may nest in one line, the line's own object
+# included.  Python's json encoder and decoder recurse, and fail near 1,000
+# levels; this leaves them a wide margin.  (What memoryd accepts now nests at
+# most validation.MAX_NESTING_DEPTH levels; deeper records come from older
+# versions, and an import reports them as bad lines.)
+MAX_LINE_DEPTH: Final = 256
 # What may follow an agent id's first character (the protocol's agent id rule).
 _AGENT_ID_CHARS = sorted("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.:@-")
 
@@ -56,26 +69,80 @@ def agents_under(client: Client, prefix: str) -> Iterator[str]:
             yield from agents_under(client, prefix + char)
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return {BYTES_KEY: base64.b64encode(value).decode()}
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(item) for item in value]
-    return value
+def _rebuilt(value: Any, convert: Callable[[Any], Any]) -> Any:
+    """A copy of ``value`` with ``convert`` applied to it and to everything in it.
+
+    ``convert`` sees each value before its items; maps and arrays it returns are
+    copied and their items converted in turn.  Without recursion: a stored
+    record may nest deeper than Python recurses.
+    """
+    holder: list[Any] = [value]
+    pending: list[tuple[dict[Any, Any] | list[Any], Any]] = [(holder, 0)]
+    while pending:
+        parent, key = pending.pop()
+        item = convert(parent[key])
+        if isinstance(item, dict):
+            item = dict(item)
+            pending.extend((item, name) for name in item)
+        elif isinstance(item, list | tuple):
+            item = list(item)
+            pending.extend((item, index) for index in range(len(item)))
+        parent[key] = item
+    return holder[0]
+
+
+def _bytes_to_json(value: Any) -> Any:
+    return {BYTES_KEY: base64.b64encode(value).decode()} if isinstance(value, bytes) else value
+
+
+class Unwritable(ValueError):
+    """A record that cannot be a line; its text says why (never its content)."""
 
 
 def record_line(record: Any) -> str:
-    return json.dumps(
-        {name: _jsonable(record[name]) for name in FIELDS}, ensure_ascii=False, allow_nan=False
-    )
+    document = _rebuilt({name: record[name] for name in FIELDS}, _bytes_to_json)
+    if v.nesting_depth(document, MAX_LINE_DEPTH) > MAX_LINE_DEPTH:
+        raise Unwritable(
+            f"nested more than {MAX_LINE_DEPTH} levels deep, more than a line of JSON holds safely"
+        )
+    return json.dumps(document, ensure_ascii=False, allow_nan=False)
 
 
-def export_lines(client: Client, agent_ids: Iterable[str]) -> Iterator[str]:
+@dataclass(slots=True)
+class ExportReport:
+    records: int = 0
+    # (agent id, record id or None for the rest of the agent, why)
+    skipped: list[tuple[str, str | None, str]] = field(default_factory=list)
+
+
+def export_lines(
+    client: Client,
+    agent_ids: Iterable[str],
+    report: ExportReport,
+    on_skip: Callable[[str, str | None, str], None] | None = None,
+) -> Iterator[str]:
+    """The lines of every record of ``agent_ids``; what cannot be exported is
+    reported (``report.skipped``, ``on_skip``) and the export goes on."""
+
+    def skip(agent_id: str, record_id: str | None, why: str) -> None:
+        report.skipped.append((agent_id, record_id, why))
+        if on_skip is not None:
+            on_skip(agent_id, record_id, why)
+
     for agent_id in agent_ids:
-        for record in all_records_sync(client, agent_id):
-            yield record_line(record)
+        try:
+            for record in all_records_sync(client, agent_id):
+                try:
+                    line = record_line(record)
+                except Unwritable as exc:
+                    skip(agent_id, record["id"], str(exc))
+                    continue
+                report.records += 1
+                yield line
+        except errors.InternalError as exc:
+            # memoryd could not send a page of this agent (a record too deep
+            # for msgpack, stored by an older version): the others may be fine.
+            skip(agent_id, None, f"memoryd could not send the agent's next records: {exc}")
 
 
 # -- import ------------------------------------------------------------------------------------
@@ -85,14 +152,17 @@ class BadLine(ValueError):
     """A line that is not a record; its text says why."""
 
 
-def _from_json(value: Any) -> Any:
-    if isinstance(value, dict):
-        if set(value) == {BYTES_KEY} and isinstance(value[BYTES_KEY], str):
-            return base64.b64decode(value[BYTES_KEY], validate=True)
-        return {key: _from_json(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_from_json(item) for item in value]
+def _json_to_bytes(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {BYTES_KEY} and isinstance(value[BYTES_KEY], str):
+        return base64.b64decode(value[BYTES_KEY], validate=True)
     return value
+
+
+def _from_json(name: str, value: Any) -> Any:
+    try:
+        return _rebuilt(value, _json_to_bytes)
+    except binascii.Error:
+        raise InvalidRequest(name, f"a {BYTES_KEY} value is not base64") from None
 
 
 def _document(line: str) -> dict[str, Any]:
@@ -101,6 +171,9 @@ def _document(line: str) -> dict[str, Any]:
         document = json.loads(line)
     except json.JSONDecodeError as exc:
         raise BadLine(f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except RecursionError:
+        # json's decoder recurses: a line nested about 1,000 levels stops it.
+        raise BadLine("nested too deeply to read") from None
     if not isinstance(document, dict):
         raise BadLine("not a JSON object")
     required = ("id", "agent_id", "type", "content", "created_at")
@@ -119,7 +192,7 @@ def _optional(document: dict[str, Any]) -> dict[str, Any]:
         "author": lambda value: v.author("author", value),
         "importance": lambda value: v.number("importance", value, 0, 1),
         "tags": lambda value: v.tags("tags", value),
-        "metadata": lambda value: v.metadata("metadata", _from_json(value)),
+        "metadata": lambda value: v.metadata("metadata", _from_json("metadata", value)),
     }
     return {
         name: check(document[name])
@@ -141,7 +214,7 @@ def add_item(line: str, now_s: float) -> dict[str, Any] | None:
             "id": v.record_id("id", document["id"]),
             "agent_id": v.agent_id("agent_id", document["agent_id"]),
             "type": v.type_token("type", document["type"]),
-            "content": _from_json(document["content"]),
+            "content": v.content("content", _from_json("content", document["content"])),
             "created_at": v.timestamp("created_at", document["created_at"], now_s),
             **_optional(document),
         }

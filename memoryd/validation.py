@@ -28,6 +28,11 @@ MAX_TTL_S: Final = 10 * 365 * 86400
 MAX_EXPIRES_AT_S: Final = 2**34  # the year 2514: far beyond any ttl_s from now
 # Client clocks drift; a creation time far in the future is a bug, not drift.
 MAX_CLOCK_AHEAD_S: Final = 86400.0
+# How deeply maps and arrays may nest in content and metadata ("x": 0, ["x"]: 1).
+# Far more than any memory needs, and far below the limits of msgpack (about
+# 1,000), json and Python's recursion, which a stored record must never reach:
+# every reader of it (search, export, a client rendering it) stays safe.
+MAX_NESTING_DEPTH: Final = 32
 
 
 class Args:
@@ -155,15 +160,48 @@ def type_list(name: str, value: Any) -> frozenset[str]:
     return frozenset(type_token(f"{name}[{i}]", item) for i, item in enumerate(value))
 
 
+def nesting_depth(value: Any, limit: int) -> int:
+    """How deeply maps and arrays nest in ``value`` (a scalar: 0, ``[[1]]``: 2).
+
+    Walked without recursion, and no further than ``limit + 1`` levels: the
+    answer is exact up to ``limit``, and ``limit + 1`` for anything deeper.
+    """
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(value, 0)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        depth += 1
+        if depth > limit:
+            return depth
+        deepest = max(deepest, depth)
+        pending.extend((child, depth) for child in children)
+    return deepest
+
+
+def _shallow(name: str, value: Any) -> None:
+    if nesting_depth(value, MAX_NESTING_DEPTH) > MAX_NESTING_DEPTH:
+        raise InvalidRequest(
+            name, f"maps and arrays nested more than {MAX_NESTING_DEPTH} levels deep"
+        )
+
+
 def metadata(name: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidRequest(name, f"must be a map, not {_type_name(value)}")
+    _shallow(name, value)
     return value
 
 
 def content(name: str, value: Any) -> Any:
     if value is None:
         raise InvalidRequest(name, "required")
+    _shallow(name, value)
     return value
 
 

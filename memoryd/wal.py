@@ -132,14 +132,22 @@ def _intact_frame_after(data: bytes, offset: int, min_seq: int) -> bool:
 
 def _end_of_bad_frame(data: bytes, offset: int, min_seq: int) -> int | None:
     """Where a whole frame with a bad checksum ends, if its length can be
-    trusted: an intact frame follows it.  None otherwise."""
+    trusted: the intact frame right after it is the next sequence number.
+    None otherwise.
+
+    The bad frame held ``min_seq``, so the frame after it must hold
+    ``min_seq + 1`` (numbers have no gaps).  Any intact frame would not do: a
+    garbled length can land by chance on a later frame boundary, and skipping
+    to it would throw away the intact frames in between.
+    """
     if len(data) - offset < FRAME.size:
         return None
     length, _, seq = FRAME.unpack_from(data, offset)
     after = offset + FRAME.size + length
     if length > MAX_FRAME_PAYLOAD_BYTES or after >= len(data) or seq < min_seq:
         return None
-    return after if _frame_at(data, after, min_seq) is not None else None
+    following = _frame_at(data, after, min_seq + 1)
+    return after if following is not None and following[0] == min_seq + 1 else None
 
 
 def _read_frames(data: bytes, scan: SegmentScan, after_seq: int) -> None:

@@ -5,6 +5,7 @@ import pwd
 import subprocess
 from collections.abc import Iterator
 
+import hypothesis
 import pytest
 import redis
 
@@ -12,6 +13,14 @@ from tests.harness import Daemon, LocalUser, RedisServer
 
 UNPRIVILEGED_USER = "memoryd-test"
 USERADD_EXISTS = 9  # useradd's exit status for "username already in use"
+
+# Hypothesis profiles (see tests/README.md).  Locally ("dev") every run draws new examples, to
+# keep exploring.  In CI (CI set in the environment, as .ci/run does) "ci" draws the same
+# examples every run, without the example database, so a red CI is the code's doing and a rerun
+# answers the same.  Both print the @reproduce_failure blob of a failing example.
+hypothesis.settings.register_profile("dev", print_blob=True)
+hypothesis.settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis.settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 import memoryd_client
+from memoryd.validation import MAX_NESTING_DEPTH
 from memoryd_client import errors
 from tests.daemons import Env, RawConnection, new_agent
 
@@ -30,6 +31,19 @@ FUTURE = "@FUTURE@"  # a creation time ten days ahead
 KEEP = "keep-1"  # a record the agent has before the bad request
 
 BIG = "x" * (70 * 1024)  # more than max_record_bytes (64 KiB), less than a message
+
+
+def nested(levels: int, innermost: Any = "x") -> Any:
+    """``innermost`` inside ``levels`` arrays."""
+    value = innermost
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+TOO_DEEP = nested(MAX_NESTING_DEPTH + 1)
+# A map is a level itself: metadata holding arrays one level short is already too deep.
+TOO_DEEP_MAP = {"k": nested(MAX_NESTING_DEPTH)}
 
 GOOD_RECORD = {"agent_id": AGENT, "type": "discussion", "content": "fine"}
 VALID: dict[str, dict[str, Any]] = {
@@ -125,6 +139,9 @@ def _cases() -> list[Any]:
         case("add", "metadata", "too_large", tid="metadata-too-large", metadata={"blob": BIG}),
         case("add", "metadata", tid="metadata-string", metadata="x"),
         case("add", "metadata", tid="metadata-list", metadata=[1]),
+        case("add", "content", tid="content-too-deep", content=TOO_DEEP),
+        case("add", "content", tid="content-map-too-deep", content=TOO_DEEP_MAP),
+        case("add", "metadata", tid="metadata-too-deep", metadata=TOO_DEEP_MAP),
         # add: importance
         case("add", "importance", tid="importance-negative", importance=-0.1),
         case("add", "importance", tid="importance-above-1", importance=1.01),
@@ -179,6 +196,8 @@ def _cases() -> list[Any]:
             2, "records[2].metadata", "too_large", tid="metadata-too-large", metadata={"b": BIG}
         ),
         record_case(1, "records[1].tags", tid="tags", tags="x"),
+        record_case(1, "records[1].content", tid="content-too-deep", content=TOO_DEEP),
+        record_case(2, "records[2].metadata", tid="metadata-too-deep", metadata=TOO_DEEP_MAP),
         record_case(1, "records[1].ttl_s", tid="ttl", ttl_s=-5),
         record_case(1, "records[1].created_at", tid="created-at-future", created_at=FUTURE),
         record_case(0, "records[0].colour", tid="unknown-field", colour=1),
@@ -206,6 +225,8 @@ def _cases() -> list[Any]:
         case("update", "tags", tid="tags-int-item", tags=[1]),
         case("update", "tags", tid="tags-too-many", tags=[f"t{i}" for i in range(65)]),
         case("update", "metadata", tid="metadata-string", metadata="x"),
+        case("update", "content", tid="content-too-deep", content=TOO_DEEP),
+        case("update", "metadata", tid="metadata-too-deep", metadata=TOO_DEEP_MAP),
         case("update", "ttl_s", tid="ttl-negative", ttl_s=-1),
         case("update", "ttl_s", tid="ttl-string", ttl_s="10"),
         case("update", "content", "too_large", tid="content-too-large", content=BIG),
@@ -360,7 +381,8 @@ def test_boundaries_that_are_valid_are_accepted(raw: RawConnection) -> None:
         {
             "agent_id": longest,
             "type": "t" * 64,
-            "content": "x",
+            "content": nested(MAX_NESTING_DEPTH),
+            "metadata": {"k": nested(MAX_NESTING_DEPTH - 1)},
             "importance": 1,
             "tags": [f"t{i}" for i in range(64)],
             "ttl_s": 0,
@@ -373,6 +395,7 @@ def test_boundaries_that_are_valid_are_accepted(raw: RawConnection) -> None:
     error, result = raw.call("recent", {"agent_id": longest, "limit": 1000, "since": 0})
     assert error is None, error
     assert [r["id"] for r in result["records"]] == ["i" * 64]
+    assert result["records"][0]["content"] == nested(MAX_NESTING_DEPTH)
     assert raw.call("recent", {"agent_id": longest, "limit": 1})[0] is None
 
 
@@ -442,6 +465,35 @@ def test_add_many_with_one_bad_record_writes_none_of_them(
             client.get(agent_id, record_id)
     assert client.stats(other)["count"] == 0
     assert other not in client.agents(prefix=other)
+
+
+def test_content_nested_a_thousand_levels_is_refused_and_writes_nothing(
+    env: Env, client: memoryd_client.Client, raw: RawConnection, prepared: str
+) -> None:
+    """The depth an older memoryd accepted, and that then broke search and export."""
+    before = snapshot(env, client, prepared)
+    thousand = nested(1000)
+    requests = [
+        ("add", {**GOOD_RECORD, "agent_id": prepared, "content": thousand}, "content"),
+        ("add", {**GOOD_RECORD, "agent_id": prepared, "metadata": {"k": thousand}}, "metadata"),
+        (
+            "add_many",
+            {
+                "records": [{**GOOD_RECORD, "agent_id": prepared}] * 3
+                + [{**GOOD_RECORD, "agent_id": prepared, "metadata": {"k": thousand}}]
+            },
+            "records[3].metadata",
+        ),
+        ("update", {"agent_id": prepared, "id": KEEP, "content": thousand}, "content"),
+    ]
+    for method, args, name in requests:
+        error, result = raw.call(method, args)
+        assert result is None and error is not None, method
+        assert error["code"] == "invalid_request", error
+        assert error["message"].startswith(f"{name}: "), error
+        assert f"more than {MAX_NESTING_DEPTH} levels" in error["message"], error
+    assert snapshot(env, client, prepared) == before
+    assert [r["id"] for r in client.search(prepared, "keep")] == [KEEP]
 
 
 def test_clear_with_a_wildcard_clears_nobody(

@@ -11,8 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from memoryd_client.compat.tableround import GlobalMemory, Memory, MemoryAdapter, text
+from memoryd_client.compat.tableround.meeting import timeline_entry
 from tests.daemons import Env, new_agent
 
 pytest_plugins = ["tests.daemons"]
@@ -139,6 +142,56 @@ def test_the_two_empty_context_sentences() -> None:
     assert text.meeting_context([], "craftsman_1") == "会议刚开始，暂无其他发言。"
     own = [speech("craftsman_1", "手工艺人", "discussion", "只有我")]
     assert text.meeting_context(own, "craftsman_1") == "会议中其他参与者暂无相关发言。"
+
+
+# What msgpack decodes, and tuples (a caller's own content may hold them).
+_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text() | st.binary()
+_values = st.recursive(
+    _scalars,
+    lambda items: (
+        st.lists(items, max_size=3)
+        | st.dictionaries(st.text() | st.integers(), items, max_size=3)
+        | st.tuples(items)
+        | st.tuples(items, items)
+    ),
+    max_leaves=20,
+)
+
+
+@given(_values)
+def test_plain_text_is_what_str_gives(value: object) -> None:
+    assert text.plain_text(value) == str(value)
+
+
+def test_content_nested_a_thousand_levels_renders_without_recursion() -> None:
+    """A record an older memoryd stored: str() of it raises RecursionError."""
+    deep: object = "底"
+    for _ in range(1000):
+        deep = [deep]
+    shown = "[" * 1000 + "'底'" + "]" * 1000
+    assert text.memory_line("note", deep, WHEN) == f"{STAMP} note: {shown}"
+    assert text.memory_line("discussion", {"role": deep, "content": deep}, WHEN) == (
+        f"{STAMP} 讨论 ({shown} 关于 unknown): {shown}"
+    )
+    assert text.memory_line("keywords", {"keywords": [deep]}, WHEN).endswith(f": {shown}")
+    assert text.memory_line("voting", {"voted_keywords": [[deep, 1]]}, WHEN).endswith(shown)
+    assert text.conversation_history([{"content": deep}]).endswith(f"的发言: {shown}")
+    entry = timeline_entry(
+        {
+            "id": "s1",
+            "agent_id": "meeting:m",
+            "type": "keywords",
+            "content": {"agent_name": "设计师", "content": deep},
+            "author": "designer_1",
+            "importance": 0.5,
+            "tags": [],
+            "metadata": {},
+            "created_at": WHEN,
+            "expires_at": None,
+        }
+    )
+    assert entry["content"] == shown
+    assert text.meeting_context([entry], "craftsman_1").endswith(f"提取关键词: {shown}")
 
 
 # -- MemoryAdapter through the daemon -------------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from memoryd.validation import MAX_NESTING_DEPTH
 from memoryd_client import Client, errors
 from tests.daemons import Env, eventually, new_agent, run_cli
 from tests.harness import Daemon, RedisServer
@@ -105,6 +106,44 @@ def test_import_legacy_keeps_times_and_order_skips_bad_files_and_is_idempotent(
     assert "1747829891_introduction.json: invalid or truncated JSON" in report
     assert "bad name!: directory name: agent_id:" in report
     assert f"{agents['nulled']}/memory.json: record 0: content: is missing or null" in report
+
+
+def test_import_legacy_skips_files_nested_too_deeply(env: Env, tmp_path: Path) -> None:
+    """Content deeper than memoryd accepts, and JSON deeper than the json module reads."""
+    memories = tmp_path / "data" / "memories"
+    deep, deeper, fine = new_agent("deep"), new_agent("deeper"), new_agent("fine")
+    too_deep: object = "x"
+    for _ in range(MAX_NESTING_DEPTH + 1):
+        too_deep = [too_deep]
+    write_json(
+        memories / deep / "memory.json",
+        [{"type": "discussion", "content": too_deep, "timestamp": 1749371400.0}],
+    )
+    # Written by hand: json.dumps itself cannot nest 3,000 levels.
+    (memories / deeper).mkdir(parents=True)
+    (memories / deeper / "memory.json").write_text(
+        '[{"type": "discussion", "timestamp": 1749371400.0, "content": '
+        + "[" * 3000
+        + '"x"'
+        + "]" * 3000
+        + "}]",
+        encoding="utf-8",
+    )
+    write_json(
+        memories / fine / "memory.json",
+        [{"type": "discussion", "content": {"content": "好"}, "timestamp": 1749371400.0}],
+    )
+    done = run_cli("import-legacy", str(tmp_path / "data"), "--socket", str(env.socket_path))
+    assert done.returncode == 1, done.stderr
+    assert "imported 1 records of 1 agents from 1 files; skipped 2 files" in done.stdout
+    assert (
+        f"{deep}/memory.json: record 0: content: maps and arrays nested more than "
+        f"{MAX_NESTING_DEPTH} levels deep" in done.stdout
+    )
+    assert f"{deeper}/memory.json: JSON nested too deeply to read" in done.stdout
+    with env.client() as client:
+        assert client.stats(deep)["count"] == 0 and client.stats(deeper)["count"] == 0
+        assert [r["content"] for r in client.recent(fine)] == [{"content": "好"}]
 
 
 def test_import_legacy_of_a_missing_directory_says_so(env: Env, tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from memoryd import wal as wal_module
@@ -371,6 +371,12 @@ def check_single_flip(
         )
 
 
+# Three frames of 22 bytes (payload length 6): flipping 0x1a into the first
+# frame's length makes it 28, which lands exactly on the third frame.  Recovery
+# took that for the end of one bad frame and dropped the intact second one.
+_LENGTH_ONTO_A_LATER_FRAME = [Delete("a", "x"), Delete("a", "y"), Delete("a", "z")]
+
+
 @settings(
     max_examples=300,
     deadline=None,
@@ -378,13 +384,18 @@ def check_single_flip(
 )
 @given(
     ops=st.lists(operations, min_size=2, max_size=5),
-    data=st.data(),
+    frame=st.integers(0, 4),
+    offset=st.integers(0, 2**16),
+    mask=st.integers(1, 255),
 )
-def test_every_single_byte_flip_is_detected(ops: list[Op], data: st.DataObject) -> None:
-    frame_sizes = [FRAME.size + len(encode_op(op)) for op in ops]
-    frame_index = data.draw(st.integers(0, len(ops) - 1), label="frame")
-    offset = data.draw(st.integers(0, frame_sizes[frame_index] - 1), label="offset")
-    mask = data.draw(st.integers(1, 255), label="mask")
+@example(ops=_LENGTH_ONTO_A_LATER_FRAME, frame=0, offset=0, mask=0x1A)
+def test_every_single_byte_flip_is_detected(
+    ops: list[Op], frame: int, offset: int, mask: int
+) -> None:
+    """``frame`` and ``offset`` are taken modulo the log drawn, so that a failing case
+    can be pinned as an ``@example`` (a value drawn with ``st.data()`` cannot)."""
+    frame_index = frame % len(ops)
+    offset %= FRAME.size + len(encode_op(ops[frame_index]))
     with tempfile.TemporaryDirectory(prefix="walflip-") as directory:
         check_single_flip(Path(directory), ops, frame_index, offset, mask)
 
@@ -516,6 +527,33 @@ def test_length_enlarged_past_the_end_of_a_non_last_segment(source: Source, tmp_
         assert f.seq in seqs or original[f.start : f.end] in kept, (
             f"intact frame seq {f.seq} destroyed; recovery {counters(recovery)}"
         )
+
+
+def test_length_garbled_onto_a_later_frame_boundary(source: Source, tmp_path: Path) -> None:
+    """A garbled length that happens to end exactly where a later frame starts.
+
+    The frame found there is intact, but it is not the next sequence number:
+    skipping to it would drop the intact frame in between as if it were part of
+    the bad one.  The bad frame's end cannot be trusted, so the rest of the
+    segment goes to quarantine, byte for byte.
+    """
+    wal_dir = source.copy(tmp_path / "wal")
+    name = source.segments[1]
+    first, skipped, landing, *_ = source.in_segment(name)
+    damage(
+        wal_dir / name,
+        lambda d: struct.pack_into("<I", d, first.start, landing.start - first.start - FRAME.size),
+    )
+    rest = [f for f in source.in_segment(name) if f.seq >= first.seq]
+
+    recovery = recover(wal_dir)
+
+    assert_entries(recovery, source, seqs_without(source, [f.seq for f in rest]))
+    assert counters(recovery) == (0, 0, 1, len(rest))
+    original = (source.wal_dir / name).read_bytes()
+    kept = quarantined_bytes(wal_dir)
+    assert original[skipped.start : skipped.end] in kept
+    assert original[landing.start : landing.end] in kept
 
 
 @pytest.mark.parametrize("zeros", [5, 64, 4096])

@@ -52,6 +52,21 @@ def _time_left_s(deadline: float) -> float:
     return remaining_s
 
 
+def _settle(future: asyncio.Future[wire.Response]) -> None:
+    """Leave nothing for asyncio to report about a response future its call left.
+
+    A call leaves its future early when sending fails or it is cancelled; the
+    reader may have failed the future in that moment (the daemon died), and an
+    exception nobody retrieves is logged as "Future exception was never
+    retrieved".  The call raised its own error already: this one is read and
+    dropped, and a future still waiting is cancelled.
+    """
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()
+
+
 class _Connection:
     """One stream to the daemon and the requests waiting for their answers."""
 
@@ -96,6 +111,7 @@ class _Connection:
         finally:
             if self._pending.pop(msgid, None) is not None and not self.closed:
                 self._abandoned.add(msgid)
+            _settle(future)
 
     async def aclose(self) -> None:
         """Fail the waiting calls with ``ClientClosed`` and close the stream."""

@@ -36,10 +36,10 @@ def timeline_entry(record: Record) -> dict[str, Any]:
     return {
         "speech_id": record["id"],
         "agent_id": record["author"] or "",
-        "agent_name": str(content.get("agent_name", "")),
+        "agent_name": text.plain_text(content.get("agent_name", "")),
         "speech_type": record["type"],
-        "content": str(content.get("content", "")),
-        "stage": str(content.get("stage", "")),
+        "content": text.plain_text(content.get("content", "")),
+        "stage": text.plain_text(content.get("stage", "")),
         "timestamp": str(created_at),
         "datetime": datetime.fromtimestamp(created_at).isoformat(),
         "additional_data": content.get("additional_data") or {},

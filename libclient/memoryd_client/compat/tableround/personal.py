@@ -216,5 +216,7 @@ class Memory(_AgentMemory):
 
     def _format_memory_as_text(self, memory: dict[str, Any]) -> str:
         return text.memory_line(
-            str(memory.get("type", "")), memory.get("content", {}), memory.get("timestamp", 0)
+            text.plain_text(memory.get("type", "")),
+            memory.get("content", {}),
+            memory.get("timestamp", 0),
         )

@@ -7,6 +7,8 @@ per type), the conversation history, and the meeting context of
 ``GlobalMemory``.  Content is whatever the agent stored; a field that is
 missing, or content that is not a map at all, renders as the original's
 defaults did (``unknown``, empty text, no keywords) instead of failing.
+Values are rendered as ``str()`` renders them, but without recursion
+(``plain_text``): a record an older memoryd stored may nest a thousand levels.
 """
 
 from __future__ import annotations
@@ -22,12 +24,59 @@ CONTEXT_ONLY_OWN = "会议中其他参与者暂无相关发言。"
 CONTEXT_HEADER = "=== 会议上下文 ==="
 
 
+def plain_text(value: Any) -> str:
+    """``str(value)`` for what msgpack decodes (maps, arrays, scalars), built
+    without recursion: ``str()`` of a list nested about 1,000 levels raises
+    RecursionError."""
+    if not isinstance(value, dict | list | tuple):
+        return str(value)
+    parts: list[str] = []
+    # What is left to write, last first: (True, text as it is) or (False, a value).
+    pending: list[tuple[bool, Any]] = [(False, value)]
+    while pending:
+        literal, item = pending.pop()
+        if literal:
+            parts.append(item)
+        elif isinstance(item, dict):
+            pending.extend(reversed(_map_parts(item)))
+        elif isinstance(item, list | tuple):
+            pending.extend(reversed(_sequence_parts(item)))
+        else:
+            parts.append(repr(item))
+    return "".join(parts)
+
+
+def _map_parts(items: dict[Any, Any]) -> list[tuple[bool, Any]]:
+    parts: list[tuple[bool, Any]] = [(True, "{")]
+    for index, (key, value) in enumerate(items.items()):
+        # Keys are strings or numbers: their repr cannot nest.
+        parts += [(True, (", " if index else "") + repr(key) + ": "), (False, value)]
+    return [*parts, (True, "}")]
+
+
+def _sequence_parts(items: list[Any] | tuple[Any, ...]) -> list[tuple[bool, Any]]:
+    if isinstance(items, list):
+        opening, closing = "[", "]"
+    else:
+        opening, closing = "(", ",)" if len(items) == 1 else ")"
+    parts: list[tuple[bool, Any]] = [(True, opening)]
+    for index, value in enumerate(items):
+        if index:
+            parts.append((True, ", "))
+        parts.append((False, value))
+    return [*parts, (True, closing)]
+
+
 def _field(content: Any, name: str, default: Any) -> Any:
     return content.get(name, default) if isinstance(content, Mapping) else default
 
 
+def _text_field(content: Any, name: str, default: str) -> str:
+    return plain_text(_field(content, name, default))
+
+
 def _joined(items: Any) -> str:
-    return ", ".join(str(item) for item in items) if isinstance(items, list | tuple) else ""
+    return ", ".join(plain_text(item) for item in items) if isinstance(items, list | tuple) else ""
 
 
 def _first_of_each(pairs: Any) -> str:
@@ -35,7 +84,8 @@ def _first_of_each(pairs: Any) -> str:
     if not isinstance(pairs, list | tuple):
         return ""
     return ", ".join(
-        str(pair[0]) if isinstance(pair, list | tuple) and pair else str(pair) for pair in pairs
+        plain_text(pair[0]) if isinstance(pair, list | tuple) and pair else plain_text(pair)
+        for pair in pairs
     )
 
 
@@ -46,37 +96,37 @@ def local_time(timestamp: float) -> str:
 def memory_line(memory_type: str, content: Any, timestamp: float) -> str:
     """One personal memory as the original rendered it."""
     when = f"[{local_time(timestamp)}]"
-    role = _field(content, "role", "unknown")
-    topic = _field(content, "topic", "unknown")
+    role = _text_field(content, "role", "unknown")
+    topic = _text_field(content, "topic", "unknown")
     if memory_type == "introduction":
-        return f"{when} 自我介绍 ({role}): {_field(content, 'content', '')}"
+        return f"{when} 自我介绍 ({role}): {_text_field(content, 'content', '')}"
     if memory_type == "discussion":
-        return f"{when} 讨论 ({role} 关于 {topic}): {_field(content, 'content', '')}"
+        return f"{when} 讨论 ({role} 关于 {topic}): {_text_field(content, 'content', '')}"
     if memory_type == "keywords":
         return f"{when} 关键词 ({role} 关于 {topic}): {_joined(_field(content, 'keywords', []))}"
     if memory_type == "voting":
         voted = _first_of_each(_field(content, "voted_keywords", []))
         return f"{when} 投票 ({role} 关于 {topic}): {voted}"
     if memory_type == "role_switch":
-        previous = _field(content, "previous_role", "unknown")
-        new = _field(content, "new_role", "unknown")
+        previous = _text_field(content, "previous_role", "unknown")
+        new = _text_field(content, "new_role", "unknown")
         return f"{when} 角色转换: 从 {previous} 转换为 {new}"
     if memory_type == "image_story":
-        story = _field(content, "story", "")
+        story = _text_field(content, "story", "")
         keywords = _joined(_field(content, "keywords", []))
         return f"{when} 图片故事 ({role}): {story}\n关键词: {keywords}"
     if memory_type == "design_card":
-        design = _field(content, "content", "")
+        design = _text_field(content, "content", "")
         keywords = _joined(_field(content, "keywords", []))
         return f"{when} 设计卡牌 ({role}): {design}\n关键词: {keywords}"
-    return f"{when} {memory_type}: {content!s}"
+    return f"{when} {memory_type}: {plain_text(content)}"
 
 
 def conversation_history(discussions: Iterable[Any]) -> str:
     """Discussion contents, oldest first: ``role 关于 topic 的发言: text``, blank-line separated."""
     return "\n\n".join(
-        f"{_field(c, 'role', 'unknown')} 关于 {_field(c, 'topic', 'unknown')} 的发言: "
-        f"{_field(c, 'content', '')}"
+        f"{_text_field(c, 'role', 'unknown')} 关于 {_text_field(c, 'topic', 'unknown')} 的发言: "
+        f"{_text_field(c, 'content', '')}"
         for c in discussions
     )
 
@@ -105,9 +155,9 @@ def meeting_context(newest_first: Sequence[Mapping[str, Any]], requesting_agent_
             continue
         lines.append(
             speech_line(
-                str(speech.get("agent_name", "Unknown")),
-                str(speech.get("speech_type", "unknown")),
-                str(speech.get("content", "")),
+                plain_text(speech.get("agent_name", "Unknown")),
+                plain_text(speech.get("speech_type", "unknown")),
+                plain_text(speech.get("content", "")),
             )
         )
     return CONTEXT_ONLY_OWN if len(lines) == 1 else "\n".join(lines)
