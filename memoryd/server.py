@@ -75,6 +75,9 @@ RELOADABLE = frozenset(
 WAL_DIR_NAME = "wal"
 LOCK_NAME = "memoryd.lock"
 MARKER_NAME = "store-marker"
+# Connections waiting to be accepted.  Given to the event loop too: its
+# create_unix_server() listens again with its own default (100) otherwise.
+LISTEN_BACKLOG = 1024
 
 
 class Server:
@@ -190,7 +193,7 @@ class Server:
         if interval_s is not None:
             self._spawn(self._feed_watchdog(interval_s), "watchdog")
         self._server = await asyncio.get_running_loop().create_unix_server(
-            self._new_connection, sock=listen_socket
+            self._new_connection, sock=listen_socket, backlog=LISTEN_BACKLOG
         )
         self._serving = True
         logger.info("listening on %s", self.settings.socket_path)
@@ -405,7 +408,7 @@ class Server:
             os.umask(old_umask)
         self._owns_socket = True
         os.chmod(path, self.settings.socket_mode)
-        sock.listen(1024)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
         return sock
 
