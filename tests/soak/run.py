@@ -252,7 +252,7 @@ class Run:
 
     def write(self, summary: dict[str, Any]) -> None:
         self.results_dir.mkdir(parents=True, exist_ok=True)
-        (self.results_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+        (self.results_dir / "summary.json").write_text(summary_json(summary))
         chart.draw(summary, self.results_dir / "soak.png")
         for source, name in (
             (self.services.daemon.log_path, "daemon.log"),
@@ -261,6 +261,13 @@ class Run:
             with contextlib.suppress(OSError):
                 if source.stat().st_size <= LOG_COPY_MAX_BYTES:
                     shutil.copyfile(source, self.results_dir / name)
+
+
+def summary_json(summary: dict[str, Any]) -> str:
+    """``summary`` as JSON, indented, but one line per sample: a day has 17,280 of them."""
+    head = {key: value for key, value in summary.items() if key != "samples"}
+    lines = ",\n".join(json.dumps(sample, separators=(",", ":")) for sample in summary["samples"])
+    return f'{json.dumps(head, indent=1)[:-2]},\n "samples": [\n{lines}\n ]\n}}\n'
 
 
 def _join(threads: list[threading.Thread], timeout_s: float) -> list[str]:

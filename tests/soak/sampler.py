@@ -25,6 +25,7 @@ from tests.soak.services import Services
 from tests.soak.timeline import Timeline
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+REPORT_EVERY_S = 60.0
 
 
 def process_gauges(pid: int) -> dict[str, Any]:
@@ -91,10 +92,14 @@ class Sampler:
             ) as conn,
         ):
             next_at = time.monotonic() + self.plan.sample_every_s
+            next_report = time.monotonic() + REPORT_EVERY_S
             while not self.stop.wait(max(0.0, next_at - time.monotonic())):
                 next_at += self.plan.sample_every_s
                 self._watch_processes()
                 self.samples.append(self.sample(client, conn))
+                if time.monotonic() >= next_report:
+                    next_report += REPORT_EVERY_S
+                    print(self.report(self.samples[-1]), flush=True)
 
     def sample(self, client: Client, conn: redis.Redis) -> dict[str, Any]:
         sample: dict[str, Any] = {"t_s": self.timeline.offset_s(time.monotonic())}
@@ -106,6 +111,18 @@ class Sampler:
         sample.update(redis_gauges(conn))
         sample.update(self.observer.take_interval())
         return sample
+
+    def report(self, sample: dict[str, Any]) -> str:
+        """One line for the operator watching a long run."""
+        rss = sample.get("rss_bytes")
+        rss_text = "?" if rss is None else f"{rss / (1 << 20):.1f}MiB"
+        errors = self.observer.errors_in_windows.total(), self.observer.errors_outside.total()
+        return (
+            f"[{sample['t_s']:7.1f}s] {sample.get('state')}  rss {rss_text}  "
+            f"fds {sample.get('fds')}  backlog {sample.get('backlog_records')}  "
+            f"calls {self.observer.calls_total()}  errors in windows {errors[0]}, "
+            f"outside {errors[1]}  problems {self.observer.problems.total()}"
+        )
 
     def _watch_processes(self) -> None:
         exited = self.services.exited_unasked()
