@@ -310,3 +310,30 @@ def test_the_listen_queue_holds_a_burst_of_connections_not_yet_accepted(daemon: 
         sock.close()
     assert refused == 0, f"{refused} of {burst} connections found the listen queue full"
     assert_still_serving(daemon)
+
+
+def test_an_idle_connection_reserves_little_memory(daemon_dir: Daemon) -> None:
+    """A connection's decoder starts with a small buffer that grows as a message needs,
+    not with a megabyte: at the default max_message_bytes (1 MiB), 300 connections, each
+    after one ping, add less than 200 MiB of address space (about 390 MiB when every
+    decoder reserved a whole message's worth)."""
+    daemon = daemon_dir.start()
+
+    def data_bytes() -> int:
+        assert daemon.process is not None
+        with open(f"/proc/{daemon.process.pid}/status") as status:
+            return next(
+                int(line.split()[1]) * 1024 for line in status if line.startswith("VmData:")
+            )
+
+    before = data_bytes()
+    connections = [RawConnection(daemon.socket_path) for _ in range(300)]
+    for n, connection in enumerate(connections, start=1):
+        connection.send([0, n, "ping", []])
+    for n, connection in enumerate(connections, start=1):
+        assert connection.receive(1) == [[1, n, None, "pong"]]
+    grown = data_bytes() - before
+    for connection in connections:
+        connection.close()
+    assert grown < 200 * 1024 * 1024, f"300 idle connections took {grown >> 20} MiB"
+    assert_still_serving(daemon)
