@@ -149,7 +149,7 @@ def _burst(socket_path: str, connections: int, talk: bool, counts: dict[str, Any
             counts["opened"] += 1
             if talk and n % 2 == 0:
                 with contextlib.suppress(OSError):
-                    sock.sendall(wire.pack_request(packer, n, "ping", {}))
+                    sock.sendall(wire.pack_request(packer, n + 1, "ping", {}))
                     talking.append(sock)
         for sock in talking:
             with contextlib.suppress(OSError):
