@@ -77,19 +77,29 @@ def draw(summary: dict[str, Any], path: Path) -> None:
     errors.set_xlabel("minutes")
     errors.legend(fontsize=8, loc="upper left")
 
+    # Each window: its fault's action darker, the rest (until healthy + grace) lighter.
     for window in summary["faults"]["windows"]:
-        start, end = window["started_s"], window["closes_s"] or window["started_s"]
         colour = FAULT_COLOURS.get(window["kind"], "gray")
+        start = window["started_s"]
+        acted = window["ended_s"] or start
+        closes = window["closes_s"] or acted
         for axis in axes:
-            axis.axvspan(start / 60, end / 60, color=colour, alpha=0.12, lw=0)
+            axis.axvspan(start / 60, max(acted, start + 0.5) / 60, color=colour, alpha=0.35, lw=0)
+            axis.axvspan(acted / 60, closes / 60, color=colour, alpha=0.08, lw=0)
+    seen = {window["kind"] for window in summary["faults"]["windows"]}
     handles = [
-        patches.Patch(color=colour, alpha=0.3, label=kind) for kind, colour in FAULT_COLOURS.items()
+        patches.Patch(color=colour, alpha=0.35, label=kind)
+        for kind, colour in FAULT_COLOURS.items()
+        if kind in seen
     ]
-    fig.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=8)
+    fig.legend(handles=handles, loc="upper center", ncol=6, fontsize=8, bbox_to_anchor=(0.5, 0.975))
     verdict_text = "PASSED" if summary["passed"] else "FAILED"
     fig.suptitle(
-        f"memoryd soak, {summary['duration_s'] / 60:.1f} min: {verdict_text}", y=0.985, fontsize=12
+        f"memoryd soak, {summary['duration_s'] / 60:.1f} min: {verdict_text} "
+        "(fault windows shaded: the fault darker, until healthy + grace lighter)",
+        y=0.995,
+        fontsize=11,
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.965))
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(path, dpi=100)
     plt.close(fig)

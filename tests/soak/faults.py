@@ -10,7 +10,8 @@
 - ``daemon_kill``: SIGKILL of the daemon, started again at once; done at READY=1.
 - ``connection_burst``: ``burst_rounds`` times, ``burst_connections`` sockets
   opened together, half of them send a ping and read the answer, all closed;
-  then as many opened and closed at once without a word.
+  then as many opened and closed at once without a word; the daemon's RSS
+  before and a second after is noted (``rss_step_mib``).
 
 After each, the runner waits until the daemon reports ``healthy`` (at most
 ``recovery_timeout_s``) before anything else: that moment closes the window
@@ -30,11 +31,13 @@ from typing import Any
 from memoryd_client import Client, errors, wire
 from tests.soak import plan as kinds
 from tests.soak.plan import Plan
+from tests.soak.sampler import process_gauges
 from tests.soak.services import REDIS_ARGS, Services
 from tests.soak.timeline import FaultWindow, Timeline
 
 NOTIFY_TIMEOUT_S = 30.0
 BURST_CONNECT_TIMEOUT_S = 5.0
+BURST_SETTLE_S = 1.0
 
 
 class Faults:
@@ -124,11 +127,21 @@ class Faults:
             window.notes["new_pid"] = self.services.daemon_pid()
 
     def _connection_burst(self, window: FaultWindow) -> None:
-        counts = {"opened": 0, "answered": 0, "refused": 0, "failed": 0}
+        counts: dict[str, float] = {"opened": 0, "answered": 0, "refused": 0, "failed": 0}
+        rss_before = self._daemon_rss()
         for _ in range(self.plan.burst_rounds):
             _burst(self.services.socket_path, self.plan.burst_connections, True, counts)
             _burst(self.services.socket_path, self.plan.burst_connections, False, counts)
+        time.sleep(BURST_SETTLE_S)  # the daemon has closed its side of every connection
+        rss_after = self._daemon_rss()
+        if rss_before is not None and rss_after is not None:
+            counts["rss_step_mib"] = round((rss_after - rss_before) / (1 << 20), 1)
         window.notes.update(counts)
+
+    def _daemon_rss(self) -> int | None:
+        pid = self.services.daemon_pid()
+        rss: int | None = process_gauges(pid).get("rss_bytes") if pid is not None else None
+        return rss
 
 
 def _burst(socket_path: str, connections: int, talk: bool, counts: dict[str, Any]) -> None:

@@ -125,7 +125,7 @@ class Plan:
     oracle_max_delay_s: float
     daemon: DaemonSettings = field(default_factory=DaemonSettings)
     load: Load = field(default_factory=Load)
-    rss_mib: GrowthBound = field(default_factory=lambda: GrowthBound(4.0, 32.0))
+    rss_mib: GrowthBound = field(default_factory=lambda: GrowthBound(4.0, 48.0))
     fds: GrowthBound = field(default_factory=lambda: GrowthBound(2.0, 40.0))
 
     def schedule(self) -> list[tuple[float, str]]:
@@ -164,7 +164,7 @@ def plan_for(duration_s: float) -> Plan:
         freeze_s=3.0 if compressed else 10.0,
         redis_down_s=2.0 if compressed else 5.0,
         burst_connections=300,
-        burst_rounds=2 if compressed else 4,
+        burst_rounds=1 if compressed else 4,
         grace_s=5.0,
         warmup_s=min(600.0, max(10.0, duration_s / 6)),
         sample_every_s=1.0 if compressed else 5.0,
