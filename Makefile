@@ -3,7 +3,8 @@
 #   make run    create .venv, install, run the daemon in the foreground (local store, ./.run/)
 #   make test   create .venv with the test tools, then lint, typecheck and the whole test suite
 #
-# Other targets: lint, typecheck, pytest (tests only), install, install-test, clean, help.
+# Other targets: lint, typecheck, pytest (tests only), drill, soak, demo, bench, install,
+# install-test, clean, help.
 # pip uses the machine's own index configuration; nothing here overrides it.
 
 SHELL := /bin/bash
@@ -26,14 +27,14 @@ DEV_CONFIG := config/dev.toml
 ARGS ?=
 
 LINT_PATHS := memoryd libclient tests bench
-TYPED_PATHS := memoryd libclient/memoryd_client libclient/examples bench
+TYPED_PATHS := memoryd libclient/memoryd_client libclient/examples bench tests/soak
 
 PYPROJECTS := pyproject.toml libclient/pyproject.toml
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_TEST := $(VENV)/.installed-test
 STAMP_BENCH := $(VENV)/.installed-bench
 
-.PHONY: help run test lint typecheck pytest drill demo bench bench-quick install install-test install-bench redis-server clean
+.PHONY: help run test lint typecheck pytest drill soak demo bench bench-quick install install-test install-bench redis-server clean
 
 help:
 	@echo "make run        install into .venv and run memoryd in the foreground (socket under $(RUN_DIR))"
@@ -42,6 +43,8 @@ help:
 	@echo "make typecheck  mypy --strict"
 	@echo "make pytest     the test suite only"
 	@echo "make drill      a minute of writes through a Redis outage and a kill -9; nothing may be lost"
+	@echo "make soak       DURATION=24h: traffic and periodic faults for that long (default 10m); fails on"
+	@echo "                a lost write, an error outside a fault window or a leak; soak-results/<timestamp>/"
 	@echo "make demo       a scripted round table: six agents, several meetings at once, on a private memoryd"
 	@echo "make bench      memoryd against the baselines; results in bench/results/<timestamp>/"
 	@echo "make bench-quick the same with small iteration counts (under a minute)"
@@ -131,6 +134,12 @@ pytest: $(STAMP_TEST) redis-server
 # The fault drill: real Redis and daemon, Redis killed for 20 s, then the daemon killed -9.
 drill: $(STAMP_TEST) redis-server
 	$(BIN)/python -m tests.drill $(ARGS)
+
+# The soak (docs/soak.md): meetings and direct clients on a private Redis and daemon, a fault every
+# few minutes, for DURATION (60s, 90m, 2h, 24h); summary.json and soak.png in soak-results/<timestamp>/.
+DURATION ?= 10m
+soak: $(STAMP_TEST) redis-server
+	$(BIN)/python -m tests.soak --duration $(DURATION) $(ARGS)
 
 # ---------------------------------------------------------------- benchmarks
 

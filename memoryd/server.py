@@ -41,6 +41,7 @@ from memoryd.marker import StoreMarker
 from memoryd.metrics import Metrics
 from memoryd.protocol import Connection, ConnectionRegistry
 from memoryd.service import Service
+from memoryd.socketpath import LISTEN_BACKLOG
 from memoryd.stores import create_store
 from memoryd.stores.base import StoreError, StoreMisconfigured, StoreUnavailable
 from memoryd.systemd import Notifier, watchdog_interval_s
@@ -203,7 +204,7 @@ class Server:
         if interval_s is not None:
             self._spawn(lambda: self._feed_watchdog(interval_s), "watchdog")
         self._server = await asyncio.get_running_loop().create_unix_server(
-            self._new_connection, sock=listen_socket
+            self._new_connection, sock=listen_socket, backlog=LISTEN_BACKLOG
         )
         self._serving = True
         logger.info("listening on %s", self.settings.socket_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -282,4 +283,57 @@ def test_a_client_that_never_reads_does_not_hurt_others(daemon: Daemon) -> None:
     assert time.monotonic() < deadline, "the daemon kept reading from a client that never reads"
     assert_still_serving(daemon)
     stubborn.close()
+    assert_still_serving(daemon)
+
+
+def test_the_listen_queue_holds_a_burst_of_connections_not_yet_accepted(daemon: Daemon) -> None:
+    """The socket listens with a queue of 1024 (not the event loop's default of 100):
+    connections that arrive while the daemon is busy wait to be accepted."""
+    burst = 300
+    opened: list[socket.socket] = []
+    refused = 0
+    daemon.signal(signal.SIGSTOP)  # a daemon too busy to accept
+    try:
+        for _ in range(burst):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            try:
+                sock.connect(str(daemon.socket_path))
+            except BlockingIOError:  # the listen queue is full
+                sock.close()
+                refused += 1
+                continue
+            opened.append(sock)
+    finally:
+        daemon.signal(signal.SIGCONT)
+    for sock in opened:
+        sock.close()
+    assert refused == 0, f"{refused} of {burst} connections found the listen queue full"
+    assert_still_serving(daemon)
+
+
+def test_an_idle_connection_reserves_little_memory(daemon_dir: Daemon) -> None:
+    """A connection's decoder starts with a small buffer that grows as a message needs,
+    not with a megabyte: at the default max_message_bytes (1 MiB), 300 connections, each
+    after one ping, add less than 200 MiB of address space (about 390 MiB when every
+    decoder reserved a whole message's worth)."""
+    daemon = daemon_dir.start()
+
+    def data_bytes() -> int:
+        assert daemon.process is not None
+        with open(f"/proc/{daemon.process.pid}/status") as status:
+            return next(
+                int(line.split()[1]) * 1024 for line in status if line.startswith("VmData:")
+            )
+
+    before = data_bytes()
+    connections = [RawConnection(daemon.socket_path) for _ in range(300)]
+    for n, connection in enumerate(connections, start=1):
+        connection.send([0, n, "ping", []])
+    for n, connection in enumerate(connections, start=1):
+        assert connection.receive(1) == [[1, n, None, "pong"]]
+    grown = data_bytes() - before
+    for connection in connections:
+        connection.close()
+    assert grown < 200 * 1024 * 1024, f"300 idle connections took {grown >> 20} MiB"
     assert_still_serving(daemon)

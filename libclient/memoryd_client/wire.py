@@ -36,6 +36,10 @@ UNPACKER_SLACK_BYTES: Final = 64 * 1024
 
 # No record can hold more items than this: it is max_record_bytes' default.
 MAX_CONTAINER_ITEMS: Final = 64 * 1024
+# The buffer an Unpacker starts with; it grows as a message needs, up to its
+# max_buffer_size.  msgpack's default start is min(max_buffer_size, 1 MiB):
+# a megabyte reserved per connection, which a burst of connections multiplies.
+INITIAL_BUFFER_BYTES: Final = 64 * 1024
 
 PROTOCOL_ERROR_EVENT: Final = "protocol_error"
 
@@ -127,11 +131,13 @@ def make_unpacker(
         if max_container_items is None
         else {"max_array_len": max_container_items, "max_map_len": max_container_items}
     )
+    max_buffer_size = max_message_bytes + UNPACKER_SLACK_BYTES
     return msgpack.Unpacker(
         raw=False,
         strict_map_key=True,
         use_list=True,
-        max_buffer_size=max_message_bytes + UNPACKER_SLACK_BYTES,
+        max_buffer_size=max_buffer_size,
+        read_size=min(INITIAL_BUFFER_BYTES, max_buffer_size),
         **container_limits,
     )
 
