@@ -1,10 +1,13 @@
 """One client connection: bytes in, MessagePack-RPC messages, responses out.
 
 Framing is the plain msgpack stream of the spec.  The Unpacker's limits come
-from ``max_message_bytes``, and we never feed it more than it may hold, so a
-header announcing a huge object is refused before anything is allocated.
-Hostile or broken streams get a ``protocol_error`` notification and the
-connection is closed; every other connection is untouched.
+from ``max_message_bytes``, and we never feed it more than it may hold.  When
+a read ends inside a message, ``wire.HeaderWalk`` reads that message's headers
+as they arrive, so a header announcing more than the message may hold is
+refused at once instead of waiting for bytes that never come; reads that
+hold whole messages never pay for the walk.  Hostile or broken streams get a
+``protocol_error`` notification and the connection is closed; every other
+connection is untouched.
 
 Back-pressure: at most ``max_inflight`` requests of a connection run at once;
 past that, and while the peer is not reading its responses, we stop reading
@@ -80,6 +83,8 @@ class Connection(asyncio.Protocol):
         self._unfed = bytearray()
         self._fed_bytes = 0
         self._message_start = 0  # stream offset where the message being decoded began
+        self._last_fed = b""  # what the decoder got last, until it has run out of bytes
+        self._header_walk: wire.HeaderWalk | None = None
         self._reading_paused = False
         self._writing_paused = False
         self._closing = False
@@ -106,6 +111,7 @@ class Connection(asyncio.Protocol):
         self._closing = True
         self.registry.connections.discard(self)
         self._unfed.clear()
+        self._last_fed = b""
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -152,17 +158,31 @@ class Connection(asyncio.Protocol):
         what it still buffers, is what bounds the size of one message.
         """
         message_bytes = self._fed_bytes - self._message_start
-        room = self.unpacker_capacity - message_bytes
+        if message_bytes and not self._message_may_fit():
+            self._protocol_error(wire.TOO_LARGE, "message larger than max_message_bytes")
+            return False
+        self._last_fed = b""
         if not self._unfed:
             return False
+        room = self.unpacker_capacity - message_bytes
         if room <= 0:
             self._protocol_error(wire.TOO_LARGE, "message larger than max_message_bytes")
             return False
         chunk = bytes(self._unfed[:room])
         del self._unfed[:room]
         self.unpacker.feed(chunk)
+        self._last_fed = chunk
         self._fed_bytes += len(chunk)
         return True
+
+    def _message_may_fit(self) -> bool:
+        """Walk the headers of the message being received that arrived since the
+        last walk; False once they announce more than it may hold."""
+        walk = self._header_walk
+        if walk is None or walk.message_offset != self._message_start:
+            walk = wire.HeaderWalk(self._message_start, self.unpacker_capacity)
+            self._header_walk = walk
+        return walk.advance(self._last_fed, self._fed_bytes - len(self._last_fed))
 
     def _update_reading(self) -> None:
         if self.transport is None or self._closing:
@@ -228,5 +248,6 @@ class Connection(asyncio.Protocol):
         self._closing = True
         self.registry.connections.discard(self)
         self._unfed.clear()
+        self._last_fed = b""
         if self.transport is not None:
             self.transport.close()
