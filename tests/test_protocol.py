@@ -74,6 +74,8 @@ def daemon() -> Iterator[Daemon]:
         env_overrides={
             "MEMORYD_MAX_MESSAGE_BYTES": str(64 * 1024),
             "MEMORYD_MAX_INFLIGHT_PER_CONNECTION": "4",
+            # Long, so that only the header can be why a stalled message is refused.
+            "MEMORYD_MESSAGE_TIMEOUT_S": "60",
         }
     )
     try:
