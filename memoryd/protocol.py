@@ -23,11 +23,13 @@ from it (the kernel's socket buffer then pushes back on the client).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -50,6 +52,13 @@ PRIVILEGED_RESERVE_CONNECTIONS = 8
 # fuzzing client otherwise writes thousands of lines a minute.
 PROTOCOL_LOG_MAX_LINES = 10
 PROTOCOL_LOG_INTERVAL_S = 10.0
+# Each connection's decoder starts with a buffer this small and grows it only
+# for a message that needs more; it starts small again once that message is done.
+UNPACKER_INITIAL_BUFFER_BYTES = 16 * 1024
+# Freed buffers of closed connections stay in the C heap until it is trimmed:
+# trim once the connections fall to half their peak, at least this many fewer.
+HEAP_TRIM_MIN_CLOSED = 64
+HEAP_TRIM_DELAY_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,12 +117,25 @@ class ThrottledLog:
         self._suppressed = 0
 
 
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, which returns free pages inside the heap to the OS."""
+    try:
+        return cast(Callable[[int], int], ctypes.CDLL(None).malloc_trim)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
+
+
 class ConnectionRegistry:
     """The live connections, so the server can count, admit and drain them."""
 
     def __init__(self) -> None:
         self.connections: set[Connection] = set()
         self.accepting = True
+        # One packer for every connection: packing is synchronous, on the loop's thread.
+        self.packer = wire.make_packer()
         self.protocol_log = ThrottledLog(
             logger,
             "protocol errors and refused connections",
@@ -122,6 +144,8 @@ class ConnectionRegistry:
         )
         self.privileged_uids = frozenset({0, os.geteuid()})
         self._connections_by_uid: dict[int, int] = {}
+        self._peak_connections = 0
+        self._heap_trim: asyncio.TimerHandle | None = None
 
     def inflight(self) -> int:
         return sum(len(c.tasks) for c in self.connections)
@@ -142,6 +166,7 @@ class ConnectionRegistry:
         self.connections.add(connection)
         uid = connection.peer.uid
         self._connections_by_uid[uid] = self.connections_of(uid) + 1
+        self._peak_connections = max(self._peak_connections, len(self.connections))
 
     def remove(self, connection: Connection) -> None:
         if connection not in self.connections:
@@ -153,6 +178,20 @@ class ConnectionRegistry:
             self._connections_by_uid[uid] = left
         else:
             del self._connections_by_uid[uid]
+        self._trim_heap_if_many_closed()
+
+    def _trim_heap_if_many_closed(self) -> None:
+        count = len(self.connections)
+        closed = self._peak_connections - count
+        if self._heap_trim is None and closed >= HEAP_TRIM_MIN_CLOSED and count <= closed:
+            loop = asyncio.get_running_loop()
+            self._heap_trim = loop.call_later(HEAP_TRIM_DELAY_S, self._trim_heap)
+
+    def _trim_heap(self) -> None:
+        self._heap_trim = None
+        self._peak_connections = len(self.connections)
+        if _malloc_trim is not None:
+            _malloc_trim(0)
 
 
 def peer_of(transport: asyncio.BaseTransport) -> Peer:
@@ -180,8 +219,7 @@ class Connection(asyncio.Protocol):
         self.limits = limits
         self.max_inflight = limits.max_inflight
         self.unpacker_capacity = limits.max_message_bytes + wire.UNPACKER_SLACK_BYTES
-        self.unpacker = wire.make_unpacker(limits.max_message_bytes)
-        self.packer = wire.make_packer()
+        self.unpacker = self._new_unpacker()
         self.transport: asyncio.Transport | None = None
         self.peer = Peer(0, -1, -1)
         self.tasks: set[asyncio.Task[None]] = set()
@@ -190,6 +228,7 @@ class Connection(asyncio.Protocol):
         self._fed_bytes = 0
         self._message_start = 0  # stream offset where the message being decoded began
         self._last_fed = b""  # what the decoder got last, until it has run out of bytes
+        self._unpacker_may_have_grown = False
         self._header_walk: wire.HeaderWalk | None = None
         self._message_deadline_s = 0.0  # on the loop's clock, like the two below
         self._received_at_s = 0.0
@@ -276,9 +315,12 @@ class Connection(asyncio.Protocol):
         what it still buffers, is what bounds the size of one message.
         """
         message_bytes = self._fed_bytes - self._message_start
-        if message_bytes and not self._message_may_fit():
-            self._protocol_error(wire.TOO_LARGE, "message larger than max_message_bytes")
-            return False
+        if message_bytes:
+            if not self._message_may_fit():
+                self._protocol_error(wire.TOO_LARGE, "message larger than max_message_bytes")
+                return False
+        elif self._unpacker_may_have_grown:
+            self._renew_unpacker()
         self._last_fed = b""
         if not self._unfed:
             return False
@@ -291,6 +333,8 @@ class Connection(asyncio.Protocol):
         self.unpacker.feed(chunk)
         self._last_fed = chunk
         self._fed_bytes += len(chunk)
+        if message_bytes + len(chunk) > UNPACKER_INITIAL_BUFFER_BYTES:
+            self._unpacker_may_have_grown = True
         return True
 
     def _message_may_fit(self) -> bool:
@@ -302,6 +346,20 @@ class Connection(asyncio.Protocol):
             self._header_walk = walk
             self._start_message_clock()
         return walk.advance(self._last_fed, self._fed_bytes - len(self._last_fed))
+
+    def _new_unpacker(self) -> msgpack.Unpacker:
+        return wire.make_unpacker(
+            self.limits.max_message_bytes, initial_buffer_bytes=UNPACKER_INITIAL_BUFFER_BYTES
+        )
+
+    def _renew_unpacker(self) -> None:
+        """A decoder whose buffer grew for a large message keeps it, and its
+        writes wander through all of it: an empty one starts small again."""
+        self.unpacker = self._new_unpacker()
+        self._fed_bytes = 0
+        self._message_start = 0
+        self._header_walk = None
+        self._unpacker_may_have_grown = False
 
     def _update_reading(self) -> None:
         if self.transport is None or self._closing:
@@ -406,7 +464,7 @@ class Connection(asyncio.Protocol):
             logger.exception("internal error in %s", request.method[:64])
             error = InternalError("internal error; see the daemon's log").to_wire()
         self.metrics.observe(request.method, time.perf_counter() - started_s, error)
-        self._send(wire.pack_response(self.packer, request.msgid, error, result))
+        self._send(wire.pack_response(self.registry.packer, request.msgid, error, result))
 
     def _send(self, data: bytes) -> None:
         if self.transport is not None and not self._closing:
@@ -428,7 +486,7 @@ class Connection(asyncio.Protocol):
     def _close_with_error(self, code: str, message: str) -> None:
         self._send(
             wire.pack_notification(
-                self.packer,
+                self.registry.packer,
                 wire.PROTOCOL_ERROR_EVENT,
                 {"code": code, "message": message},
             )

@@ -85,6 +85,7 @@ def resolve_socket_path(path: str | os.PathLike[str] | None = None) -> str:
 def make_unpacker(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_container_items: int | None = MAX_CONTAINER_ITEMS,
+    initial_buffer_bytes: int | None = None,
 ) -> msgpack.Unpacker:
     """A streaming Unpacker whose limits refuse oversize objects before allocating them.
 
@@ -92,7 +93,13 @@ def make_unpacker(
     ``max_map_len`` from ``max_buffer_size``, so a header announcing a 4 GiB
     string never reserves memory for it.  (The string is refused only once its
     announced bytes have arrived, though: ``HeaderWalk`` refuses it earlier.)
+
+    ``initial_buffer_bytes``: the buffer the Unpacker starts with and grows
+    from as a message needs (None: msgpack's default, 1 MiB at most).
     """
+    buffer_bytes = max_message_bytes + UNPACKER_SLACK_BYTES
+    # read_size is also the size of the Unpacker's first buffer; 0: its default.
+    read_size = 0 if initial_buffer_bytes is None else min(initial_buffer_bytes, buffer_bytes)
     # An array or map header makes the decoder reserve room for every
     # announced item, so the daemon caps their lengths tighter than strings.
     # (None: msgpack's own cap, derived from the buffer size; clients use it.)
@@ -105,7 +112,8 @@ def make_unpacker(
         raw=False,
         strict_map_key=True,
         use_list=True,
-        max_buffer_size=max_message_bytes + UNPACKER_SLACK_BYTES,
+        max_buffer_size=buffer_bytes,
+        read_size=read_size,
         **container_limits,
     )
 
