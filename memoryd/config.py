@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     # Connections and requests.
     max_message_bytes: int = Field(default=wire.DEFAULT_MAX_MESSAGE_BYTES, ge=4 * KiB, le=512 * MiB)
     max_connections: int = Field(default=1024, ge=1)
+    max_connections_per_uid: int = Field(default=256, ge=1)
+    # Once a message has started, all of it must arrive within this.
+    message_timeout_s: float = Field(default=10.0, gt=0)
+    # A connection with nothing received and nothing running for this long is closed (0: never).
+    idle_timeout_s: float = Field(default=300.0, ge=0)
     max_inflight_per_connection: int = Field(default=128, ge=1, le=100_000)
     request_timeout_s: float = Field(default=10.0, gt=0)
     # How long a read waits for the agent's own writes to reach a healthy store

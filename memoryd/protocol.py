@@ -1,10 +1,19 @@
 """One client connection: bytes in, MessagePack-RPC messages, responses out.
 
 Framing is the plain msgpack stream of the spec.  The Unpacker's limits come
-from ``max_message_bytes``, and we never feed it more than it may hold, so a
-header announcing a huge object is refused before anything is allocated.
-Hostile or broken streams get a ``protocol_error`` notification and the
-connection is closed; every other connection is untouched.
+from ``max_message_bytes``, and we never feed it more than it may hold.  When
+a read ends inside a message, ``wire.HeaderWalk`` reads that message's headers
+as they arrive, so a header announcing more than the message may hold is
+refused at once instead of waiting for bytes that never come; reads that
+hold whole messages never pay for the walk.  Hostile or broken streams get a
+``protocol_error`` notification and the connection is closed; every other
+connection is untouched.
+
+Nobody holds a connection for free: a started message must be complete
+within ``message_timeout_s``, a connection idle for ``idle_timeout_s`` is
+closed, and one uid may hold at most ``max_connections_per_uid`` of the
+``max_connections`` (root and the daemon's own user have a small reserve
+above both, so that ``memoryd status`` answers when the slots are full).
 
 Back-pressure: at most ``max_inflight`` requests of a connection run at once;
 past that, and while the peer is not reading its responses, we stop reading
@@ -14,10 +23,14 @@ from it (the kernel's socket buffer then pushes back on the client).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
+import os
 import socket
 import struct
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, cast
 
 import msgpack
@@ -31,17 +44,154 @@ logger = logging.getLogger(__name__)
 
 _PEERCRED = struct.Struct("3i")
 WRITE_HIGH_WATER_BYTES = 1024 * 1024
+# Connections that root and the daemon's own user may hold past both
+# max_connections and max_connections_per_uid: `memoryd status` must answer
+# when another user has taken every slot.
+PRIVILEGED_RESERVE_CONNECTIONS = 8
+# Protocol errors and refused connections are logged at most this often; a
+# fuzzing client otherwise writes thousands of lines a minute.
+PROTOCOL_LOG_MAX_LINES = 10
+PROTOCOL_LOG_INTERVAL_S = 10.0
+# Each connection's decoder starts with a buffer this small and grows it only
+# for a message that needs more; it starts small again once that message is done.
+UNPACKER_INITIAL_BUFFER_BYTES = 16 * 1024
+# Freed buffers of closed connections stay in the C heap until it is trimmed:
+# trim once the connections fall to half their peak, at least this many fewer.
+HEAP_TRIM_MIN_CLOSED = 64
+HEAP_TRIM_DELAY_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """The settings a connection lives by, as they were when it was accepted."""
+
+    max_message_bytes: int
+    max_inflight: int
+    max_connections: int
+    max_connections_per_uid: int
+    message_timeout_s: float
+    idle_timeout_s: float  # 0: never closed for idleness
+
+
+class ThrottledLog:
+    """Log lines at a bounded rate: at most ``max_lines`` per ``interval_s``.
+
+    Past that, lines are only counted, and once the interval is over one line
+    says how many were left out.
+    """
+
+    def __init__(
+        self, log: logging.Logger, what: str, *, max_lines: int, interval_s: float
+    ) -> None:
+        self.log = log
+        self.what = what
+        self.max_lines = max_lines
+        self.interval_s = interval_s
+        self._interval_end_s = 0.0
+        self._lines = 0
+        self._suppressed = 0
+
+    def write(self, level: int, message: str, *args: object) -> None:
+        loop = asyncio.get_running_loop()
+        now_s = loop.time()
+        if now_s >= self._interval_end_s and not self._suppressed:
+            self._interval_end_s = now_s + self.interval_s
+            self._lines = 0
+        if self._lines < self.max_lines:
+            self._lines += 1
+            self.log.log(level, message, *args)
+            return
+        if not self._suppressed:
+            loop.call_at(self._interval_end_s, self._report_suppressed)
+        self._suppressed += 1
+
+    def _report_suppressed(self) -> None:
+        self.log.warning(
+            "%d more %s in the last %.0f s not logged (at most %d lines per %.0f s)",
+            self._suppressed,
+            self.what,
+            self.interval_s,
+            self.max_lines,
+            self.interval_s,
+        )
+        self._suppressed = 0
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, which returns free pages inside the heap to the OS."""
+    try:
+        return cast(Callable[[int], int], ctypes.CDLL(None).malloc_trim)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
 
 
 class ConnectionRegistry:
-    """The live connections, so the server can count and drain them."""
+    """The live connections, so the server can count, admit and drain them."""
 
     def __init__(self) -> None:
         self.connections: set[Connection] = set()
         self.accepting = True
+        # One packer for every connection: packing is synchronous, on the loop's thread.
+        self.packer = wire.make_packer()
+        self.protocol_log = ThrottledLog(
+            logger,
+            "protocol errors and refused connections",
+            max_lines=PROTOCOL_LOG_MAX_LINES,
+            interval_s=PROTOCOL_LOG_INTERVAL_S,
+        )
+        self.privileged_uids = frozenset({0, os.geteuid()})
+        self._connections_by_uid: dict[int, int] = {}
+        self._peak_connections = 0
+        self._heap_trim: asyncio.TimerHandle | None = None
 
     def inflight(self) -> int:
         return sum(len(c.tasks) for c in self.connections)
+
+    def connections_of(self, uid: int) -> int:
+        return self._connections_by_uid.get(uid, 0)
+
+    def refusal(self, uid: int, limits: ConnectionLimits) -> str | None:
+        """Why a new connection from ``uid`` must be refused, or None."""
+        reserve = PRIVILEGED_RESERVE_CONNECTIONS if uid in self.privileged_uids else 0
+        if len(self.connections) >= limits.max_connections + reserve:
+            return f"max_connections ({limits.max_connections}) reached"
+        if self.connections_of(uid) >= limits.max_connections_per_uid + reserve:
+            return f"max_connections_per_uid ({limits.max_connections_per_uid}) reached"
+        return None
+
+    def add(self, connection: Connection) -> None:
+        self.connections.add(connection)
+        uid = connection.peer.uid
+        self._connections_by_uid[uid] = self.connections_of(uid) + 1
+        self._peak_connections = max(self._peak_connections, len(self.connections))
+
+    def remove(self, connection: Connection) -> None:
+        if connection not in self.connections:
+            return
+        self.connections.remove(connection)
+        uid = connection.peer.uid
+        left = self.connections_of(uid) - 1
+        if left:
+            self._connections_by_uid[uid] = left
+        else:
+            del self._connections_by_uid[uid]
+        self._trim_heap_if_many_closed()
+
+    def _trim_heap_if_many_closed(self) -> None:
+        count = len(self.connections)
+        closed = self._peak_connections - count
+        if self._heap_trim is None and closed >= HEAP_TRIM_MIN_CLOSED and count <= closed:
+            loop = asyncio.get_running_loop()
+            self._heap_trim = loop.call_later(HEAP_TRIM_DELAY_S, self._trim_heap)
+
+    def _trim_heap(self) -> None:
+        self._heap_trim = None
+        self._peak_connections = len(self.connections)
+        if _malloc_trim is not None:
+            _malloc_trim(0)
 
 
 def peer_of(transport: asyncio.BaseTransport) -> Peer:
@@ -61,25 +211,30 @@ class Connection(asyncio.Protocol):
         service: Service,
         registry: ConnectionRegistry,
         metrics: Metrics,
-        *,
-        max_message_bytes: int,
-        max_inflight: int,
-        max_connections: int,
+        limits: ConnectionLimits,
     ) -> None:
         self.service = service
         self.registry = registry
         self.metrics = metrics
-        self.max_inflight = max_inflight
-        self.max_connections = max_connections
-        self.unpacker = wire.make_unpacker(max_message_bytes)
-        self.unpacker_capacity = max_message_bytes + wire.UNPACKER_SLACK_BYTES
-        self.packer = wire.make_packer()
+        self.limits = limits
+        self.max_inflight = limits.max_inflight
+        self.unpacker_capacity = limits.max_message_bytes + wire.UNPACKER_SLACK_BYTES
+        self.unpacker = self._new_unpacker()
         self.transport: asyncio.Transport | None = None
         self.peer = Peer(0, -1, -1)
         self.tasks: set[asyncio.Task[None]] = set()
+        self._loop = asyncio.get_running_loop()
         self._unfed = bytearray()
         self._fed_bytes = 0
         self._message_start = 0  # stream offset where the message being decoded began
+        self._last_fed = b""  # what the decoder got last, until it has run out of bytes
+        self._unpacker_may_have_grown = False
+        self._header_walk: wire.HeaderWalk | None = None
+        self._message_deadline_s = 0.0  # on the loop's clock, like the two below
+        self._received_at_s = 0.0
+        self._busy_at_s = 0.0
+        self._message_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._reading_paused = False
         self._writing_paused = False
         self._closing = False
@@ -91,25 +246,33 @@ class Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
         self.transport.set_write_buffer_limits(high=WRITE_HIGH_WATER_BYTES)
         self.peer = peer_of(transport)
-        if len(self.registry.connections) >= self.max_connections:
-            logger.warning(
-                "refusing a connection from pid %d: max_connections reached", self.peer.pid
+        refusal = self.registry.refusal(self.peer.uid, self.limits)
+        if refusal is not None:
+            self.registry.protocol_log.write(
+                logging.WARNING,
+                "refusing a connection from pid %d uid %d: %s",
+                self.peer.pid,
+                self.peer.uid,
+                refusal,
             )
-            self._protocol_error(wire.OVERLOADED, "too many connections")
+            self._close_with_error(wire.OVERLOADED, f"too many connections: {refusal}")
             return
-        self.registry.connections.add(self)
+        self.registry.add(self)
+        self._received_at_s = self._loop.time()
+        if self.limits.idle_timeout_s > 0:
+            idle_until_s = self._received_at_s + self.limits.idle_timeout_s
+            self._idle_timer = self._loop.call_at(idle_until_s, self._check_idle)
         logger.debug("connection from pid %d uid %d", self.peer.pid, self.peer.uid)
 
     def connection_lost(self, exc: Exception | None) -> None:
         # Requests already running finish (their writes are in the WAL);
         # their answers have nowhere to go and are dropped.
-        self._closing = True
-        self.registry.connections.discard(self)
-        self._unfed.clear()
+        self._forget()
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        self._received_at_s = self._loop.time()
         self._unfed += data
         self._process()
 
@@ -152,30 +315,65 @@ class Connection(asyncio.Protocol):
         what it still buffers, is what bounds the size of one message.
         """
         message_bytes = self._fed_bytes - self._message_start
-        room = self.unpacker_capacity - message_bytes
+        if message_bytes:
+            if not self._message_may_fit():
+                self._protocol_error(wire.TOO_LARGE, "message larger than max_message_bytes")
+                return False
+        elif self._unpacker_may_have_grown:
+            self._renew_unpacker()
+        self._last_fed = b""
         if not self._unfed:
             return False
+        room = self.unpacker_capacity - message_bytes
         if room <= 0:
             self._protocol_error(wire.TOO_LARGE, "message larger than max_message_bytes")
             return False
         chunk = bytes(self._unfed[:room])
         del self._unfed[:room]
         self.unpacker.feed(chunk)
+        self._last_fed = chunk
         self._fed_bytes += len(chunk)
+        if message_bytes + len(chunk) > UNPACKER_INITIAL_BUFFER_BYTES:
+            self._unpacker_may_have_grown = True
         return True
+
+    def _message_may_fit(self) -> bool:
+        """Walk the headers of the message being received that arrived since the
+        last walk; False once they announce more than it may hold."""
+        walk = self._header_walk
+        if walk is None or walk.message_offset != self._message_start:
+            walk = wire.HeaderWalk(self._message_start, self.unpacker_capacity)
+            self._header_walk = walk
+            self._start_message_clock()
+        return walk.advance(self._last_fed, self._fed_bytes - len(self._last_fed))
+
+    def _new_unpacker(self) -> msgpack.Unpacker:
+        return wire.make_unpacker(
+            self.limits.max_message_bytes, initial_buffer_bytes=UNPACKER_INITIAL_BUFFER_BYTES
+        )
+
+    def _renew_unpacker(self) -> None:
+        """A decoder whose buffer grew for a large message keeps it, and its
+        writes wander through all of it: an empty one starts small again."""
+        self.unpacker = self._new_unpacker()
+        self._fed_bytes = 0
+        self._message_start = 0
+        self._header_walk = None
+        self._unpacker_may_have_grown = False
 
     def _update_reading(self) -> None:
         if self.transport is None or self._closing:
             return
-        should_pause = (
-            len(self.tasks) >= self.max_inflight or self._writing_paused or bool(self._unfed)
-        )
+        should_pause = self._backpressured() or bool(self._unfed)
         if should_pause and not self._reading_paused:
             self.transport.pause_reading()
             self._reading_paused = True
         elif not should_pause and self._reading_paused:
             self.transport.resume_reading()
             self._reading_paused = False
+
+    def _backpressured(self) -> bool:
+        return len(self.tasks) >= self.max_inflight or self._writing_paused
 
     def _handle(self, obj: Any) -> None:
         try:
@@ -184,7 +382,7 @@ class Connection(asyncio.Protocol):
             self._protocol_error(wire.INVALID_REQUEST, str(exc))
             return
         if isinstance(message, wire.Request):
-            task = asyncio.get_running_loop().create_task(self._run(message))
+            task = self._loop.create_task(self._run(message))
             self.tasks.add(task)
             task.add_done_callback(self._request_done)
         elif isinstance(message, wire.Response):
@@ -195,6 +393,60 @@ class Connection(asyncio.Protocol):
         self.tasks.discard(task)
         if not self._closing:
             self._process()
+
+    # ------------------------------------------------------------ deadlines
+
+    def _start_message_clock(self) -> None:
+        self._message_deadline_s = self._loop.time() + self.limits.message_timeout_s
+        if self._message_timer is None:
+            self._message_timer = self._loop.call_at(
+                self._message_deadline_s, self._check_message_deadline
+            )
+
+    def _receiving_message(self) -> bool:
+        walk = self._header_walk
+        return (
+            walk is not None
+            and walk.message_offset == self._message_start
+            and self._fed_bytes > self._message_start
+        )
+
+    def _check_message_deadline(self) -> None:
+        self._message_timer = None
+        if self._closing or not self._receiving_message():
+            return
+        now_s = self._loop.time()
+        if self._backpressured():
+            # We stopped reading, not the peer: its clock starts again when we read.
+            self._message_deadline_s = now_s + self.limits.message_timeout_s
+        if now_s < self._message_deadline_s:
+            self._message_timer = self._loop.call_at(
+                self._message_deadline_s, self._check_message_deadline
+            )
+            return
+        self._protocol_error(
+            wire.DEADLINE_EXCEEDED,
+            f"message not complete within message_timeout_s ({self.limits.message_timeout_s} s)",
+        )
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        if self._closing:
+            return
+        now_s = self._loop.time()
+        if self.tasks:
+            self._busy_at_s = now_s
+        idle_until_s = max(self._received_at_s, self._busy_at_s) + self.limits.idle_timeout_s
+        if now_s < idle_until_s:
+            self._idle_timer = self._loop.call_at(idle_until_s, self._check_idle)
+            return
+        logger.debug(
+            "closing the connection of pid %d uid %d: idle for %.1f s",
+            self.peer.pid,
+            self.peer.uid,
+            now_s - max(self._received_at_s, self._busy_at_s),
+        )
+        self._close()
 
     # ------------------------------------------------------------ requests
 
@@ -212,7 +464,7 @@ class Connection(asyncio.Protocol):
             logger.exception("internal error in %s", request.method[:64])
             error = InternalError("internal error; see the daemon's log").to_wire()
         try:
-            response = wire.pack_response(self.packer, request.msgid, error, result)
+            response = wire.pack_response(self.registry.packer, request.msgid, error, result)
         except ValueError:
             # msgpack nests at most about 1,000 levels: a record an older
             # memoryd accepted may go past that once inside a response.  The
@@ -224,7 +476,7 @@ class Connection(asyncio.Protocol):
             error = InternalError(
                 "the answer cannot be encoded: a record in it is nested deeper than msgpack allows"
             ).to_wire()
-            response = wire.pack_response(self.packer, request.msgid, error, None)
+            response = wire.pack_response(self.registry.packer, request.msgid, error, None)
         self.metrics.observe(request.method, time.perf_counter() - started_s, error)
         self._send(response)
 
@@ -232,15 +484,45 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and not self._closing:
             self.transport.write(data)
 
+    # ------------------------------------------------------------ closing
+
     def _protocol_error(self, code: str, message: str) -> None:
-        logger.info("protocol error from pid %d (%s): %s; closing", self.peer.pid, code, message)
+        self.registry.protocol_log.write(
+            logging.INFO,
+            "protocol error from pid %d uid %d (%s): %s; closing",
+            self.peer.pid,
+            self.peer.uid,
+            code,
+            message,
+        )
+        self._close_with_error(code, message)
+
+    def _close_with_error(self, code: str, message: str) -> None:
         self._send(
             wire.pack_notification(
-                self.packer, wire.PROTOCOL_ERROR_EVENT, {"code": code, "message": message}
+                self.registry.packer,
+                wire.PROTOCOL_ERROR_EVENT,
+                {"code": code, "message": message},
             )
         )
-        self._closing = True
-        self.registry.connections.discard(self)
-        self._unfed.clear()
-        if self.transport is not None:
+        self._close()
+
+    def _close(self) -> None:
+        self._forget()
+        if self.transport is None:
+            return
+        if self.transport.get_write_buffer_size():
+            # The peer is not reading: it would hold the socket until it did.
+            self.transport.abort()
+        else:
             self.transport.close()
+
+    def _forget(self) -> None:
+        self._closing = True
+        self.registry.remove(self)
+        for timer in (self._message_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._message_timer = self._idle_timer = None
+        self._unfed.clear()
+        self._last_fed = b""

@@ -39,7 +39,7 @@ from memoryd.flusher import Flusher
 from memoryd.health import Health, State
 from memoryd.marker import StoreMarker
 from memoryd.metrics import Metrics
-from memoryd.protocol import Connection, ConnectionRegistry
+from memoryd.protocol import Connection, ConnectionLimits, ConnectionRegistry
 from memoryd.service import Service
 from memoryd.socketpath import LISTEN_BACKLOG
 from memoryd.stores import create_store
@@ -67,7 +67,10 @@ RELOADABLE = frozenset(
         "read_cache_records",
         "max_message_bytes",
         "max_connections",
+        "max_connections_per_uid",
         "max_inflight_per_connection",
+        "message_timeout_s",
+        "idle_timeout_s",
         "request_timeout_s",
         "read_barrier_timeout_s",
         "shutdown_timeout_s",
@@ -456,14 +459,15 @@ class Server:
         return fitting
 
     def _new_connection(self) -> Connection:
-        return Connection(
-            self.service,
-            self.registry,
-            self.metrics,
+        limits = ConnectionLimits(
             max_message_bytes=self.settings.max_message_bytes,
             max_inflight=self.settings.max_inflight_per_connection,
             max_connections=self.max_connections,
+            max_connections_per_uid=self.settings.max_connections_per_uid,
+            message_timeout_s=self.settings.message_timeout_s,
+            idle_timeout_s=self.settings.idle_timeout_s,
         )
+        return Connection(self.service, self.registry, self.metrics, limits)
 
     # ------------------------------------------------------------ signals
 

@@ -186,6 +186,9 @@ class RawConnection:
     def send(self, message: Any) -> None:
         self.sock.sendall(msgpack.packb(message, use_bin_type=True))
 
+    def send_bytes(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
     def receive(self) -> Any:
         while True:
             for obj in self.unpacker:
@@ -194,6 +197,29 @@ class RawConnection:
             if not chunk:
                 raise ConnectionError("the daemon closed the connection")
             self.unpacker.feed(chunk)
+
+    def protocol_error(self) -> dict[str, Any]:
+        """The ``protocol_error`` notification the daemon sends before it closes."""
+        message = self.receive()
+        assert message[:2] == [2, "protocol_error"], message
+        args: dict[str, Any] = message[2][0]
+        return args
+
+    def closed_by_daemon(self, timeout_s: float) -> bool:
+        """Whether the daemon closes the connection within ``timeout_s``
+        (what it sends before is kept for ``receive``)."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            while True:
+                self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    return True
+                self.unpacker.feed(chunk)
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False
 
     def call(self, method: str, args: dict[str, Any] | None = None) -> tuple[Any, Any]:
         """One request; its (error, result)."""
@@ -211,6 +237,31 @@ class RawConnection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- other users -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def acting_as(uid: int, gid: int) -> Iterator[None]:
+    """Make the calls inside with the effective uid and gid of another user.
+
+    A socket connected inside carries that uid and gid (SO_PEERCRED) for the
+    daemon, for the whole life of the connection.  Needs root.
+    """
+    os.setegid(gid)
+    os.seteuid(uid)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+        os.setegid(0)
+
+
+def open_to_everyone(daemon: Daemon) -> None:
+    """Let other users reach the daemon's socket: its directory traversable
+    (the daemon itself must run with ``MEMORYD_SOCKET_MODE=0666``)."""
+    daemon.directory.chmod(0o711)
 
 
 # -- the command line ----------------------------------------------------------

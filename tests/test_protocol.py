@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +75,8 @@ def daemon() -> Iterator[Daemon]:
         env_overrides={
             "MEMORYD_MAX_MESSAGE_BYTES": str(64 * 1024),
             "MEMORYD_MAX_INFLIGHT_PER_CONNECTION": "4",
+            # Long, so that only the header can be why a stalled message is refused.
+            "MEMORYD_MESSAGE_TIMEOUT_S": "60",
         }
     )
     try:
@@ -199,6 +202,46 @@ def test_huge_string_header_never_buffers_past_the_limit(
     conn.send_until_closed(header + b"z" * 256 * 1024)
     assert_protocol_error(conn, "too_large")
     assert_still_serving(daemon)
+
+
+# [0, 1, "add", [{"agent_id": "a", "type": "t", "content": ...: what comes next is the content.
+ADD_UP_TO_CONTENT = b"\x94\x00\x01\xa3add\x91\x83" + b"".join(
+    msgpack.packb(s) for s in ("agent_id", "a", "type", "t", "content")
+)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b"\xdb" + struct.pack(">I", 500 * 2**20),  # str32 of 500 MB
+        b"\xc6" + struct.pack(">I", 500 * 2**20),  # bin32
+        b"\xc9" + struct.pack(">I", 500 * 2**20) + b"\x01",  # ext32
+        b"\xdf\x00\x01\x00\x00",  # map32 of 65,536 entries: 131,072 objects
+        b"\xdd\x00\x01\x00\x00" * 2,  # 65,536 arrays of 65,536 items: a byte each at least
+    ],
+    ids=["str32", "bin32", "ext32", "map32", "nested-arrays"],
+)
+def test_oversize_header_is_refused_as_soon_as_it_is_read(
+    conn: RawConnection, daemon: Daemon, header: bytes
+) -> None:
+    # Nothing follows the header: the daemon must not wait for it.
+    conn.send_bytes(ADD_UP_TO_CONTENT + header)
+    [notification] = conn.receive(1, timeout_s=3)
+    assert notification[:2] == [2, "protocol_error"]
+    assert notification[2][0]["code"] == "too_large"
+    assert conn.is_closed_by_server(timeout_s=1)
+    assert_still_serving(daemon)
+
+
+def test_a_large_message_that_fits_is_not_refused_on_its_headers(conn: RawConnection) -> None:
+    # Headers announcing all the message may hold, sent in pieces: it is decoded.
+    content = "y" * (64 * 1024 - 200)
+    data = msgpack.packb([0, 8, "ping", [{"padding": content}]])
+    for start in range(0, len(data), 1000):
+        conn.send_bytes(data[start : start + 1000])
+    [response] = conn.receive(1)
+    assert response[:2] == [1, 8]
+    assert response[2]["code"] == "invalid_request" and "padding" in response[2]["message"]
 
 
 def test_message_larger_than_max_message_bytes(conn: RawConnection, daemon: Daemon) -> None:

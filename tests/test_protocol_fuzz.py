@@ -238,3 +238,64 @@ def test_many_clients_that_never_read_keep_memory_bounded(daemon: Daemon) -> Non
         for sock in stubborn:
             sock.close()
     assert_healthy(daemon)
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/<pid>/status")
+
+
+def test_memory_of_many_closed_connections_goes_back() -> None:
+    import resource
+
+    connections = 1000
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * connections)), hard))
+    daemon = Daemon(
+        env_overrides={
+            "MEMORYD_MAX_CONNECTIONS": str(2 * connections),
+            "MEMORYD_MAX_CONNECTIONS_PER_UID": str(2 * connections),
+            "MEMORYD_LOG_LEVEL": "INFO",
+        }
+    )
+    try:
+        daemon.start()
+        assert daemon.process is not None
+        pid = daemon.process.pid
+        # Each connection pipelines a few requests and one large-ish message.
+        traffic = b"".join(msgpack.packb([0, i, "ping", []]) for i in range(1, 21))
+        traffic += msgpack.packb([0, 21, "ping", [{"padding": "x" * 200_000}]])
+        exchange(daemon, traffic, 65536)  # the daemon's own first allocations
+        before = rss_bytes(pid)
+        socks = []
+        for _ in range(connections):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(daemon.socket_path))
+            sock.settimeout(10)
+            socks.append(sock)
+        for sock in socks:
+            sock.sendall(traffic)
+            unpacker = msgpack.Unpacker(raw=False)
+            answers = 0
+            while answers < 21:
+                unpacker.feed(sock.recv(65536))
+                answers += sum(1 for _ in unpacker)
+        while_open = rss_bytes(pid) - before
+        for sock in socks:
+            sock.close()
+        # Buffers start small and grow only for the large message (before: a
+        # 1 MiB decoder buffer and a 256 KiB packer per connection).
+        assert while_open < connections * 128 * 1024, f"RSS grew by {while_open} bytes"
+        # Once they are closed the daemon gives the memory back (it was about
+        # 43 MiB above `before` for good, however long one waited).
+        deadline = time.monotonic() + 5
+        while (after := rss_bytes(pid) - before) >= 16 * 1024 * 1024:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"RSS still {after} bytes above where it was")
+            time.sleep(0.1)
+        assert_healthy(daemon)
+    finally:
+        daemon.cleanup()

@@ -2,7 +2,8 @@
 
 One Unix socket per client, shared by threads through a lock: a call sends one
 request and reads until its response.  Calls connect lazily, reconnect after a
-daemon restart and retry within their deadline (see ``memoryd_client.retry``).
+daemon restart or after the daemon closed an idle connection, and retry within
+their deadline (see ``memoryd_client.retry``).
 """
 
 from __future__ import annotations
@@ -342,10 +343,20 @@ class Client:
 
     def _exchange(self, call: Call[Any], deadline: float) -> wire.Response:
         try:
+            reused = self._sock is not None
             sock = self._connected(deadline)
             msgid = self._msgids.take()
             payload = wire.pack_request(self._packer, msgid, call.method, call.args)
-            self._send(sock, payload, deadline)
+            try:
+                self._send(sock, payload, deadline)
+            except ConnectionLost:
+                if not reused:
+                    raise
+                # The daemon closes idle connections.  A send refused on one
+                # never reached the daemon, so it goes again on a new one.
+                self._drop()
+                sock = self._connected(deadline)
+                self._send(sock, payload, deadline)
             return self._receive(sock, msgid, deadline)
         except BaseException:
             # Whatever broke the exchange (a timeout, an interrupt) may leave a

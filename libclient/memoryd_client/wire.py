@@ -116,13 +116,22 @@ def resolve_socket_path(path: str | os.PathLike[str] | None = None) -> str:
 def make_unpacker(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     max_container_items: int | None = MAX_CONTAINER_ITEMS,
+    initial_buffer_bytes: int = INITIAL_BUFFER_BYTES,
 ) -> msgpack.Unpacker:
-    """A streaming Unpacker whose limits refuse oversize headers before allocating.
+    """A streaming Unpacker whose limits refuse oversize objects before allocating them.
 
     msgpack derives ``max_str_len``, ``max_bin_len``, ``max_array_len`` and
-    ``max_map_len`` from ``max_buffer_size``, so a five-byte header announcing
-    a 4 GiB string fails at once instead of reserving memory for it.
+    ``max_map_len`` from ``max_buffer_size``, so a header announcing a 4 GiB
+    string never reserves memory for it.  (The string is refused only once its
+    announced bytes have arrived, though: ``HeaderWalk`` refuses it earlier.)
+
+    ``initial_buffer_bytes``: the buffer the Unpacker starts with and grows
+    from as a message needs (msgpack's own default would reserve up to 1 MiB
+    per connection at once).
     """
+    buffer_bytes = max_message_bytes + UNPACKER_SLACK_BYTES
+    # read_size is also the size of the Unpacker's first buffer; 0: its default.
+    read_size = min(initial_buffer_bytes, buffer_bytes)
     # An array or map header makes the decoder reserve room for every
     # announced item, so the daemon caps their lengths tighter than strings.
     # (None: msgpack's own cap, derived from the buffer size; clients use it.)
@@ -131,15 +140,147 @@ def make_unpacker(
         if max_container_items is None
         else {"max_array_len": max_container_items, "max_map_len": max_container_items}
     )
-    max_buffer_size = max_message_bytes + UNPACKER_SLACK_BYTES
     return msgpack.Unpacker(
         raw=False,
         strict_map_key=True,
         use_list=True,
-        max_buffer_size=max_buffer_size,
-        read_size=min(INITIAL_BUFFER_BYTES, max_buffer_size),
+        max_buffer_size=buffer_bytes,
+        read_size=read_size,
         **container_limits,
     )
+
+
+def _header_kinds() -> tuple[tuple[int, int, int, int] | None, ...]:
+    """What the first byte of a msgpack object says about it, for ``HeaderWalk``.
+
+    Per first byte: (header bytes, width of the length field that follows the
+    first byte, the length when the first byte holds it, items per unit of
+    length).  Items per unit is 0 when the length counts payload bytes (str,
+    bin, ext), 1 for an array, 2 for a map (a key and a value).  A scalar of
+    fixed size is a header with no payload.  None: a byte msgpack never uses.
+    """
+    kinds: list[tuple[int, int, int, int] | None] = [None] * 256
+    for byte in range(0x00, 0x80):
+        kinds[byte] = (1, 0, 0, 0)  # positive fixint
+    for byte in range(0xE0, 0x100):
+        kinds[byte] = (1, 0, 0, 0)  # negative fixint
+    for byte in range(0x80, 0x90):
+        kinds[byte] = (1, 0, byte & 0x0F, 2)  # fixmap
+    for byte in range(0x90, 0xA0):
+        kinds[byte] = (1, 0, byte & 0x0F, 1)  # fixarray
+    for byte in range(0xA0, 0xC0):
+        kinds[byte] = (1, 0, byte & 0x1F, 0)  # fixstr
+    for byte in (0xC0, 0xC2, 0xC3):
+        kinds[byte] = (1, 0, 0, 0)  # nil, false, true
+    # Scalars of a fixed size: floats, ints, and fixext (type byte + payload).
+    fixed_sizes = {0xCA: 5, 0xCB: 9, 0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9}
+    fixed_sizes |= {0xD0: 2, 0xD1: 3, 0xD2: 5, 0xD3: 9}
+    fixed_sizes |= {0xD4: 3, 0xD5: 4, 0xD6: 6, 0xD7: 10, 0xD8: 18}
+    for byte, size in fixed_sizes.items():
+        kinds[byte] = (size, 0, 0, 0)
+    # Lengths in a field after the first byte: bin, ext (+ its type byte), str, array, map.
+    for first, width in zip((0xC4, 0xC5, 0xC6), (1, 2, 4), strict=True):
+        kinds[first] = (1 + width, width, 0, 0)
+    for first, width in zip((0xC7, 0xC8, 0xC9), (1, 2, 4), strict=True):
+        kinds[first] = (2 + width, width, 0, 0)
+    for first, width in zip((0xD9, 0xDA, 0xDB), (1, 2, 4), strict=True):
+        kinds[first] = (1 + width, width, 0, 0)
+    kinds[0xDC], kinds[0xDD] = (3, 2, 0, 1), (5, 4, 0, 1)
+    kinds[0xDE], kinds[0xDF] = (3, 2, 0, 2), (5, 4, 0, 2)
+    return tuple(kinds)
+
+
+_HEADER_KINDS: Final = _header_kinds()
+
+
+class HeaderWalk:
+    """How long one incomplete message must at least be, from its headers alone.
+
+    msgpack's Unpacker checks a string's length against its limit only once
+    the whole string has arrived, so a five-byte header announcing 500 MB
+    would hold a connection until the capacity has been sent.  This walk
+    reads the headers of the message being received as its bytes come in
+    (resumably: each byte is looked at once, payloads are skipped without
+    reading them) and answers False from ``advance`` as soon as they announce
+    more than ``max_message_bytes`` in all: a str, bin or ext longer than the
+    rest of the message may hold, or more array or map items than it has
+    bytes left (every item takes at least one).
+
+    Offsets are positions in the connection's byte stream; the message starts
+    at ``message_offset``.  The walk is given the stream's bytes in order, from
+    the message's first byte on, possibly with bytes it has seen before.
+    """
+
+    def __init__(self, message_offset: int, max_message_bytes: int) -> None:
+        self.message_offset = message_offset
+        self.max_message_bytes = max_message_bytes
+        # Where the next header starts; beyond the bytes seen while a payload arrives.
+        self.next_header_offset = message_offset
+        # Objects the headers so far announce and that have not started yet.
+        self.objects_owed = 1
+        self.refused = False  # once refused, always: the walk stops there
+        self._seen_end = message_offset
+        self._cut_header = b""  # the start of a header the bytes seen so far cut short
+
+    @property
+    def least_message_bytes(self) -> int:
+        """The least size of the message given its headers so far."""
+        return self.next_header_offset + self.objects_owed - self.message_offset
+
+    @property
+    def complete(self) -> bool:
+        """Whether every header of the message has been seen: it ends at
+        ``next_header_offset`` (its last payload may still be arriving)."""
+        return self.objects_owed == 0
+
+    def advance(self, data: bytes | memoryview, data_offset: int) -> bool:
+        """Walk the headers in ``data`` (which starts at ``data_offset``); whether
+        the message can still fit in ``max_message_bytes``."""
+        if data_offset > self._seen_end:
+            raise ValueError(f"bytes {self._seen_end}..{data_offset} were never given")
+        if self.refused:
+            return False
+        new = memoryview(data)[self._seen_end - data_offset :]
+        if not new or self.objects_owed == 0:  # no headers, or none left: payload bytes
+            self._seen_end += len(new)
+            return True
+        if self._cut_header:
+            view, view_offset = memoryview(self._cut_header + new), self.next_header_offset
+        else:
+            view, view_offset = new, self._seen_end
+        self._seen_end += len(new)
+        self._cut_header = b""
+        return self._walk(view, view_offset)
+
+    def _walk(self, view: memoryview, view_offset: int) -> bool:
+        position = self.next_header_offset
+        owed = self.objects_owed
+        limit = self.message_offset + self.max_message_bytes
+        view_end = view_offset + len(view)
+        while owed and position < view_end:
+            index = position - view_offset
+            kind = _HEADER_KINDS[view[index]]
+            if kind is None:
+                owed = 0  # not msgpack: the decoder refuses it, nothing left to bound
+                break
+            header_bytes, length_width, length, items_per_unit = kind
+            if index + 1 + length_width > len(view):
+                self._cut_header = bytes(view[index:])  # its length field is still to come
+                break
+            if length_width:
+                length = int.from_bytes(view[index + 1 : index + 1 + length_width], "big")
+            owed -= 1
+            if items_per_unit:
+                owed += items_per_unit * length
+                position += header_bytes
+            else:
+                position += header_bytes + length
+            if position + owed > limit:
+                self.refused = True
+                break
+        self.next_header_offset = position
+        self.objects_owed = owed
+        return not self.refused
 
 
 def make_packer() -> msgpack.Packer:
