@@ -360,6 +360,7 @@ def test_an_idle_connection_reserves_little_memory(daemon_dir: Daemon) -> None:
     not with a megabyte: at the default max_message_bytes (1 MiB), 300 connections, each
     after one ping, add less than 200 MiB of address space (about 390 MiB when every
     decoder reserved a whole message's worth)."""
+    daemon_dir.env_overrides = {"MEMORYD_MAX_CONNECTIONS_PER_UID": "1024"}  # all 300 are ours
     daemon = daemon_dir.start()
 
     def data_bytes() -> int:
