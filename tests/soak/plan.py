@@ -151,7 +151,7 @@ class Plan:
 
 def plan_for(duration_s: float) -> Plan:
     """The plan of a run of ``duration_s``: a fault every 2 minutes and a daemon kill every
-    30 minutes in long runs; ten faults (every kind) in short ones."""
+    30 minutes in long runs; nine faults (every kind) in short ones."""
     if duration_s <= 0:
         raise ValueError("duration_s must be positive")
     fault_every_s = min(120.0, duration_s / 10)
