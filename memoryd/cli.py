@@ -18,6 +18,7 @@ import uvloop
 
 from memoryd import __version__, legacy, permissions, transfer
 from memoryd.alerts import Alerts
+from memoryd.atomicfile import fsync_directory
 from memoryd.config import Settings, load_settings, unknown_variables
 from memoryd.errors import ConfigError, MemorydError
 from memoryd.server import WAL_DIR_NAME, Server
@@ -443,18 +444,19 @@ def _output(name: str, mode: int) -> Iterator[TextIO]:
     path = Path(name)
     partial = path.with_name(path.name + ".partial")
     try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, permissions.FILE_MODE)
+        # A new file, never one found there: a .partial planted as a symbolic
+        # link would otherwise have memories written (and its target truncated)
+        # wherever it points.  A stale one of an export that died is removed.
+        partial.unlink(missing_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        fd = os.open(partial, flags, permissions.FILE_MODE)
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             os.fchmod(fd, mode)
             yield file
             file.flush()
             os.fsync(file.fileno())
         os.replace(partial, path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # the rename itself survives a crash
-        finally:
-            os.close(directory)
+        fsync_directory(path.parent)  # the rename itself survives a crash
     finally:
         partial.unlink(missing_ok=True)
 

@@ -148,9 +148,10 @@ class Health:
             self._store_refusing(f"refusing: {exc.reason}")
             return
         problem = "misconfigured" if isinstance(exc, StoreMisconfigured) else None
-        news = self.store_down and problem != self.store_problem
-        if self.store_down and not news:
+        if self.store_down and problem == self.store_problem:
             return
+        # Still degraded, for another reason (refusing, then unreachable): say so.
+        news = self.state is State.DEGRADED
         self.store_problem = problem
         self._store_reachable.clear()
         self._store_writable.clear()

@@ -149,16 +149,17 @@ def _db(path: str, option: str | None) -> int:
 def masked(url: str) -> str:
     """``url`` with every secret replaced by ``***``; safe for logs and status.
 
-    A URL that does not parse shows its scheme only: whatever follows may hold
-    a password in a place we cannot tell.
+    A URL that does not parse shows its scheme only, and only one of ours:
+    whatever follows may hold a password in a place we cannot tell, and text
+    before a colon may be the password itself (``secret:...``).
     """
     if not url:
         return url
     try:
         parse(url)
     except RedisUrlError:
-        scheme = url.split(":", 1)[0] if ":" in url else ""
-        return f"{scheme}://{MASK}" if scheme.isalnum() else MASK
+        scheme = url.split(":", 1)[0]
+        return f"{scheme}://{MASK}" if scheme in SCHEMES else MASK
     parts = urlsplit(url)
     netloc = parts.netloc
     if "@" in netloc:

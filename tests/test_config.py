@@ -246,6 +246,9 @@ def test_store_kind_resolution(
         ("redis://u:sec@ret@h:1/0", "redis://u:***@h:1/0"),
         ("redis://u@h:1/0", "redis://u@h:1/0"),
         ("unix://:secret@/run/redis.sock?db=1", "unix://:***@/run/redis.sock?db=1"),
+        # Not a URL memoryd takes: nothing of it shows but a scheme of ours.
+        ("redis://:secret@h:abc/0", "redis://***"),
+        ("secret:whatever@h:1/0", "***"),
     ],
 )
 def test_mask_url(url: str, masked: str) -> None:

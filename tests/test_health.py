@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from memoryd.health import Health, State
-from memoryd.stores.base import StoreUnavailable
+from memoryd.stores.base import StoreRefusing, StoreUnavailable
 from memoryd.stores.local import LocalStore
 
 
@@ -70,3 +70,24 @@ async def test_failing_clears_once_the_wal_has_room_even_without_writes(tmp_path
     await health._probe()
     assert health.state is State.HEALTHY
     await store.close()
+
+
+async def test_a_refusing_store_that_becomes_unreachable_says_so(tmp_path: Path) -> None:
+    changes: list[tuple[State, str]] = []
+    health = Health(
+        LocalStore(tmp_path, max_memories=10),
+        backlog_size=lambda: 1,
+        on_change=lambda state, why: changes.append((state, why)),
+    )
+    health.store_failed(StoreRefusing("OOM", "OOM command not allowed"))
+    assert health.state is State.DEGRADED and "refusing: OOM" in health.reason
+    health.store_failed(StoreUnavailable("connection refused"))
+    assert health.store_down and health.store_problem is None
+    assert health.state is State.DEGRADED
+    assert "unreachable" in health.reason and "refusing" not in health.reason
+    assert [why.split(" (")[0] for _, why in changes] == [
+        "store refusing: OOM",
+        "store unreachable",
+    ]
+    health.store_failed(StoreUnavailable("connection refused"))
+    assert len(changes) == 2, "the same outage is reported once"

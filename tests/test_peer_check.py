@@ -9,6 +9,7 @@ unless told to trust that uid (``server_uid=``, ``MEMORYD_SERVER_UID``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -62,20 +63,26 @@ class ForeignListener:
         return int(line)
 
 
-@pytest.fixture
-def foreign_listener(unprivileged_user: LocalUser) -> Iterator[ForeignListener]:
+@contextlib.contextmanager
+def _listener_of(user: LocalUser) -> Iterator[ForeignListener]:
     directory = Path(tempfile.mkdtemp(prefix="mdp-", dir="/tmp"))
-    os.chown(directory, unprivileged_user.uid, unprivileged_user.gid)
+    os.chown(directory, user.uid, user.gid)
     path = directory / "memoryd.sock"
-    process = unprivileged_user.popen(SYSTEM_PYTHON, "-I", "-c", LISTENER, str(path))
+    process = user.popen(SYSTEM_PYTHON, "-I", "-c", LISTENER, str(path))
     try:
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "listening", process.stderr
-        yield ForeignListener(path, unprivileged_user.uid, process)
+        yield ForeignListener(path, user.uid, process)
     finally:
         process.kill()
         process.communicate(timeout=10)  # reaps it and closes its pipes
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def foreign_listener(unprivileged_user: LocalUser) -> Iterator[ForeignListener]:
+    with _listener_of(unprivileged_user) as listener:
+        yield listener
 
 
 def assert_refused_before_sending(error: errors.MemorydError, listener: ForeignListener) -> None:
@@ -135,6 +142,21 @@ async def test_a_uid_the_client_is_told_to_trust_is_talked_to(
         with pytest.raises(errors.MemorydTimeoutError):
             await async_client.ping()
     assert await asyncio.to_thread(foreign_listener.bytes_of_next_connection) > 0
+
+
+def test_a_trusted_uid_above_2_31_is_read_as_the_uid_it_is() -> None:
+    # uid_t is unsigned: a uid past 2**31 - 1 (user namespaces, large sites) is
+    # valid, and must not be read as a negative number that matches nothing.
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run a listener as another uid (CI runs as root)")
+    high = LocalUser("memoryd-high-uid", 3_000_000_000, 3_000_000_000)  # no passwd entry needed
+    with _listener_of(high) as listener:
+        with (
+            Client(listener.path, timeout_s=0.5, retry=False, server_uid=high.uid) as client,
+            pytest.raises(errors.MemorydTimeoutError),
+        ):
+            client.ping()
+        assert listener.bytes_of_next_connection() > 0
 
 
 def test_a_server_uid_that_is_not_a_uid_is_refused_by_name(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -172,6 +172,22 @@ def test_export_writes_0600_unless_mode_says_otherwise(daemon_dir: Daemon) -> No
     assert not refused.exists() and not refused.with_name(refused.name + ".partial").exists()
 
 
+def test_export_never_writes_through_a_planted_partial_file(daemon_dir: Daemon) -> None:
+    daemon_dir.env_overrides = LOCAL
+    daemon = daemon_dir.start()
+    with Client(daemon.socket_path) as client:
+        client.add("exported", "note", "a private memory")
+    victim = daemon.directory / "victim"
+    victim.write_text("precious")
+    output = daemon.directory / "out.jsonl"
+    output.with_name(output.name + ".partial").symlink_to(victim)
+    result = run_cli("export", "--all", "-o", str(output), "--socket", str(daemon.socket_path))
+    assert result.returncode == 0, result.stderr
+    assert victim.read_text() == "precious"
+    assert not output.is_symlink() and mode_of(output) == 0o600
+    assert "a private memory" in output.read_text()
+
+
 def test_missing_parents_of_a_private_directory_are_private_too(tmp_path: Path) -> None:
     from memoryd.permissions import make_private_dir  # here: the other tests run on old code too
 

@@ -19,8 +19,8 @@ from typing import Final, Protocol
 from memoryd_client.errors import UntrustedServer
 
 SERVER_UID_ENV: Final = "MEMORYD_SERVER_UID"
-# struct ucred: pid, uid, gid.
-_PEERCRED: Final = struct.Struct("3i")
+# struct ucred: pid_t pid (signed), uid_t uid and gid_t gid (unsigned).
+_PEERCRED: Final = struct.Struct("=iII")
 
 
 class _Socket(Protocol):
