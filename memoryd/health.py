@@ -151,7 +151,7 @@ class Health:
         if self.store_down and problem == self.store_problem:
             return
         # Still degraded, for another reason (refusing, then unreachable): say so.
-        news = self.state is State.DEGRADED
+        news = self.state is State.DEGRADED and problem != self.store_problem
         self.store_problem = problem
         self._store_reachable.clear()
         self._store_writable.clear()
@@ -282,6 +282,12 @@ class Health:
             return
         self._came_back()
         self._store_writable.set()
+        if self.store_problem is not None and self._backlog_size():
+            # It refused memoryd before (credentials, an ACL): it has taken
+            # memoryd back only once a batch applies (store_succeeded), or a
+            # store that lets ping and the marker pass but not the apply script
+            # would flap between degraded and recovering.
+            return
         self.store_problem = None
         self.last_error = None
         self._update("store reachable again" + ("; draining the backlog" if self._draining else ""))

@@ -250,3 +250,43 @@ def test_a_password_changed_at_run_time_raises_an_alert(password_redis: RedisSer
         assert daemon.stop() == 0
     finally:
         daemon.cleanup()
+
+
+def test_an_acl_that_refuses_the_apply_script_does_not_flap(password_redis: RedisServer) -> None:
+    """A user allowed PING and the marker's SET, but not EVALSHA: misconfigured, once."""
+    host, port = password_redis.tcp_address
+    with _admin(password_redis) as admin:
+        admin.acl_setuser(
+            "limited",
+            enabled=True,
+            passwords=["+limited-pw"],
+            keys=["*"],
+            channels=["*"],
+            commands=["+@all", "-evalsha"],
+        )
+    daemon = Daemon(
+        env_overrides={"MEMORYD_REDIS_URL": f"redis://limited:limited-pw@{host}:{port}/0"}
+    )
+    try:
+        daemon.start()
+        with Client(daemon.socket_path, timeout_s=20) as client:
+            client.add("agent-1", "note", "kept in the WAL")
+            eventually(
+                client.status,
+                lambda s: s["state"] == "degraded" and "misconfigured" in s["reason"],
+                timeout_s=20,
+                what="degraded, misconfigured",
+            )
+            changes = daemon.log().count("memoryd.health: health ")
+            time.sleep(5)  # several rounds of three good pings and a passing marker
+            assert client.status()["state"] == "degraded"
+            assert daemon.log().count("memoryd.health: health ") == changes, daemon.log()
+            with _admin(password_redis) as admin:
+                admin.acl_setuser("limited", commands=["+evalsha"])
+            eventually(
+                lambda: client.status()["state"] == "healthy", timeout_s=30, what="healthy again"
+            )
+            assert [r["content"] for r in client.recent("agent-1")] == ["kept in the WAL"]
+        assert daemon.stop() == 0
+    finally:
+        daemon.cleanup()

@@ -48,6 +48,7 @@ async def test_a_daemon_killed_under_pipelined_async_calls_leaves_no_unretrieved
         daemon.env_overrides = {"MEMORYD_BACKEND": "local", "MEMORYD_WAL_FSYNC": "no"}
         daemon.start()
         outcomes: Counter[str] = Counter()
+        cut = 0  # burst calls the kill cut off
         for retry in (FAST, False):
             if daemon.process is None:
                 daemon.start()
@@ -63,7 +64,9 @@ async def test_a_daemon_killed_under_pipelined_async_calls_leaves_no_unretrieved
                 ]
                 await asyncio.sleep(0.05)  # the burst is on its way
                 daemon.kill()
-                outcomes.update(await asyncio.gather(*calls))
+                burst = await asyncio.gather(*calls)
+                cut += sum(outcome in ("ConnectionLost", "ConnectError") for outcome in burst)
+                outcomes.update(burst)
                 # And calls after the death, on the broken connection.
                 outcomes.update(
                     await asyncio.gather(*(_outcome(client.ping(timeout_s=0.3)) for _ in range(5)))
@@ -72,6 +75,7 @@ async def test_a_daemon_killed_under_pipelined_async_calls_leaves_no_unretrieved
         await asyncio.sleep(0)  # reports scheduled by finalizers
     finally:
         loop.set_exception_handler(previous)
-    # The kill did cut calls off (else this test proves nothing).
-    assert outcomes["ConnectionLost"] + outcomes["ConnectError"] > CALLS_IN_FLIGHT, outcomes
+    # The kill did cut a good share of the calls off (else this test proves
+    # nothing); how many depends on how loaded the machine is.
+    assert cut >= CALLS_IN_FLIGHT // 5, outcomes
     assert [context.get("message") for context in reported] == [], reported[:3]
