@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Final
 
@@ -61,28 +62,43 @@ def write_private(path: Path, text: str) -> None:
         file.write(text)
 
 
-def tighten(root: Path) -> list[str]:
-    """Take from ``root`` and everything under it the bits beyond ``DIR_MODE``/``FILE_MODE``.
+def _own_paths(root: Path, own: Collection[str]) -> Iterator[str]:
+    yield str(root)
+    for name in sorted(own):
+        top = root / name
+        if not top.is_dir() or top.is_symlink():
+            yield str(top)
+            continue
+        for directory, _, names in os.walk(top):
+            yield directory
+            yield from (os.path.join(directory, entry) for entry in names)
 
-    Only bits are taken away, never added, and only on what the daemon's user
-    owns; symbolic links are not followed.  Logs one line naming what changed
-    and returns those changes, named from ``root``'s parent (``"data/wal 0755->0700"``).
+
+def tighten(root: Path, own: Collection[str]) -> list[str]:
+    """Take the bits beyond ``DIR_MODE``/``FILE_MODE`` from ``root`` and from the
+    entries of it named in ``own`` (what memoryd itself creates there), with
+    everything under those.
+
+    Nothing else in ``root`` is touched: a ``data_dir`` set by mistake to a
+    home directory must not lose its permissions.  Only bits are taken away,
+    never added, and only on what the daemon's user owns; symbolic links are
+    not followed.  Logs one line naming what changed and returns those
+    changes, named from ``root``'s parent (``"data/wal 0755->0700"``).
     """
     changed: list[str] = []
     euid = os.geteuid()
-    for directory, _, names in os.walk(root):
-        for path in (directory, *(os.path.join(directory, name) for name in names)):
-            try:
-                info = os.lstat(path)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISLNK(info.st_mode) or info.st_uid != euid:
-                continue
-            mode = stat.S_IMODE(info.st_mode)
-            tight = mode & (DIR_MODE if stat.S_ISDIR(info.st_mode) else FILE_MODE)
-            if tight != mode:
-                os.chmod(path, tight)
-                changed.append(f"{os.path.relpath(path, root.parent)} {mode:04o}->{tight:04o}")
+    for path in _own_paths(root, own):
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(info.st_mode) or info.st_uid != euid:
+            continue
+        mode = stat.S_IMODE(info.st_mode)
+        tight = mode & (DIR_MODE if stat.S_ISDIR(info.st_mode) else FILE_MODE)
+        if tight != mode:
+            os.chmod(path, tight)
+            changed.append(f"{os.path.relpath(path, root.parent)} {mode:04o}->{tight:04o}")
     if changed:
         named = ", ".join(changed[:_LOGGED_PATHS])
         more = len(changed) - _LOGGED_PATHS

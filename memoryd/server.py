@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 
 from memoryd import __version__, permissions, socketpath
-from memoryd.alerts import Alerts
+from memoryd.alerts import ALERTS_NAME, Alerts
 from memoryd.backlog import Backlog
 from memoryd.cache import ReadCache
 from memoryd.config import Settings
@@ -37,13 +37,14 @@ from memoryd.eviction import EvictionWatch
 from memoryd.fdlimit import connections_that_fit
 from memoryd.flusher import Flusher
 from memoryd.health import Health, State
-from memoryd.marker import StoreMarker
+from memoryd.marker import MARKER_NAME, StoreMarker
 from memoryd.metrics import Metrics
 from memoryd.protocol import Connection, ConnectionLimits, ConnectionRegistry
 from memoryd.service import Service
 from memoryd.socketpath import LISTEN_BACKLOG
 from memoryd.stores import create_store
 from memoryd.stores.base import StoreError, StoreMisconfigured, StoreUnavailable
+from memoryd.stores.local import FILES as SQLITE_FILES
 from memoryd.systemd import Notifier, watchdog_interval_s
 from memoryd.wal import QUARANTINE_DIR, Recovery, Wal, WalFullError
 from memoryd.writers import SoleWriter
@@ -181,7 +182,7 @@ class Server:
         except OSError as exc:
             raise ConfigError(f"data_dir {self.settings.data_dir}: {exc.strerror}") from exc
         self._lock_data_dir()
-        permissions.tighten(self.settings.data_dir)
+        permissions.tighten(self.settings.data_dir, self._own_entries())
         # Claim the socket before touching the WAL: a second daemon must not
         # "repair" the log the first one is writing.
         listen_socket = self._listen_socket()
@@ -212,6 +213,11 @@ class Server:
         self._serving = True
         logger.info("listening on %s", self.settings.socket_path)
         self.notifier.ready(self._status_line())
+
+    def _own_entries(self) -> frozenset[str]:
+        """What memoryd creates in data_dir, and only that (permissions.tighten)."""
+        files = {LOCK_NAME, ALERTS_NAME, MARKER_NAME, *SQLITE_FILES}
+        return frozenset({WAL_DIR_NAME, *files, *(name + ".tmp" for name in files)})
 
     def _report_wal_room(self) -> None:
         """Start ``failing`` when the WAL cannot take a write (a restart on a full disk)."""

@@ -199,3 +199,20 @@ def test_missing_parents_of_a_private_directory_are_private_too(tmp_path: Path) 
     tmp_path.chmod(0o755)
     make_private_dir(tmp_path)
     assert mode_of(tmp_path) == 0o755
+
+
+def test_tightening_leaves_what_is_not_memoryds_alone(daemon_dir: Daemon) -> None:
+    """A data_dir set by mistake to a directory with other things in it (a home
+    directory): only memoryd's own entries lose their group and other bits."""
+    daemon_dir.env_overrides = LOCAL
+    daemon_dir.data_dir.mkdir(mode=0o755)
+    theirs = daemon_dir.data_dir / "somebody-elses.txt"
+    theirs.write_text("shared on purpose")
+    theirs.chmod(0o644)
+    shared_dir = daemon_dir.data_dir / "public"
+    shared_dir.mkdir(mode=0o755)
+    daemon = daemon_dir.start()
+    assert daemon.stop() == 0
+    assert mode_of(theirs) == 0o644
+    assert mode_of(shared_dir) == 0o755
+    assert mode_of(daemon.data_dir) == 0o700

@@ -28,6 +28,8 @@ from memoryd.stores.base import AgentStats, Eviction, StoreError, StoreUnavailab
 logger = logging.getLogger(__name__)
 
 FILENAME = "store.sqlite3"
+# The database and the files SQLite keeps beside it in WAL mode.
+FILES = (FILENAME, f"{FILENAME}-wal", f"{FILENAME}-shm")
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 5000
 
