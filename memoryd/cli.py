@@ -472,7 +472,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     rate = _Rate()
     try:
         with _daemon(args) as client, _output(args.output, args.mode) as output:
-            if client.status()["state"] == "degraded":
+            # A store that only refuses writes (OOM, READONLY) still answers reads.
+            if not client.status()["store"]["reachable"]:
                 raise IncompleteAnswer("the store is unreachable: an export now would miss records")
             if args.agent is not None:
                 agent_ids: Iterable[str] = [args.agent]

@@ -179,8 +179,15 @@ class Server:
         )
         try:
             permissions.make_private_dir(self.settings.data_dir)
+            owner = self.settings.data_dir.stat().st_uid
         except OSError as exc:
             raise ConfigError(f"data_dir {self.settings.data_dir}: {exc.strerror}") from exc
+        if owner != os.geteuid():
+            # Its owner could replace WAL segments, the store, the checkpoint.
+            raise ConfigError(
+                f"data_dir {self.settings.data_dir}: belongs to uid {owner}, not to uid "
+                f"{os.geteuid()} that memoryd runs as; use a directory of memoryd's own user"
+            )
         self._lock_data_dir()
         permissions.tighten(self.settings.data_dir, self._own_entries())
         # Claim the socket before touching the WAL: a second daemon must not
@@ -570,6 +577,8 @@ class Server:
             round(self.health.ping_latency_s * 1000, 3) if self.health.ping_latency_s else None
         )
         store["last_error"] = self.health.last_error
+        store["reachable"] = not self.health.store_down
+        store["problem"] = self.health.store_problem
         wal = self.wal.describe()
         wal.update(
             backlog_records=len(self.backlog),

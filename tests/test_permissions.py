@@ -216,3 +216,15 @@ def test_tightening_leaves_what_is_not_memoryds_alone(daemon_dir: Daemon) -> Non
     assert mode_of(theirs) == 0o644
     assert mode_of(shared_dir) == 0o755
     assert mode_of(daemon.data_dir) == 0o700
+
+
+def test_a_data_dir_of_another_user_is_refused(
+    daemon_dir: Daemon, unprivileged_user: LocalUser
+) -> None:
+    daemon_dir.data_dir.mkdir(mode=0o700)
+    os.chown(daemon_dir.data_dir, unprivileged_user.uid, unprivileged_user.gid)
+    daemon_dir.start(wait=False)
+    assert daemon_dir.process is not None
+    assert daemon_dir.process.wait(30) == 78
+    assert f"belongs to uid {unprivileged_user.uid}" in daemon_dir.log()
+    assert not (daemon_dir.data_dir / "wal").exists()

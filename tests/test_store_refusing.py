@@ -19,7 +19,7 @@ import pytest
 import redis
 
 from memoryd_client import Client
-from tests.daemons import eventually
+from tests.daemons import eventually, run_cli
 from tests.harness import Daemon, RedisServer, free_tcp_port
 
 HEALTH_LINE = re.compile(r"memoryd\.health: health ")
@@ -84,6 +84,11 @@ def test_a_store_refusing_writes_is_degraded_with_its_reason_and_recovers(
             # Reads still go to the store, with the writes it refused laid over them.
             answer = client.recent("agent-1", limit=100)
             assert {r["id"] for r in answer} == {*before, *during}
+            # A backup still works: the store answers reads.
+            exported = run_cli("export", "--agent", "agent-1", "--socket", str(daemon.socket_path))
+            assert exported.returncode == 0, exported.stderr
+            assert len(exported.stdout.splitlines()) == len(before) + len(during)
+            assert status["store"]["reachable"] and status["store"]["problem"] == reason
             lines_before = len(HEALTH_LINE.findall(daemon.log()))
             time.sleep(4)  # the probe tries writes meanwhile, and the flusher its batch
             assert client.status()["state"] == "degraded", daemon.log()
