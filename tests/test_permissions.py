@@ -205,12 +205,14 @@ def test_tightening_leaves_what_is_not_memoryds_alone(daemon_dir: Daemon) -> Non
     """A data_dir set by mistake to a directory with other things in it (a home
     directory): only memoryd's own entries lose their group and other bits."""
     daemon_dir.env_overrides = LOCAL
-    daemon_dir.data_dir.mkdir(mode=0o755)
+    daemon_dir.data_dir.mkdir()
+    daemon_dir.data_dir.chmod(0o755)  # chmod: the mode is the test's, whatever the umask
     theirs = daemon_dir.data_dir / "somebody-elses.txt"
     theirs.write_text("shared on purpose")
     theirs.chmod(0o644)
     shared_dir = daemon_dir.data_dir / "public"
-    shared_dir.mkdir(mode=0o755)
+    shared_dir.mkdir()
+    shared_dir.chmod(0o755)
     daemon = daemon_dir.start()
     assert daemon.stop() == 0
     assert mode_of(theirs) == 0o644
