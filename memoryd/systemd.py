@@ -18,6 +18,7 @@ class Notifier:
         if address and address.startswith("@"):
             address = "\0" + address[1:]  # the abstract namespace
         self.address = address or None
+        self._dropping = False
 
     @property
     def enabled(self) -> bool:
@@ -28,10 +29,26 @@ class Notifier:
             return
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                sock.sendto("\n".join(lines).encode(), self.address)
+                # Never wait: a receiver that does not read (a hung systemd; a
+                # queue of net.unix.max_dgram_qlen, 10 by default, left full)
+                # would otherwise block the event loop, and every client with it.
+                sock.sendto("\n".join(lines).encode(), socket.MSG_DONTWAIT, self.address)
+        except BlockingIOError:
+            if not self._dropping:
+                logger.warning(
+                    "systemd's notify socket %s does not take messages (its queue is full); "
+                    "dropping them until it does",
+                    self.address,
+                )
+            self._dropping = True
+            return
         except OSError as exc:
             # systemd gone is no reason to stop serving clients.
             logger.warning("could not notify systemd at %s: %s", self.address, exc)
+            return
+        if self._dropping:
+            logger.info("systemd's notify socket %s takes messages again", self.address)
+            self._dropping = False
 
     def ready(self, status: str) -> None:
         self.notify("READY=1", f"STATUS={status}", f"MAINPID={os.getpid()}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterator
 
@@ -149,3 +150,16 @@ def test_watchdog_goes_quiet_while_wal_appends_are_stuck(
     finally:
         release.set()
         listener.close()
+
+
+def test_a_notify_socket_nobody_reads_never_blocks_the_daemon(daemon_dir: Daemon) -> None:
+    """A Unix datagram queue holds net.unix.max_dgram_qlen messages (10 by default);
+    past that a blocking send waits for the reader, and the whole event loop with it."""
+    daemon = daemon_dir.start()  # READY=1 read; from here on nobody reads the socket
+    for _ in range(12):  # each reload sends RELOADING=1 and READY=1
+        daemon.signal(signal.SIGHUP)
+        time.sleep(0.05)
+    with Client(daemon.socket_path, timeout_s=5) as client:
+        assert client.ping() == "pong"
+    assert "does not take messages" in daemon.log()
+    assert daemon.stop() == 0
