@@ -3,7 +3,7 @@
 Writers (``Writers``) add records with ids they choose and content derived
 from the id, and note in a ``Ledger`` every id they sent and every id whose
 write was acknowledged.  ``check_redis`` then reads Redis directly, by the
-key layout of the contract (DESIGN.md, "Storage layout in Redis"), spelled
+key layout of the contract (docs/operations.md, "Keys in Redis"), spelled
 out here rather than imported from memoryd so that the oracle does not share
 the daemon's mistakes, and lists every way the store differs from the
 ledger: an acknowledged record missing or damaged, a record nobody wrote,

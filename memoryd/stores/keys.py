@@ -1,6 +1,6 @@
 """Every Redis key name memoryd uses, built in this one place.
 
-The layout is a contract (DESIGN.md, "Storage layout in Redis"): all keys of
+The layout is a contract (docs/operations.md, "Keys in Redis"): all keys of
 one agent carry the Redis Cluster hash tag ``{agent_id}``, so every write of
 an agent touches one shard and can be one atomic Lua script.  The scripts
 never spell a key suffix themselves: they get whole key names, or the

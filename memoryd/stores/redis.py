@@ -1,6 +1,6 @@
 """The Redis store: records as HASHes, indexes as ZSETs, one Lua script per write.
 
-The key layout is the contract of DESIGN.md ("Storage layout in Redis"); the
+The key layout is a contract (docs/operations.md, "Keys in Redis"); the
 names come from memoryd.stores.keys only.  Every write of one agent in a batch
 is one call of ``apply.lua``, atomic on the agent's shard, and all the calls
 of a batch travel in one non-transactional pipeline: one round trip per batch.
