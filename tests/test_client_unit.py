@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import os
 import shutil
 import socket
@@ -725,3 +726,25 @@ async def test_async_reconnects_after_a_server_restart(
         loop = asyncio.get_running_loop()
         loop.call_later(0.2, start_server, serve(canned_answer))
         assert await c.ping() == "pong"
+
+
+def _public_methods(cls: type) -> dict[str, Any]:
+    return {
+        name: member
+        for name, member in vars(cls).items()
+        if not name.startswith("_") and inspect.isfunction(member)
+    }
+
+
+def test_the_two_clients_offer_the_same_methods_with_the_same_signatures_and_docs() -> None:
+    """One API in two flavours: a method added to, or changed in, one client alone fails here."""
+    sync_methods = _public_methods(Client)
+    async_methods = _public_methods(AsyncClient)
+    # Closing is the one place the names differ by convention (close / aclose).
+    assert set(sync_methods) - {"close"} == set(async_methods) - {"aclose"}
+    for name in sorted(set(sync_methods) - {"close"}):
+        sync_method, async_method = sync_methods[name], async_methods[name]
+        assert inspect.iscoroutinefunction(async_method), name
+        assert inspect.signature(sync_method) == inspect.signature(async_method), name
+        assert inspect.getdoc(sync_method) == inspect.getdoc(async_method), name
+        assert inspect.getdoc(sync_method), f"{name} has no docstring"

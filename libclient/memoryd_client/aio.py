@@ -247,7 +247,10 @@ class AsyncClient:
     async def hello(
         self, client: str | None = None, *, timeout_s: float | None = None
     ) -> HelloResult:
-        """Introduce this client; returns ``{server, version, protocol, peer}``."""
+        """Introduce this client (``client``: a name for the server's logs).
+
+        Returns ``{server, version, protocol, peer: {pid, uid, gid}}``.
+        """
         return await self._call(calls.hello(client), timeout_s)
 
     async def ping(self, *, timeout_s: float | None = None) -> str:
@@ -270,7 +273,13 @@ class AsyncClient:
         durability: Durability | None = None,
         timeout_s: float | None = None,
     ) -> AddResult:
-        """Store one record; see ``Client.add``."""
+        """Store one record for ``agent_id``; returns ``{id, created_at}``.
+
+        The client assigns ``id`` and ``created_at`` when not given, before
+        the first attempt, so a retry after a lost answer stores the record
+        once.  ``durability="store"`` acknowledges only once the record is in
+        the store rather than in the daemon's write-ahead log.
+        """
         call = calls.add(
             agent_id,
             type,
@@ -289,7 +298,12 @@ class AsyncClient:
     async def add_many(
         self, records: Sequence[Mapping[str, Any]], *, timeout_s: float | None = None
     ) -> list[str]:
-        """Store several records in one request; see ``Client.add_many``."""
+        """Store several records (each with the fields of ``add`` and its
+        ``agent_id``) in one request; returns their ids in order.
+
+        Records without ``id``/``created_at`` get them from the client; the
+        caller's mappings are not modified.
+        """
         return await self._call(calls.add_many(records), timeout_s)
 
     async def get(self, agent_id: str, id: str, *, timeout_s: float | None = None) -> Record:
@@ -308,7 +322,8 @@ class AsyncClient:
         ttl_s: float | None | Unset = UNSET,
         timeout_s: float | None = None,
     ) -> Record:
-        """Change the given fields of a record; see ``Client.update``."""
+        """Change the given fields of a record, only those; ``ttl_s=None`` (or 0)
+        removes the expiry.  Returns the updated record."""
         call = calls.update(
             agent_id,
             id,
@@ -321,7 +336,11 @@ class AsyncClient:
         return await self._call(call, timeout_s)
 
     async def delete(self, agent_id: str, id: str, *, timeout_s: float | None = None) -> bool:
-        """Delete a record; returns whether it existed. See ``Client.delete``."""
+        """Delete a record; returns whether it existed.
+
+        A retry after a lost answer may report False for a record that the
+        first attempt deleted.
+        """
         return await self._call(calls.delete(agent_id, id), timeout_s)
 
     async def recent(
@@ -338,8 +357,13 @@ class AsyncClient:
         until: float | None = None,
         timeout_s: float | None = None,
     ) -> RecordList:
-        """The latest records of ``agent_id``, a ``RecordList`` with ``.degraded``;
-        see ``Client.recent``."""
+        """The latest records of ``agent_id`` (server default: 10, newest first).
+
+        Filters: ``types``, ``author``, ``exclude_author``, ``tags``, and
+        ``since``/``until`` in unix seconds.  Returns a ``RecordList``: a list
+        of record dicts whose ``.degraded`` is True when the daemon answered
+        without its store.
+        """
         call = calls.recent(
             agent_id,
             limit=limit,
@@ -362,16 +386,17 @@ class AsyncClient:
         types: Sequence[str] | None = None,
         timeout_s: float | None = None,
     ) -> RecordList:
-        """Records whose text contains ``query``; see ``Client.search``."""
+        """Records whose text contains ``query`` (case-insensitive), newest
+        first; a ``RecordList`` with ``.degraded`` as for ``recent``."""
         call = calls.search(agent_id, query, limit=limit, types=types)
         return await self._call(call, timeout_s)
 
     async def stats(self, agent_id: str, *, timeout_s: float | None = None) -> Stats:
-        """What is stored for ``agent_id`` now."""
+        """What is stored for ``agent_id`` now: ``{count, by_type, bytes, oldest, newest}``."""
         return await self._call(calls.stats(agent_id), timeout_s)
 
     async def clear(self, agent_id: str, *, timeout_s: float | None = None) -> int:
-        """Delete every record of ``agent_id``; returns how many."""
+        """Delete every record of ``agent_id`` (and nothing else); returns how many."""
         return await self._call(calls.clear(agent_id), timeout_s)
 
     async def agents(
@@ -381,11 +406,11 @@ class AsyncClient:
         limit: int | None = None,
         timeout_s: float | None = None,
     ) -> list[str]:
-        """The agent ids known to the store."""
+        """The agent ids known to the store, optionally those starting with ``prefix``."""
         return await self._call(calls.agents(prefix=prefix, limit=limit), timeout_s)
 
     async def status(self, *, timeout_s: float | None = None) -> dict[str, Any]:
-        """The daemon's status snapshot."""
+        """The daemon's status snapshot, as ``memoryd status --json`` prints it."""
         return await self._call(calls.status(), timeout_s)
 
     # Machinery ------------------------------------------------------------
