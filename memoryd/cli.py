@@ -24,7 +24,7 @@ from memoryd.errors import ConfigError, MemorydError
 from memoryd.server import WAL_DIR_NAME, Server
 from memoryd.stores.base import NO_EVICTION
 from memoryd.wal import inspect_wal
-from memoryd_client import Client, errors
+from memoryd_client import Client, errors, wire
 from memoryd_client.paging import IncompleteAnswer
 
 logger = logging.getLogger("memoryd")
@@ -32,7 +32,7 @@ logger = logging.getLogger("memoryd")
 EXIT_HEALTHY, EXIT_DEGRADED, EXIT_FAILING = 0, 1, 2
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's Restart=on-failure should not spin on it forever
 IMPORT_BATCH = 500
-MAX_IMPORT_BATCH = 1000  # the daemon's default max_batch
+MAX_IMPORT_BATCH = wire.DEFAULT_MAX_BATCH
 RECORD_FIELDS_BYTES = 512
 CONNECT_TIMEOUT_S = 3.0
 TRANSFER_TIMEOUT_S = 60.0  # per call: a batch may wait for a full WAL to drain
@@ -92,7 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("input", help="the file to read, or - for stdin")
     load.add_argument("--socket", type=Path, help="the daemon's socket (default: from config)")
     load.add_argument(
-        "--batch", type=_batch_size, default=500, help="records per add_many, 1-1000 (500)"
+        "--batch",
+        type=_batch_size,
+        default=IMPORT_BATCH,
+        help=f"records per add_many, 1-{MAX_IMPORT_BATCH} ({IMPORT_BATCH})",
     )
 
     wal = commands.add_parser("wal", help="look at the write-ahead log")

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     max_memories: int = Field(default=1000, ge=1, le=10_000_000)
     default_ttl_s: int = Field(default=604_800, ge=0)
     max_record_bytes: int = Field(default=64 * KiB, ge=256, le=64 * MiB)
-    max_batch: int = Field(default=1000, ge=1, le=100_000)
+    max_batch: int = Field(default=wire.DEFAULT_MAX_BATCH, ge=1, le=100_000)
     sweep_interval_s: float = Field(default=60.0, gt=0)
 
     # The write-ahead log.

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from memoryd.errors import InvalidRequest
+from memoryd_client import wire
 
 AGENT_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 RECORD_ID_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,63}")
@@ -22,7 +23,7 @@ MAX_AUTHOR_CHARS: Final = 128
 MAX_TAGS: Final = 64
 MAX_TAG_CHARS: Final = 128
 MAX_FILTER_TYPES: Final = 64
-MAX_LIMIT: Final = 1000
+MAX_LIMIT: Final = wire.MAX_READ_LIMIT
 MAX_QUERY_CHARS: Final = 1024
 MAX_TTL_S: Final = 10 * 365 * 86400
 MAX_EXPIRES_AT_S: Final = 2**34  # the year 2514: far beyond any ttl_s from now

@@ -19,7 +19,7 @@ import memoryd
 import memoryd_client
 from memoryd_client import errors, wire
 from tests.daemons import TRIM_MAX_MEMORIES, Env, eventually, new_agent
-from tests.harness import RedisServer, running_daemon
+from tests.harness import Daemon, RedisServer, running_daemon
 
 pytest_plugins = ["tests.daemons"]
 
@@ -877,6 +877,34 @@ def test_agents_with_prefix_and_limit(client: memoryd_client.Client) -> None:
     assert client.clear(prefix + "a") == 1
     client.stats(prefix + "a")  # waits until the clear is applied
     assert client.agents(prefix=prefix) == sorted(set(names) - {prefix + "a"})
+
+
+def test_clear_and_agents_say_whether_they_saw_the_store(
+    daemon_dir: Daemon, private_redis: RedisServer
+) -> None:
+    """Both answer ``degraded`` (the protocol's flag); the client keeps it."""
+    daemon_dir.env_overrides = {"MEMORYD_REDIS_URL": private_redis.url}
+    daemon_dir.start()
+    cleared, listed = new_agent("cleared"), new_agent("listed")
+    with memoryd_client.Client(daemon_dir.socket_path) as client:
+        client.add(cleared, "note", "stored", id="s0")
+        client.add(listed, "note", "stored", id="l0")
+        client.stats(listed)  # waits until both are applied
+        healthy_clear = client.clear(cleared)
+        assert healthy_clear == 1 and not healthy_clear.degraded
+        healthy_agents = client.agents(prefix=listed)
+        assert healthy_agents == [listed] and not healthy_agents.degraded
+
+        private_redis.kill()
+        eventually(lambda: client.status()["state"], lambda state: state == "degraded")
+        client.add(cleared, "note", "held", id="h0")
+        client.add(cleared, "note", "held", id="h1")
+        down_clear = client.clear(cleared)
+        assert down_clear == 2 and down_clear.degraded  # the backlog's count
+        client.add(listed, "note", "held", id="l1")
+        down_agents = client.agents(prefix=listed)
+        assert down_agents == [listed] and down_agents.degraded
+        assert repr(down_clear) == "Cleared(2, degraded=True)"
 
 
 # -- consistency ------------------------------------------------------------------

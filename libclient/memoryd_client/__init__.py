@@ -13,12 +13,22 @@ from memoryd_client.calls import UNSET
 from memoryd_client.client import Client
 from memoryd_client.ids import new_id
 from memoryd_client.retry import RetryPolicy
-from memoryd_client.types import AddResult, NewRecord, Record, RecordList, Stats
+from memoryd_client.types import (
+    AddResult,
+    AgentList,
+    Cleared,
+    NewRecord,
+    Record,
+    RecordList,
+    Stats,
+)
 
 __all__ = [
     "UNSET",
     "AddResult",
+    "AgentList",
     "AsyncClient",
+    "Cleared",
     "Client",
     "NewRecord",
     "Record",

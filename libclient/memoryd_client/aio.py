@@ -30,6 +30,8 @@ from memoryd_client.errors import (
 from memoryd_client.retry import Attempts, RetryPolicy, connect_error, policy_from
 from memoryd_client.types import (
     AddResult,
+    AgentList,
+    Cleared,
     Durability,
     HelloResult,
     Order,
@@ -395,8 +397,9 @@ class AsyncClient:
         """What is stored for ``agent_id`` now: ``{count, by_type, bytes, oldest, newest}``."""
         return await self._call(calls.stats(agent_id), timeout_s)
 
-    async def clear(self, agent_id: str, *, timeout_s: float | None = None) -> int:
-        """Delete every record of ``agent_id`` (and nothing else); returns how many."""
+    async def clear(self, agent_id: str, *, timeout_s: float | None = None) -> Cleared:
+        """Delete every record of ``agent_id`` (and nothing else); returns how many,
+        a ``Cleared`` (an ``int``) with ``.degraded``."""
         return await self._call(calls.clear(agent_id), timeout_s)
 
     async def agents(
@@ -405,8 +408,9 @@ class AsyncClient:
         prefix: str | None = None,
         limit: int | None = None,
         timeout_s: float | None = None,
-    ) -> list[str]:
-        """The agent ids known to the store, optionally those starting with ``prefix``."""
+    ) -> AgentList:
+        """The agent ids known to the store, optionally those starting with ``prefix``;
+        an ``AgentList`` with ``.degraded``."""
         return await self._call(calls.agents(prefix=prefix, limit=limit), timeout_s)
 
     async def status(self, *, timeout_s: float | None = None) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from memoryd_client import ids, wire
 from memoryd_client.errors import ProtocolError, error_from_wire
 from memoryd_client.types import (
     AddResult,
+    AgentList,
+    Cleared,
     Durability,
     HelloResult,
     Order,
@@ -261,18 +263,24 @@ def stats(agent_id: str) -> Call[Stats]:
     return Call("stats", {"agent_id": agent_id}, lambda r: cast(Stats, _map("stats", r)))
 
 
-def clear(agent_id: str) -> Call[int]:
-    return Call("clear", {"agent_id": agent_id}, lambda r: int(_field("clear", r, "deleted", int)))
+def clear(agent_id: str) -> Call[Cleared]:
+    def shape(result: Any) -> Cleared:
+        deleted = int(_field("clear", result, "deleted", int))
+        return Cleared(deleted, degraded=bool(_map("clear", result).get("degraded", False)))
+
+    return Call("clear", {"agent_id": agent_id}, shape)
 
 
-def agents(*, prefix: str | None, limit: int | None) -> Call[list[str]]:
-    def shape(result: Any) -> list[str]:
+def agents(*, prefix: str | None, limit: int | None) -> Call[AgentList]:
+    def shape(result: Any) -> AgentList:
         # The contract says "the agent ids"; accept a bare list or {"agents": [...]}.
+        degraded = False
         if isinstance(result, dict):
+            degraded = bool(result.get("degraded", False))
             result = result.get("agents")
         if not isinstance(result, list):
             raise _unexpected("agents", result)
-        return [str(agent_id) for agent_id in result]
+        return AgentList((str(agent_id) for agent_id in result), degraded=degraded)
 
     return Call("agents", _named(prefix=prefix, limit=limit), shape)
 

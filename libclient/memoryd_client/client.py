@@ -31,6 +31,8 @@ from memoryd_client.errors import (
 from memoryd_client.retry import Attempts, RetryPolicy, connect_error, policy_from
 from memoryd_client.types import (
     AddResult,
+    AgentList,
+    Cleared,
     Durability,
     HelloResult,
     Order,
@@ -288,8 +290,9 @@ class Client:
         """What is stored for ``agent_id`` now: ``{count, by_type, bytes, oldest, newest}``."""
         return self._call(calls.stats(agent_id), timeout_s)
 
-    def clear(self, agent_id: str, *, timeout_s: float | None = None) -> int:
-        """Delete every record of ``agent_id`` (and nothing else); returns how many."""
+    def clear(self, agent_id: str, *, timeout_s: float | None = None) -> Cleared:
+        """Delete every record of ``agent_id`` (and nothing else); returns how many,
+        a ``Cleared`` (an ``int``) with ``.degraded``."""
         return self._call(calls.clear(agent_id), timeout_s)
 
     def agents(
@@ -298,8 +301,9 @@ class Client:
         prefix: str | None = None,
         limit: int | None = None,
         timeout_s: float | None = None,
-    ) -> list[str]:
-        """The agent ids known to the store, optionally those starting with ``prefix``."""
+    ) -> AgentList:
+        """The agent ids known to the store, optionally those starting with ``prefix``;
+        an ``AgentList`` with ``.degraded``."""
         return self._call(calls.agents(prefix=prefix, limit=limit), timeout_s)
 
     def status(self, *, timeout_s: float | None = None) -> dict[str, Any]:

@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from memoryd_client import wire
 from memoryd_client.aio import AsyncClient
 from memoryd_client.client import Client
 from memoryd_client.errors import MemorydError
 from memoryd_client.types import Record, RecordList
 
-# memoryd answers at most this many records per call (its ``limit`` bound).
-PAGE = 1000
+PAGE = wire.MAX_READ_LIMIT
 
 
 def _page_args(since: float | None, types: list[str] | None) -> dict[str, Any]:

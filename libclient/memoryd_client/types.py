@@ -92,3 +92,37 @@ class RecordList(list[Record]):
 
     def __repr__(self) -> str:
         return f"RecordList({list.__repr__(self)}, degraded={self.degraded})"
+
+
+class Cleared(int):
+    """How many records ``clear`` deleted, an ``int`` with ``.degraded``.
+
+    ``degraded`` is True when the store was unreachable: the count is then of
+    the agent's writes still held by the daemon, and the store's own records
+    are deleted once it returns.
+    """
+
+    degraded: bool
+
+    def __new__(cls, deleted: int, *, degraded: bool = False) -> Cleared:
+        cleared = super().__new__(cls, deleted)
+        cleared.degraded = degraded
+        return cleared
+
+    def __repr__(self) -> str:
+        return f"Cleared({int(self)}, degraded={self.degraded})"
+
+
+class AgentList(list[str]):
+    """The agent ids of ``agents``, with ``.degraded``: True when the store was
+    unreachable and the list holds only the agents with writes still held by
+    the daemon."""
+
+    degraded: bool
+
+    def __init__(self, agent_ids: Iterable[str] = (), *, degraded: bool = False) -> None:
+        super().__init__(agent_ids)
+        self.degraded = degraded
+
+    def __repr__(self) -> str:
+        return f"AgentList({list.__repr__(self)}, degraded={self.degraded})"

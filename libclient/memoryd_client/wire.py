@@ -29,6 +29,12 @@ MIN_MSGID: Final = 1
 MAX_MSGID: Final = 2**32 - 1
 MAX_METHOD_BYTES: Final = 64
 
+# The most records one read answers (the bound of ``limit``): a caller that
+# wants more pages through them (memoryd_client.paging).
+MAX_READ_LIMIT: Final = 1000
+# The daemon's default ``max_batch``: records per ``add_many``.
+DEFAULT_MAX_BATCH: Final = 1000
+
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1024 * 1024
 # Room above the largest message so that the next message's first bytes can
 # sit in the buffer next to a maximal one.

@@ -15,13 +15,14 @@ import time
 from datetime import datetime
 from typing import Any
 
+from memoryd_client import wire
 from memoryd_client.aio import AsyncClient
 from memoryd_client.compat.tableround import text
 from memoryd_client.compat.tableround.clients import shared_async_client
 from memoryd_client.types import Record
 
 STREAM_PREFIX = "meeting:"
-STATS_LIMIT = 1000
+STATS_LIMIT = wire.MAX_READ_LIMIT
 STAGE_SUMMARY_LIMIT = 100
 
 
