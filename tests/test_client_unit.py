@@ -748,3 +748,19 @@ def test_the_two_clients_offer_the_same_methods_with_the_same_signatures_and_doc
         assert inspect.signature(sync_method) == inspect.signature(async_method), name
         assert inspect.getdoc(sync_method) == inspect.getdoc(async_method), name
         assert inspect.getdoc(sync_method), f"{name} has no docstring"
+
+
+def test_retryability_comes_from_one_table_of_codes() -> None:
+    for code in wire.ERROR_CODES:
+        error = errors.error_from_wire({"code": code, "message": "m"})
+        assert error.code == code
+        assert error.retryable is (code in wire.RETRYABLE_CODES), code
+    assert errors.ConnectError("refused").retryable
+    assert errors.ConnectionLost("cut").retryable
+    for final in (errors.ClientClosed, errors.UntrustedServer, errors.ProtocolError):
+        assert not final("no").retryable, final
+    assert not errors.MemorydTimeoutError("late").retryable
+    # A code this client does not know keeps its name and the server's verdict.
+    newer = errors.error_from_wire({"code": "quota_exceeded", "message": "m", "retryable": True})
+    assert isinstance(newer, errors.InternalError)
+    assert (newer.code, newer.retryable) == ("quota_exceeded", True)

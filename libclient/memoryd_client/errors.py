@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
 from memoryd_client import wire
 
+# The client's own failures that another attempt may cure; with the server's
+# RETRYABLE_CODES, the one table a retry decision reads.
+CLIENT_RETRYABLE_CODES = frozenset({"connect_error", "connection_lost"})
+
 
 class MemorydError(Exception):
-    """Root of every error the client raises."""
+    """Root of every error the client raises.
 
-    code: ClassVar[str] = wire.INTERNAL
-    retryable: ClassVar[bool] = False
+    ``code`` is the wire error code (or one of the client's own); ``retryable``
+    says whether another attempt may succeed, from the codes' table unless the
+    raiser knows better (a server's verdict on a code this client does not
+    know, a connect error that waiting cannot cure).
+    """
 
-    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+    code: str = wire.INTERNAL
+
+    def __init__(
+        self, message: str = "", *, code: str | None = None, retryable: bool | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
-        if code is not None and code != type(self).code:
-            # An unknown code from a newer server keeps its own name.
-            self.code = code  # type: ignore[misc]
+        # An unknown code from a newer server keeps its own name.
+        if code is not None:
+            self.code = code
+        if retryable is None:
+            retryable = self.code in wire.RETRYABLE_CODES | CLIENT_RETRYABLE_CODES
+        self.retryable = retryable
 
 
 class InvalidRequest(MemorydError):
@@ -39,27 +53,22 @@ class Unauthorized(MemorydError):
 
 class Overloaded(MemorydError):
     code = wire.OVERLOADED
-    retryable = True
 
 
 class WalFull(MemorydError):
     code = wire.WAL_FULL
-    retryable = True
 
 
 class BackendUnavailable(MemorydError):
     code = wire.BACKEND_UNAVAILABLE
-    retryable = True
 
 
 class DeadlineExceeded(MemorydError):
     code = wire.DEADLINE_EXCEEDED
-    retryable = True
 
 
 class ShuttingDown(MemorydError):
     code = wire.SHUTTING_DOWN
-    retryable = True
 
 
 class InternalError(MemorydError):
@@ -77,7 +86,6 @@ class ConnectError(MemorydError, ConnectionError):
     """The daemon could not be reached, or the connection broke mid-request."""
 
     code = "connect_error"
-    retryable = True
 
 
 class ConnectionLost(ConnectError):
@@ -91,7 +99,6 @@ class ClientClosed(ConnectError):
     """The client was closed; calls in flight and later calls fail with this."""
 
     code = "client_closed"
-    retryable = False
 
 
 class UntrustedServer(ConnectError):
@@ -99,7 +106,6 @@ class UntrustedServer(ConnectError):
     trust (see ``memoryd_client.peer``); nothing was sent to it."""
 
     code = "untrusted_server"
-    retryable = False
 
 
 class MemorydTimeoutError(MemorydError, TimeoutError):
@@ -131,7 +137,5 @@ def error_from_wire(error: dict[str, Any]) -> MemorydError:
     message = str(error.get("message", ""))
     cls = _BY_CODE.get(code)
     if cls is None:
-        exc: MemorydError = InternalError(message, code=code)
-        exc.retryable = bool(error.get("retryable", False))  # type: ignore[misc]
-        return exc
+        return InternalError(message, code=code, retryable=bool(error.get("retryable", False)))
     return cls(message)

@@ -68,16 +68,17 @@ def policy_from(retry: bool | RetryPolicy) -> RetryPolicy:
 def connect_error(socket_path: str, exc: OSError) -> ConnectError:
     """The error for a failed connect; retried only when waiting can help."""
     reason = wire.socket_path_too_long(socket_path) or str(exc)
-    error = ConnectError(f"cannot connect to memoryd at {socket_path}: {reason}")
+    # A permission problem or a bad path does not heal by waiting.
+    transient = isinstance(exc, _TRANSIENT_CONNECT_ERRORS)
+    error = ConnectError(
+        f"cannot connect to memoryd at {socket_path}: {reason}", retryable=transient
+    )
     error.__cause__ = exc
-    if not isinstance(exc, _TRANSIENT_CONNECT_ERRORS):
-        # A permission problem or a bad path does not heal by waiting.
-        error.retryable = False  # type: ignore[misc]
     return error
 
 
 def is_retryable(exc: MemorydError) -> bool:
-    return exc.retryable or exc.code in wire.RETRYABLE_CODES
+    return exc.retryable
 
 
 def _is_server_error(exc: MemorydError) -> bool:
