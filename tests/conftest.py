@@ -3,12 +3,14 @@ from __future__ import annotations
 import os
 import pwd
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import hypothesis
 import pytest
 import redis
 
+import memoryd_client
+from tests.daemons import STORE_KINDS, TRIM_MAX_MEMORIES, Env, new_agent, start_env
 from tests.harness import Daemon, LocalUser, RedisServer
 
 UNPRIVILEGED_USER = "memoryd-test"
@@ -104,3 +106,96 @@ def unprivileged_user() -> Iterator[LocalUser]:
         yield LocalUser(entry.pw_name, entry.pw_uid, entry.pw_gid)
     finally:
         subprocess.run(["userdel", UNPRIVILEGED_USER], capture_output=True, check=False)
+
+
+# -- the shared daemons (tests/daemons.py) ---------------------------------------
+
+
+@pytest.fixture(scope="session", params=STORE_KINDS)
+def store_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def daemons_redis() -> Iterator[RedisServer]:
+    """A Redis of these daemons' own: their sweeps must not touch the data of
+    tests that use the session Redis, and its flushes must not touch theirs."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def _envs(daemons_redis: RedisServer) -> Iterator[dict[tuple[str, str], Env]]:
+    """Daemons by (store kind, flavour), started on first use, stopped at the end."""
+    envs: dict[tuple[str, str], Env] = {}
+    try:
+        yield envs
+    finally:
+        for started in envs.values():
+            started.close()
+
+
+def _env(
+    envs: dict[tuple[str, str], Env],
+    kind: str,
+    flavour: str,
+    daemons_redis: RedisServer,
+    **settings: str,
+) -> Env:
+    key = (kind, flavour)
+    if key not in envs:
+        envs[key] = start_env(kind, daemons_redis, **settings)
+    started = envs[key]
+    process = started.daemon.process
+    assert process is not None and process.poll() is None, started.daemon.log()
+    return started
+
+
+@pytest.fixture
+def env(_envs: dict[tuple[str, str], Env], store_kind: str, daemons_redis: RedisServer) -> Env:
+    """The shared daemon of this store kind (default settings, fast sweep)."""
+    return _env(_envs, store_kind, "default", daemons_redis)
+
+
+@pytest.fixture
+def trim_env(_envs: dict[tuple[str, str], Env], store_kind: str, daemons_redis: RedisServer) -> Env:
+    """A shared daemon of this store kind with ``max_memories`` = 5."""
+    return _env(
+        _envs,
+        store_kind,
+        "trim",
+        daemons_redis,
+        MEMORYD_MAX_MEMORIES=str(TRIM_MAX_MEMORIES),
+    )
+
+
+@pytest.fixture
+def client(env: Env) -> Iterator[memoryd_client.Client]:
+    with env.client() as connected:
+        yield connected
+
+
+@pytest.fixture
+async def aclient(env: Env) -> AsyncIterator[memoryd_client.AsyncClient]:
+    async with memoryd_client.AsyncClient(env.socket_path) as connected:
+        yield connected
+
+
+@pytest.fixture
+def agent() -> str:
+    return new_agent()
+
+
+@pytest.fixture
+def redis_env(_envs: dict[tuple[str, str], Env], daemons_redis: RedisServer) -> Env:
+    """The shared Redis daemon, for tests that look inside Redis itself."""
+    return _env(_envs, "redis", "default", daemons_redis)
+
+
+@pytest.fixture
+def local_env(_envs: dict[tuple[str, str], Env], daemons_redis: RedisServer) -> Env:
+    """The shared local (SQLite) daemon."""
+    return _env(_envs, "local", "default", daemons_redis)

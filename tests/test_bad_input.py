@@ -22,8 +22,6 @@ from memoryd.validation import MAX_NESTING_DEPTH
 from memoryd_client import errors
 from tests.daemons import Env, RawConnection, new_agent
 
-pytest_plugins = ["tests.daemons"]
-
 AGENT = "@AGENT@"  # the test's own, valid agent
 MARKER = "@MARKER@"  # a unique string inside every invalid agent id
 LONG_AGENT = "@LONG@"  # an invalid agent id of 129 characters, with the marker

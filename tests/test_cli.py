@@ -23,8 +23,6 @@ import memoryd
 from memoryd import cli
 from tests.daemons import Env, clean_env, run_cli
 
-pytest_plugins = ["tests.daemons"]
-
 EXIT_CONFIG = 78
 SECRET = "s3cr3t-Passw0rd"
 STATUS_KEYS = {

@@ -18,8 +18,6 @@ from memoryd_client.compat.tableround import GlobalMemory, Memory, MemoryAdapter
 from memoryd_client.compat.tableround.meeting import timeline_entry
 from tests.daemons import Env, new_agent
 
-pytest_plugins = ["tests.daemons"]
-
 # 2026-11-24 09:30:05 in Shanghai, where TableRound ran.
 WHEN = 1795483805.25
 STAMP = "[2026-11-24 09:30:05]"

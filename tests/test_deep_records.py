@@ -31,8 +31,6 @@ from memoryd_client.compat.tableround import Memory
 from tests.daemons import new_agent, run_cli
 from tests.harness import Daemon, RedisServer
 
-pytest_plugins = ["tests.daemons"]
-
 # What an older memoryd took in an ``add``: its decoder stops near 1,024 levels.
 THOUSAND = 1000
 # Deep enough that no answer holding it fits msgpack's 1,024 levels once it is

@@ -21,8 +21,6 @@ from memoryd_client import errors, wire
 from tests.daemons import TRIM_MAX_MEMORIES, Env, eventually, new_agent
 from tests.harness import Daemon, RedisServer, running_daemon
 
-pytest_plugins = ["tests.daemons"]
-
 RECORD_FIELDS = {
     "id",
     "agent_id",

@@ -13,8 +13,6 @@ from memoryd_client import Client, errors
 from tests.daemons import Env, eventually, new_agent, run_cli
 from tests.harness import Daemon, RedisServer
 
-pytest_plugins = ["tests.daemons"]
-
 
 def write_json(path: Path, document: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
