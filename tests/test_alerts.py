@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -234,7 +235,7 @@ async def test_seq_numbers_of_a_failed_write_are_given_back(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A gap in the log must mean lost data, so a failed write leaves none."""
-    real_write = wal_module.os.write
+    real_write = os.write
 
     def failing_write(fd: int, data: bytes) -> int:
         raise OSError(errno.EIO, "injected EIO")
@@ -242,10 +243,10 @@ async def test_seq_numbers_of_a_failed_write_are_given_back(
     wal, _ = make_wal(tmp_path, fsync="no")
     wal.open()
     await wal.append([Put.of(record(1))])
-    monkeypatch.setattr(wal_module.os, "write", failing_write)
+    monkeypatch.setattr(os, "write", failing_write)
     with pytest.raises(wal_module.WalError):
         await wal.append([Put.of(record(2))])
-    monkeypatch.setattr(wal_module.os, "write", real_write)
+    monkeypatch.setattr(os, "write", real_write)
     assert await wal.append([Put.of(record(3))]) == [2]
     await wal.close()
 

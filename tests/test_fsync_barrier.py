@@ -16,6 +16,7 @@ import pytest
 from memoryd import wal as wal_module
 from memoryd.errors import FatalError
 from memoryd.ops import Put, decode_op
+from memoryd.wal import format as wal_format
 from memoryd_client import AsyncClient, Client, errors
 from tests.harness import short_tempdir, wait_until
 from tests.inprocess import embedded_server
@@ -47,11 +48,11 @@ def frame_ends(wal_dir: Path) -> dict[str, int]:
     """Record id -> offset just past its frame, for a single-segment WAL."""
     [segment] = wal_module.list_segments(wal_dir)
     data = segment.read_bytes()
-    offset, ends = len(wal_module.MAGIC), {}
-    while offset + wal_module.FRAME.size <= len(data):
-        length, _, _ = wal_module.FRAME.unpack_from(data, offset)
-        payload = data[offset + wal_module.FRAME.size : offset + wal_module.FRAME.size + length]
-        offset += wal_module.FRAME.size + length
+    offset, ends = len(wal_format.MAGIC), {}
+    while offset + wal_format.FRAME.size <= len(data):
+        length, _, _ = wal_format.FRAME.unpack_from(data, offset)
+        payload = data[offset + wal_format.FRAME.size : offset + wal_format.FRAME.size + length]
+        offset += wal_format.FRAME.size + length
         op = decode_op(payload)
         if isinstance(op, Put):
             ends[op.record["id"]] = offset
@@ -63,7 +64,7 @@ def test_no_ack_before_its_fdatasync_returns(
     monkeypatch: pytest.MonkeyPatch, delay_s: float
 ) -> None:
     syncs = SyncLog(delay_s)
-    monkeypatch.setattr(wal_module.os, "fdatasync", syncs)
+    monkeypatch.setattr(os, "fdatasync", syncs)
     acked_at: dict[str, float] = {}
 
     async def pipeline(socket_path: Path) -> None:
@@ -97,7 +98,7 @@ def test_an_fdatasync_error_is_fatal_and_replay_keeps_every_ack(
         real(fd)
 
     directory = short_tempdir("mdf-")
-    monkeypatch.setattr(wal_module.os, "fdatasync", failing_fdatasync)
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
     acked: list[str] = []
     refused = 0
     with embedded_server(directory, wal_fsync="always", backend="local") as daemon:
@@ -115,7 +116,7 @@ def test_an_fdatasync_error_is_fatal_and_replay_keeps_every_ack(
     assert "fdatasync" in str(daemon.errors[0])
     assert 30 <= len(acked) < 100
 
-    monkeypatch.setattr(wal_module.os, "fdatasync", real)
+    monkeypatch.setattr(os, "fdatasync", real)
     with (
         embedded_server(directory, wal_fsync="always", backend="local") as daemon,
         Client(daemon.socket_path) as client,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -108,10 +109,8 @@ def test_sighup_reloads_limits_and_keeps_the_running_config_when_the_new_one_is_
 def test_watchdog_goes_quiet_while_wal_appends_are_stuck(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import os
     import threading
 
-    from memoryd import wal as wal_module
     from tests.harness import NotifyListener, short_tempdir
     from tests.inprocess import embedded_server
 
@@ -131,7 +130,7 @@ def test_watchdog_goes_quiet_while_wal_appends_are_stuck(
         with embedded_server(directory, backend="local") as daemon:
             time.sleep(0.5)
             assert listener.poll().count("WATCHDOG=1") >= 2
-            monkeypatch.setattr(wal_module.os, "fdatasync", stuck_fdatasync)
+            monkeypatch.setattr(os, "fdatasync", stuck_fdatasync)
 
             def write_one() -> None:
                 with Client(daemon.socket_path, timeout_s=30) as client:

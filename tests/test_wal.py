@@ -15,14 +15,13 @@ from memoryd import wal as wal_module
 from memoryd.ops import Clear, Delete, Entry, Put, encode_op
 from memoryd.records import Record
 from memoryd.wal import (
-    MAGIC,
     Wal,
     WalFullError,
-    encode_frame,
     list_segments,
     read_checkpoint,
     recover,
 )
+from memoryd.wal.format import MAGIC, encode_frame
 
 
 def record(n: int, agent_id: str = "agent_1") -> Record:
@@ -102,7 +101,7 @@ async def test_group_commit_shares_one_fdatasync(
         calls.append(fd)
         real(fd)
 
-    monkeypatch.setattr(wal_module.os, "fdatasync", counting_fdatasync)
+    monkeypatch.setattr(os, "fdatasync", counting_fdatasync)
     wal, collected = make_wal(tmp_path)
     wal.open()
     await asyncio.gather(*(wal.append([Put.of(record(n))]) for n in range(1, 101)))
@@ -122,7 +121,7 @@ async def test_always_acknowledges_only_after_the_covering_fdatasync(
         release.wait(5)
         real(fd)
 
-    monkeypatch.setattr(wal_module.os, "fdatasync", slow_fdatasync)
+    monkeypatch.setattr(os, "fdatasync", slow_fdatasync)
     wal, collected = make_wal(tmp_path)
     wal.open()
     pending = asyncio.ensure_future(wal.append([Put.of(record(1))]))
@@ -139,7 +138,7 @@ async def test_everysec_acknowledges_before_sync(
 ) -> None:
 
     synced: list[int] = []
-    monkeypatch.setattr(wal_module.os, "fdatasync", synced.append)
+    monkeypatch.setattr(os, "fdatasync", synced.append)
     wal, _ = make_wal(tmp_path, fsync="everysec")
     wal.open()
     assert await wal.append([Put.of(record(1))]) == [1]
@@ -332,7 +331,7 @@ async def test_close_syncs_even_under_fsync_no(
         synced.append(fd)
         real(fd)
 
-    monkeypatch.setattr(wal_module.os, "fdatasync", counting)
+    monkeypatch.setattr(os, "fdatasync", counting)
     wal, _ = make_wal(tmp_path, fsync="no")
     wal.open()
     await wal.append([Put.of(record(1))])

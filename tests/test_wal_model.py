@@ -28,13 +28,12 @@ from memoryd.ops import Clear, Delete, Entry, Op, Put, Replace, encode_op
 from memoryd.records import Query, Record
 from memoryd.stores.local import LocalStore
 from memoryd.wal import (
-    MAGIC,
     Wal,
     WalFullError,
-    encode_frame,
     list_segments,
     read_checkpoint,
 )
+from memoryd.wal.format import MAGIC, encode_frame
 
 AGENTS = ("alice", "bob", "张三")
 SEGMENT_BYTES = 512

@@ -33,20 +33,18 @@ from memoryd.ops import Clear, Delete, Op, Put, Replace, encode_op
 from memoryd.records import Record
 from memoryd.wal import (
     CHECKPOINT_NAME,
-    FRAME,
-    MAGIC,
     QUARANTINE_DIR,
     Recovery,
     Wal,
     WalError,
     WalFatalError,
     WalFullError,
-    encode_frame,
     list_segments,
     recover,
     segment_name,
     write_checkpoint,
 )
+from memoryd.wal.format import FRAME, MAGIC, encode_frame
 from memoryd_client import Client
 from tests.harness import Daemon, tiny_tmpfs
 
@@ -848,7 +846,7 @@ async def test_write_fault_acknowledges_nothing_and_truncates_back(
             acked += await wal.append([Put.of(record(3))])
             assert wal._segment.size >= SEGMENT_BYTES
         faulty = FaultyWrite(wal_dir, 1, mode)
-        monkeypatch.setattr(wal_module.os, "write", faulty)
+        monkeypatch.setattr(os, "write", faulty)
         with pytest.raises(error):
             await asyncio.wait_for(wal.append([Put.of(record(50)), Put.of(record(51))]), 3)
         assert faulty.fired
@@ -888,7 +886,7 @@ async def test_fdatasync_failure_is_fatal_and_loses_nothing_acknowledged(
     def failing_fdatasync(fd: int) -> None:
         raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(wal_module.os, "fdatasync", failing_fdatasync)
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
     with pytest.raises(WalFatalError):
         await asyncio.wait_for(wal.append([Put.of(record(6))]), 10)
     assert len(fatal) == 1 and isinstance(fatal[0], OSError)

@@ -1,20 +1,8 @@
-"""The write-ahead log: every write is here before it is acknowledged.
+"""The log a write goes into before it is acknowledged: appends, group commit, checkpoints.
 
-Layout under ``<data_dir>/wal/``:
-
-- segment files ``<first seq, 20 digits>.wal``: an 8-byte magic, then frames;
-- ``checkpoint``: the highest sequence number the store has applied, written
-  to a temp file, fsynced, renamed and the directory fsynced;
-- ``quarantine/``: bytes recovery could not make sense of, kept for an operator.
-
-A frame is ``length u32 | crc32 u32 | seq u64 | payload``, little-endian; the
-checksum covers length, seq and payload, so a torn or garbled frame is never
-taken for a good one.  Sequence numbers strictly increase without gaps (a
-failed write gives its numbers back), so a gap means lost data.
-
-Group commit: appends made during one loop iteration are written together and
-covered by one fdatasync, run in a worker thread so the loop keeps accepting
-the next group meanwhile.  With ``always`` an append completes only after the
+Appends made during one loop iteration are written together and covered by
+one fdatasync, run in a worker thread so the loop keeps accepting the next
+group meanwhile.  With ``always`` an append completes only after the
 fdatasync that covers it has returned; with ``everysec`` after the write, a
 background task syncing once a second; with ``no`` after the write.
 """
@@ -23,415 +11,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import errno
-import json
 import logging
 import os
-import struct
 import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from memoryd.atomicfile import fsync_directory, write_atomically
-from memoryd.errors import MemorydError
-from memoryd.ops import Entry, Op, OpDecodeError, decode_op, encode_op
-from memoryd.permissions import make_private_dir, open_private
+from memoryd.atomicfile import fsync_directory
+from memoryd.ops import Entry, Op, encode_op
+from memoryd.permissions import open_private
+from memoryd.wal.errors import WalError, WalFatalError, WalFullError, write_error
+from memoryd.wal.format import (
+    MAGIC,
+    SEGMENT_SUFFIX,
+    encode_frame,
+    list_segments,
+    segment_name,
+    write_checkpoint,
+)
+from memoryd.wal.recovery import Recovery, recover
 
 logger = logging.getLogger(__name__)
 
-MAGIC = b"MDWAL\x00\x01\n"
-FRAME = struct.Struct("<IIQ")
-_CRC_PREFIX = struct.Struct("<IQ")
-SEGMENT_SUFFIX = ".wal"
-CHECKPOINT_NAME = "checkpoint"
-QUARANTINE_DIR = "quarantine"
-# A frame longer than this is damage, not data: records are bounded far below.
-MAX_FRAME_PAYLOAD_BYTES = 256 * 1024 * 1024
-# How far past an unreadable point recovery looks for an intact frame, to tell
-# a torn tail (nothing intact after it) from damage (good records after it).
-LOOKAHEAD_BYTES = 1024 * 1024
-
 FsyncPolicy = Literal["always", "everysec", "no"]
-
-
-class WalError(MemorydError):
-    """The WAL could not take a write."""
-
-
-class WalFullError(WalError):
-    """Taking the write would pass ``wal_max_bytes``, the disk is full, or
-    writing failed; nothing of it is in the log, and a retry may succeed.
-
-    ``for_space``: the cause is room (bytes or disk), so it is over once there
-    is room again; other causes are over at the next write that succeeds.
-    """
-
-    def __init__(self, message: str, *, for_space: bool = True) -> None:
-        super().__init__(message)
-        self.for_space = for_space
-
-
-class WalBusyError(WalError):
-    """The process is out of file descriptors (or memory) for the WAL's files;
-    nothing of the write is in the log, and a retry may succeed."""
-
-
-class WalFatalError(WalError):
-    """fdatasync failed: what reached the disk is unknown, so memoryd stops."""
-
-
-def encode_frame(seq: int, payload: bytes) -> bytes:
-    crc = zlib.crc32(payload, zlib.crc32(_CRC_PREFIX.pack(len(payload), seq)))
-    return FRAME.pack(len(payload), crc, seq) + payload
-
-
-def segment_name(first_seq: int) -> str:
-    return f"{first_seq:020d}{SEGMENT_SUFFIX}"
-
-
-# --------------------------------------------------------------------- reading
-
-
-@dataclass(slots=True)
-class SegmentScan:
-    """What reading one segment found."""
-
-    path: Path
-    first_seq: int
-    entries: list[Entry] = field(default_factory=list)
-    last_seq: int = 0
-    valid_bytes: int = 0
-    torn_tail_bytes: int = 0
-    corrupt_records: int = 0
-    quarantined_bytes: int = 0
-
-
-def _frame_at(data: bytes, offset: int, min_seq: int) -> tuple[int, int, bytes] | None:
-    """(seq, end offset, payload) of an intact frame at ``offset``, else None."""
-    if len(data) - offset < FRAME.size:
-        return None
-    length, crc, seq = FRAME.unpack_from(data, offset)
-    start = offset + FRAME.size
-    if length > MAX_FRAME_PAYLOAD_BYTES or start + length > len(data) or seq < min_seq:
-        return None
-    payload = data[start : start + length]
-    if zlib.crc32(payload, zlib.crc32(_CRC_PREFIX.pack(length, seq))) != crc:
-        return None
-    return seq, start + length, payload
-
-
-def _intact_frame_after(data: bytes, offset: int, min_seq: int) -> bool:
-    """Whether an intact frame starts somewhere after ``offset`` (looking a bounded way)."""
-    last = min(len(data), offset + LOOKAHEAD_BYTES) - FRAME.size
-    return any(_frame_at(data, at, min_seq) for at in range(offset + 1, last + 1))
-
-
-def _end_of_bad_frame(data: bytes, offset: int, min_seq: int) -> int | None:
-    """Where a whole frame with a bad checksum ends, if its length can be
-    trusted: the intact frame right after it is the next sequence number.
-    None otherwise.
-
-    The bad frame held ``min_seq``, so the frame after it must hold
-    ``min_seq + 1`` (numbers have no gaps).  Any intact frame would not do: a
-    garbled length can land by chance on a later frame boundary, and skipping
-    to it would throw away the intact frames in between.
-    """
-    if len(data) - offset < FRAME.size:
-        return None
-    length, _, seq = FRAME.unpack_from(data, offset)
-    after = offset + FRAME.size + length
-    if length > MAX_FRAME_PAYLOAD_BYTES or after >= len(data) or seq < min_seq:
-        return None
-    following = _frame_at(data, after, min_seq + 1)
-    return after if following is not None and following[0] == min_seq + 1 else None
-
-
-def _read_frames(data: bytes, scan: SegmentScan, after_seq: int) -> None:
-    """Fill ``scan`` from a segment's bytes, up to the first point it cannot read past.
-
-    That point is a torn tail when nothing intact follows it (the end of a
-    write cut short: zeros, half a frame), else damage to quarantine.  A bad
-    frame is skipped only when an intact frame follows it, so a garbled
-    length never makes us skip, or cut away, good records.
-    """
-    offset = len(MAGIC)
-    while offset < len(data):
-        frame = _frame_at(data, offset, scan.last_seq + 1)
-        if frame is not None:
-            seq, offset, payload = frame
-            scan.last_seq = seq
-            scan.valid_bytes = offset
-            if seq > after_seq:
-                _keep(scan, seq, payload)
-            continue
-        skip_to = _end_of_bad_frame(data, offset, scan.last_seq + 1)
-        if skip_to is not None:
-            scan.corrupt_records += 1
-            scan.valid_bytes = offset = skip_to
-            continue
-        if _intact_frame_after(data, offset, scan.last_seq + 1):
-            scan.quarantined_bytes = len(data) - offset
-        else:
-            scan.torn_tail_bytes = len(data) - offset
-        return
-
-
-def _keep(scan: SegmentScan, seq: int, payload: bytes) -> None:
-    try:
-        scan.entries.append(Entry(seq, decode_op(payload)))
-    except OpDecodeError:
-        scan.corrupt_records += 1
-
-
-def scan_segment(path: Path, after_seq: int, *, newest: bool = True) -> SegmentScan:
-    """Read one segment, keeping the entries with a sequence number above ``after_seq``.
-
-    Only the newest segment can end in a torn write; in an older one the same
-    bytes are damage (it was complete when the next one started).
-    """
-    first_seq = int(path.name.removesuffix(SEGMENT_SUFFIX))
-    scan = SegmentScan(path, first_seq, last_seq=first_seq - 1)
-    data = path.read_bytes()
-    if data[: len(MAGIC)] != MAGIC:
-        if newest and (MAGIC.startswith(data) or not data.strip(b"\0")):
-            scan.torn_tail_bytes = len(data)  # created, cut before its header was whole
-        else:
-            scan.quarantined_bytes = len(data)
-        return scan
-    scan.valid_bytes = len(MAGIC)
-    _read_frames(data, scan, after_seq)
-    if scan.torn_tail_bytes and not newest:
-        scan.quarantined_bytes, scan.torn_tail_bytes = scan.torn_tail_bytes, 0
-    return scan
-
-
-def list_segments(wal_dir: Path) -> list[Path]:
-    segments = []
-    for path in wal_dir.glob(f"*{SEGMENT_SUFFIX}"):
-        stem = path.name.removesuffix(SEGMENT_SUFFIX)
-        if stem.isdigit():
-            segments.append(path)
-    return sorted(segments, key=lambda p: int(p.name.removesuffix(SEGMENT_SUFFIX)))
-
-
-def read_checkpoint(wal_dir: Path) -> int:
-    """The applied sequence number on disk; 0 when missing or unreadable
-    (replaying everything again is safe: every apply is idempotent)."""
-    return _checkpoint_fields(wal_dir)[0]
-
-
-def _checkpoint_fields(wal_dir: Path) -> tuple[int, int, bool]:
-    """(applied_seq, synced_seq, whether a checkpoint was read); zeros when none."""
-    try:
-        data = json.loads((wal_dir / CHECKPOINT_NAME).read_text())
-        applied = int(data["applied_seq"])
-        synced = int(data.get("synced_seq", 0))
-    except FileNotFoundError:
-        return 0, 0, False
-    except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
-        logger.warning("WAL checkpoint unreadable (%s); replaying every segment", exc)
-        return 0, 0, False
-    return max(applied, 0), max(synced, 0), True
-
-
-def write_checkpoint(wal_dir: Path, applied_seq: int, synced_seq: int = 0) -> None:
-    """Record what the store applied, and how far the log was synced then:
-    a later start that finds less on disk knows segments went missing."""
-    body = json.dumps(
-        {"applied_seq": applied_seq, "synced_seq": synced_seq, "written_at": time.time()}
-    )
-    write_atomically(wal_dir / CHECKPOINT_NAME, body.encode())
-
-
-# --------------------------------------------------------------------- inspection
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentReport:
-    name: str
-    bytes: int
-    records: int
-    first_seq: int | None
-    last_seq: int | None
-    unapplied: int
-    corrupt_records: int
-    torn_tail_bytes: int
-    unreadable_bytes: int
-
-
-def _report(path: Path, applied_seq: int, newest: bool) -> SegmentReport:
-    scan = scan_segment(path, 0, newest=newest)
-    seqs = [entry.seq for entry in scan.entries]
-    return SegmentReport(
-        name=path.name,
-        bytes=path.stat().st_size,
-        records=len(seqs),
-        first_seq=seqs[0] if seqs else None,
-        last_seq=seqs[-1] if seqs else None,
-        unapplied=sum(1 for seq in seqs if seq > applied_seq),
-        corrupt_records=scan.corrupt_records,
-        torn_tail_bytes=scan.torn_tail_bytes,
-        unreadable_bytes=scan.quarantined_bytes,
-    )
-
-
-def inspect_wal(wal_dir: Path) -> dict[str, Any]:
-    """What an operator needs to see of a WAL directory; reads, never writes.
-
-    Safe while the daemon runs: the segment being appended to may show a
-    torn tail that is only a write in progress.
-    """
-    applied_seq = read_checkpoint(wal_dir)
-    paths = list_segments(wal_dir)
-    segments = [_report(path, applied_seq, path == paths[-1]) for path in paths]
-    quarantine = wal_dir / QUARANTINE_DIR
-    quarantined = sorted(quarantine.iterdir()) if quarantine.is_dir() else []
-    return {
-        "wal_dir": str(wal_dir),
-        "checkpoint": {
-            "applied_seq": applied_seq,
-            "exists": (wal_dir / CHECKPOINT_NAME).exists(),
-            "leftover_temp_file": (wal_dir / (CHECKPOINT_NAME + ".tmp")).exists(),
-        },
-        "segments": [dataclasses.asdict(segment) for segment in segments],
-        "quarantine": [{"name": q.name, "bytes": q.stat().st_size} for q in quarantined],
-        "totals": {
-            "segments": len(segments),
-            "bytes": sum(segment.bytes for segment in segments),
-            "records": sum(segment.records for segment in segments),
-            "unapplied": sum(segment.unapplied for segment in segments),
-            "corrupt_records": sum(segment.corrupt_records for segment in segments),
-        },
-    }
-
-
-# --------------------------------------------------------------------- recovery
-
-
-@dataclass(slots=True)
-class Recovery:
-    """What start-up found in the WAL directory."""
-
-    applied_seq: int = 0
-    last_seq: int = 0
-    entries: list[Entry] = field(default_factory=list)
-    segments: int = 0
-    torn_tail_bytes: int = 0
-    corrupt_records: int = 0
-    quarantined_segments: int = 0
-    # Unapplied sequence numbers no segment holds: a segment went missing.
-    missing_records: int = 0
-    # The checkpoint claims more than the files ever held: files were removed.
-    checkpoint_ahead_by: int = 0
-    # Damage in the newest segment could not be moved away (a full disk):
-    # appends go to a new segment, never after the damage.
-    newest_keeps_damage: bool = False
-
-    @property
-    def damaged(self) -> bool:
-        """Damage beyond a torn tail, which every crash mid-write leaves."""
-        return bool(
-            self.corrupt_records
-            or self.quarantined_segments
-            or self.missing_records
-            or self.checkpoint_ahead_by
-        )
-
-
-def _quarantine(wal_dir: Path, scan: SegmentScan) -> bool:
-    """Copy the bytes past the last readable frame out of the log; whether the
-    copy is safe on disk (only then may the segment be cut back)."""
-    quarantine = wal_dir / QUARANTINE_DIR
-    data = scan.path.read_bytes()[scan.valid_bytes :]
-    target = quarantine / f"{scan.path.name}.{int(time.time())}.{scan.valid_bytes}"
-    try:
-        make_private_dir(quarantine)
-        fd = open_private(target, os.O_WRONLY | os.O_TRUNC)
-        try:
-            if os.write(fd, data) != len(data):
-                raise OSError(errno.ENOSPC, "short write")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        # A full disk at start must not stop the daemon: the damage stays where
-        # it is, nothing is appended after it, and the next start tries again.
-        logger.warning(
-            "WAL segment %s: %d unreadable bytes from offset %d could not be moved to %s "
-            "(%s); they stay in place until a start can move them",
-            scan.path.name,
-            len(data),
-            scan.valid_bytes,
-            quarantine,
-            exc.strerror or exc,
-        )
-        with contextlib.suppress(OSError):
-            target.unlink()
-        return False
-    logger.warning(
-        "WAL segment %s: %d unreadable bytes from offset %d moved to %s",
-        scan.path.name,
-        len(data),
-        scan.valid_bytes,
-        target,
-    )
-    return True
-
-
-def recover(wal_dir: Path) -> Recovery:
-    """Scan every segment, repair what can be repaired, return the unapplied entries.
-
-    Never raises for damage: a torn tail is truncated, a bad record skipped
-    and counted, unreadable bytes moved to ``quarantine/``.
-    """
-    make_private_dir(wal_dir)
-    with contextlib.suppress(FileNotFoundError):
-        (wal_dir / (CHECKPOINT_NAME + ".tmp")).unlink()
-    applied_seq, synced_seq, checkpoint_read = _checkpoint_fields(wal_dir)
-    result = Recovery(applied_seq=applied_seq)
-    result.last_seq = result.applied_seq
-    newest_on_disk = 0
-    segments = list_segments(wal_dir)
-    for path in segments:
-        scan = scan_segment(path, result.applied_seq, newest=path == segments[-1])
-        # Sequence numbers have no gaps (a failed write gives its numbers
-        # back), so a segment starting past the last number seen means lost
-        # data; before the first one, only a checkpoint says where to start.
-        if checkpoint_read or path != segments[0]:
-            result.missing_records += max(0, scan.first_seq - result.last_seq - 1)
-        moved = False
-        if scan.quarantined_bytes:
-            moved = _quarantine(wal_dir, scan)
-            result.quarantined_segments += 1
-            if not moved and path == segments[-1]:
-                result.newest_keeps_damage = True
-        if scan.torn_tail_bytes:
-            logger.warning(
-                "WAL segment %s: torn tail of %d bytes truncated", path.name, scan.torn_tail_bytes
-            )
-        if moved or scan.torn_tail_bytes:
-            os.truncate(path, scan.valid_bytes)
-        result.torn_tail_bytes += scan.torn_tail_bytes
-        result.corrupt_records += scan.corrupt_records
-        result.segments += 1
-        result.entries.extend(e for e in scan.entries if e.seq > result.last_seq)
-        result.last_seq = max(result.last_seq, scan.last_seq)
-        newest_on_disk = max(newest_on_disk, scan.last_seq)
-    if result.segments and newest_on_disk < result.applied_seq:
-        result.checkpoint_ahead_by = result.applied_seq - newest_on_disk
-    # Synced before the checkpoint was written, yet gone: the newest segments
-    # were lost (a gap between segments would not show it).
-    result.missing_records += max(0, synced_seq - max(newest_on_disk, result.applied_seq))
-    if result.corrupt_records:
-        logger.warning("WAL: %d damaged records skipped", result.corrupt_records)
-    return result
-
-
-# --------------------------------------------------------------------- writing
 
 
 @dataclass(slots=True)
@@ -514,7 +119,7 @@ class Wal:
         except OSError as exc:
             # A full disk must not keep the daemon from starting: reads go on,
             # and the first write that finds room opens the segment.
-            self.open_error = _write_error(exc)
+            self.open_error = write_error(exc)
             logger.warning("WAL: no segment to append to yet (%s)", self.open_error)
         if self.fsync_policy == "everysec":
             self._everysec_task = asyncio.get_running_loop().create_task(self._sync_every_second())
@@ -601,7 +206,7 @@ class Wal:
             # Nothing of this group is on disk: its numbers are given back, so
             # a gap in the log always means data went missing.
             self._next_seq = entries[0].seq
-            self._fail_waiters(entries[0].seq, entries[-1].seq, _write_error(exc))
+            self._fail_waiters(entries[0].seq, entries[-1].seq, write_error(exc))
             return
         self.written_seq = entries[-1].seq
         if self.fsync_policy != "always":
@@ -837,13 +442,3 @@ class Wal:
 def _fdatasync_all(fds: list[int]) -> None:
     for fd in fds:
         os.fdatasync(fd)
-
-
-def _write_error(exc: OSError) -> WalError:
-    """What a failed write (not an fdatasync) tells the client: always retryable."""
-    reason = f"{exc.strerror or exc} (errno {exc.errno})"
-    if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
-        return WalBusyError(f"the WAL could not open its file: {reason}")
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-        return WalFullError(f"the WAL's disk is full: {reason}")
-    return WalFullError(f"the WAL write failed: {reason}", for_space=False)
