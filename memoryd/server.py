@@ -37,6 +37,7 @@ from memoryd.eviction import EvictionWatch
 from memoryd.fdlimit import connections_that_fit
 from memoryd.flusher import Flusher
 from memoryd.health import Health, State
+from memoryd.maintenance import DataLossCheck, ExpirySweep, WatchdogFeeder
 from memoryd.marker import MARKER_NAME, StoreMarker
 from memoryd.metrics import Metrics
 from memoryd.protocol import Connection, ConnectionLimits, ConnectionRegistry
@@ -104,15 +105,6 @@ class Server:
             on_durable=self.backlog.extend,
             min_free_disk_bytes=settings.min_free_disk_bytes,
         )
-        self.health = Health(
-            self.store,
-            backlog_size=lambda: len(self.backlog),
-            newest_queued_seq=self.backlog.newest_seq,
-            applied_seq=lambda: self.flusher.applied_seq,
-            on_change=self._state_changed,
-            check_store=self.check_store_marker,
-            wal_has_room=self.wal.has_room,
-        )
         self.cache = ReadCache(
             per_agent=settings.read_cache_per_agent,
             max_records=settings.read_cache_records,
@@ -120,7 +112,23 @@ class Server:
         )
         self.store.stale_removed = self.cache.touched
         self.store.records_changed = self.cache.invalidate
-        self.eviction_watch = EvictionWatch(self.store, self.alerts, self.cache)
+        self.data_loss_check = DataLossCheck(
+            self.store,
+            self.marker,
+            EvictionWatch(self.store, self.alerts, self.cache),
+            self.cache,
+            self.alerts,
+        )
+        self.health = Health(
+            self.store,
+            backlog_size=lambda: len(self.backlog),
+            newest_queued_seq=self.backlog.newest_seq,
+            applied_seq=lambda: self.flusher.applied_seq,
+            on_change=self._state_changed,
+            check_store=self.data_loss_check.run,
+            wal_has_room=self.wal.has_room,
+        )
+        self.sweep = ExpirySweep(self.store, self.health, interval_s=settings.sweep_interval_s)
         self.sole_writer = SoleWriter(self.store, self.cache, on_link_lost=self.health.check_soon)
         self.flusher = Flusher(
             store=self.store,
@@ -210,10 +218,12 @@ class Server:
         self._spawn(self.health.run, "health")
         self._spawn(self.sole_writer.run, "writer lease")
         self._spawn(self.sole_writer.watch, "store watch")
-        self._spawn(self._sweep_expired, "sweep")
+        self._spawn(self.sweep.run, "sweep")
         interval_s = watchdog_interval_s()
         if interval_s is not None:
-            self._spawn(lambda: self._feed_watchdog(interval_s), "watchdog")
+            self._spawn(
+                WatchdogFeeder(self.wal, self.notifier, interval_s=interval_s).run, "watchdog"
+            )
         self._server = await asyncio.get_running_loop().create_unix_server(
             self._new_connection, sock=listen_socket, backlog=LISTEN_BACKLOG
         )
@@ -324,7 +334,7 @@ class Server:
     async def _open_store(self) -> None:
         try:
             await self.store.open()
-            await self.check_store_marker()
+            await self.data_loss_check.run()
         except StoreMisconfigured as exc:
             # Wrong credentials or permissions will not heal by waiting: stop (exit 78).
             raise ConfigError(f"redis_url: {exc}") from exc
@@ -337,31 +347,6 @@ class Server:
             self.health.store_failed(exc)
         except StoreError as exc:
             raise ConfigError(f"store: {exc}") from exc
-
-    async def check_store_marker(self) -> None:
-        """Raise an alert if the store lost the data it had (Redis restarted empty),
-        or may evict it (memoryd.eviction).
-
-        A store without its marker (memoryd.marker) has been emptied, flushed
-        or swapped: the records applied to it before are gone, and the WAL no
-        longer has them.  memoryd goes on with the store as it is, but says so.
-        """
-        lost = await self.marker.lost(self.store)
-        # Read after the marker: evictions that took the marker are counted.
-        evicted_keys = await self.eviction_watch.check()
-        if not lost:
-            return
-        self.cache.invalidate_all()  # what the views hold is gone from the store too
-        self.alerts.raise_alert(
-            "store_data_lost",
-            f"the store at {self.store.describe().get('address')} lost memoryd's marker: "
-            + (
-                self.eviction_watch.likely_cause(evicted_keys)
-                or "it restarted empty, was flushed, or is another server; records applied "
-                "to it before now are not in it (only writes not yet applied were still in "
-                "the WAL)"
-            ),
-        )
 
     def _spawn(self, run: Callable[[], Coroutine[Any, Any, None]], name: str) -> None:
         task = asyncio.get_running_loop().create_task(self._supervise(run, name), name=name)
@@ -402,40 +387,6 @@ class Server:
         self.fatal_error = exc
         self.fatal_reason = f"WAL fdatasync failed: {exc}"
         self.should_exit.set()
-
-    async def _sweep_expired(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.sweep_interval_s)
-            if self.health.store_down:
-                continue
-            try:
-                await self.store.sweep(time.time())
-            except (StoreUnavailable, StoreError) as exc:
-                self.health.store_failed(exc)
-
-    async def _feed_watchdog(self, interval_s: float) -> None:
-        """WATCHDOG=1 from the event loop, only while the WAL writer makes progress.
-
-        A blocked loop sends nothing (this task cannot run); a WAL whose
-        oldest append has waited longer than the watchdog period is stuck
-        (a hung disk), so we stop pinging and let systemd restart us.
-        """
-        stuck = False
-        while True:
-            stalled_s = self.wal.stalled_for_s()
-            if stalled_s < 2 * interval_s:
-                if stuck:
-                    logger.info("WAL writes move again: watchdog pings resume")
-                stuck = False
-                self.notifier.watchdog()
-            elif not stuck:
-                stuck = True
-                logger.warning(
-                    "WAL writes stuck for %.1fs: no more watchdog pings, so systemd "
-                    "restarts memoryd unless they move again",
-                    stalled_s,
-                )
-            await asyncio.sleep(interval_s)
 
     # ------------------------------------------------------------ socket
 
@@ -551,6 +502,7 @@ class Server:
         self.flusher.checkpoint_interval_s = settings.checkpoint_interval_s
         self.cache.per_agent = settings.read_cache_per_agent
         self.cache.max_records = settings.read_cache_records
+        self.sweep.reconfigure(interval_s=settings.sweep_interval_s)
         logging.getLogger("memoryd").setLevel(settings.log_level)
 
     # ------------------------------------------------------------ status

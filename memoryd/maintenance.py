@@ -1,0 +1,119 @@
+"""The daemon's housekeeping: the store's data-loss check, the expiry sweep, the watchdog.
+
+Each is a small object the composition root builds and the server runs as a
+background task; none holds more than what it checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from memoryd.alerts import Alerts
+from memoryd.cache import ReadCache
+from memoryd.eviction import EvictionWatch
+from memoryd.health import Health
+from memoryd.marker import StoreMarker
+from memoryd.stores.base import Store, StoreError, StoreUnavailable
+from memoryd.systemd import Notifier
+from memoryd.wal import Wal
+
+logger = logging.getLogger(__name__)
+
+
+class DataLossCheck:
+    """Whether the store still holds what memoryd applied to it.
+
+    A store without its marker (memoryd.marker) has been emptied, flushed or
+    swapped: the records applied to it before are gone, and the WAL no longer
+    has them.  memoryd goes on with the store as it is, but raises
+    ``store_data_lost``.  Run when the store is opened and each time it comes
+    back; it also reads the eviction figures (memoryd.eviction).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        marker: StoreMarker,
+        eviction_watch: EvictionWatch,
+        cache: ReadCache,
+        alerts: Alerts,
+    ) -> None:
+        self._store = store
+        self._marker = marker
+        self._eviction_watch = eviction_watch
+        self._cache = cache
+        self._alerts = alerts
+
+    async def run(self) -> None:
+        lost = await self._marker.lost(self._store)
+        # Read after the marker: evictions that took the marker are counted.
+        evicted_keys = await self._eviction_watch.check()
+        if not lost:
+            return
+        self._cache.invalidate_all()  # what the views hold is gone from the store too
+        self._alerts.raise_alert(
+            "store_data_lost",
+            f"the store at {self._store.describe().get('address')} lost memoryd's marker: "
+            + (
+                self._eviction_watch.likely_cause(evicted_keys)
+                or "it restarted empty, was flushed, or is another server; records applied "
+                "to it before now are not in it (only writes not yet applied were still in "
+                "the WAL)"
+            ),
+        )
+
+
+class ExpirySweep:
+    """Removes expired records every ``interval_s`` while the store is reachable."""
+
+    def __init__(self, store: Store, health: Health, *, interval_s: float) -> None:
+        self._store = store
+        self._health = health
+        self.interval_s = interval_s
+
+    def reconfigure(self, *, interval_s: float) -> None:
+        self.interval_s = interval_s
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            if self._health.store_down:
+                continue
+            try:
+                await self._store.sweep(time.time())
+            except (StoreUnavailable, StoreError) as exc:
+                self._health.store_failed(exc)
+
+
+class WatchdogFeeder:
+    """WATCHDOG=1 from the event loop, only while the WAL writer makes progress.
+
+    A blocked loop sends nothing (this task cannot run); a WAL whose oldest
+    append has waited longer than twice the ping interval is stuck (a hung
+    disk), so the pings stop and systemd restarts memoryd.
+    """
+
+    def __init__(self, wal: Wal, notifier: Notifier, *, interval_s: float) -> None:
+        self._wal = wal
+        self._notifier = notifier
+        self._interval_s = interval_s
+
+    async def run(self) -> None:
+        stuck = False
+        while True:
+            stalled_s = self._wal.stalled_for_s()
+            if stalled_s < 2 * self._interval_s:
+                if stuck:
+                    logger.info("WAL writes move again: watchdog pings resume")
+                stuck = False
+                self._notifier.watchdog()
+            elif not stuck:
+                stuck = True
+                logger.warning(
+                    "WAL writes stuck for %.1fs: no more watchdog pings, so systemd "
+                    "restarts memoryd unless they move again",
+                    stalled_s,
+                )
+            await asyncio.sleep(self._interval_s)
