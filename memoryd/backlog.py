@@ -15,6 +15,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from memoryd.ops import Clear, Delete, Entry, Put, Replace
 from memoryd.records import Query, Record, is_expired, select
@@ -43,6 +44,13 @@ class Backlog:
 
     def __len__(self) -> int:
         return len(self._queue)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backlog_records": len(self),
+            "backlog_bytes": self.bytes,
+            "oldest_unapplied_age_s": round(self.oldest_age_s(), 3),
+        }
 
     def extend(self, entries: Iterable[Entry]) -> None:
         now = time.monotonic()

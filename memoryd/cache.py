@@ -46,6 +46,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from memoryd.ops import Clear, Delete, Op, Put, Replace
 from memoryd.records import Query, Record, is_expired, matches, sort_key
@@ -311,6 +312,14 @@ class ReadCache:
             self.invalidate(agent_id)
 
     # -- trust --------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "records": self.size,
+            "hits": self.hits,
+            "misses": self.misses,
+            "from_memory": self.trusted(),
+        }
 
     def trusted(self) -> bool:
         return time.monotonic() < self.trusted_until

@@ -13,6 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 from memoryd.backlog import Backlog
 from memoryd.cache import ReadCache
@@ -96,6 +97,12 @@ class Flusher:
             self.applied_seq = batch[-1].seq
             self._applied_changed.notify_all()
         return True
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "applied_records": self.applied_records,
+            "drain_rate_per_s": self.drain_rate_per_s(),
+        }
 
     def drain_rate_per_s(self, window_s: float = 10.0) -> float:
         """Records applied per second over the last ``window_s``."""

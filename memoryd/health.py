@@ -22,6 +22,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
+from typing import Any
 
 from memoryd.stores.base import (
     Store,
@@ -116,6 +117,22 @@ class Health:
     @property
     def store_refuses_writes(self) -> bool:
         return not self._store_writable.is_set()
+
+    def describe(self) -> dict[str, Any]:
+        """The state and how the store answers, for ``status``."""
+        ping_ms = round(self.ping_latency_s * 1000, 3) if self.ping_latency_s else None
+        return {
+            "state": self.state.value,
+            "since": self.since,
+            "reason": self.reason,
+            "store": {
+                "ping_ms": ping_ms,
+                "last_error": self.last_error,
+                "reachable": not self.store_down,
+                "problem": self.store_problem,
+            },
+            "event_loop_lag_ms": round(self.loop_lag_s * 1000, 3),
+        }
 
     def _derive(self) -> State:
         if self.wal_failure is not None or self.wal_full_reason is not None or self.disk_trouble:

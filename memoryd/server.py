@@ -25,8 +25,6 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import psutil
-
 from memoryd import __version__, permissions, socketpath
 from memoryd.alerts import ALERTS_NAME, Alerts
 from memoryd.backlog import Backlog
@@ -43,6 +41,7 @@ from memoryd.metrics import Metrics
 from memoryd.protocol import Connection, ConnectionLimits, ConnectionRegistry
 from memoryd.service import Service
 from memoryd.socketpath import LISTEN_BACKLOG
+from memoryd.status import StatusReport
 from memoryd.stores import create_store
 from memoryd.stores.base import StoreError, StoreMisconfigured, StoreUnavailable
 from memoryd.stores.local import FILES as SQLITE_FILES
@@ -140,6 +139,22 @@ class Server:
             batch_max_bytes=settings.flush_batch_max_bytes,
             checkpoint_interval_s=settings.checkpoint_interval_s,
         )
+        self.max_connections = self._fit_connections(settings)
+        self.status = StatusReport(
+            socket_path=settings.socket_path,
+            data_dir=settings.data_dir,
+            health=self.health,
+            store=self.store,
+            wal=self.wal,
+            backlog=self.backlog,
+            flusher=self.flusher,
+            cache=self.cache,
+            sole_writer=self.sole_writer,
+            registry=self.registry,
+            metrics=self.metrics,
+            alerts=self.alerts,
+            limits=self._limits(settings),
+        )
         self.service = Service(
             settings,
             store=self.store,
@@ -148,9 +163,8 @@ class Server:
             flusher=self.flusher,
             health=self.health,
             cache=self.cache,
-            status=self.status,
+            status=self.status.snapshot,
         )
-        self.started_at = time.time()
         self.should_exit = asyncio.Event()
         self.force_exit = False
         self.fatal_error: BaseException | None = None
@@ -158,10 +172,8 @@ class Server:
         self._serving = False
         self._server: asyncio.AbstractServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._process = psutil.Process()
         self._lock_fd: int | None = None
         self._owns_socket = False
-        self.max_connections = self._fit_connections(settings)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -229,7 +241,7 @@ class Server:
         )
         self._serving = True
         logger.info("listening on %s", self.settings.socket_path)
-        self.notifier.ready(self._status_line())
+        self.notifier.ready(self.status.line())
 
     def _own_entries(self) -> frozenset[str]:
         """What memoryd creates in data_dir, and only that (permissions.tighten)."""
@@ -422,6 +434,14 @@ class Server:
             )
         return fitting
 
+    def _limits(self, settings: Settings) -> dict[str, Any]:
+        return {
+            "max_connections": self.max_connections,
+            "max_memories": settings.max_memories,
+            "default_ttl_s": settings.default_ttl_s,
+            "max_record_bytes": settings.max_record_bytes,
+        }
+
     def _new_connection(self) -> Connection:
         limits = ConnectionLimits(
             max_message_bytes=self.settings.max_message_bytes,
@@ -471,7 +491,7 @@ class Server:
             settings = self._reload()
         except ConfigError as exc:
             logger.error("SIGHUP: config not reloaded, keeping the running one: %s", exc)
-            self.notifier.ready(self._status_line())
+            self.notifier.ready(self.status.line())
             return
         pending = sorted(
             name
@@ -482,7 +502,7 @@ class Server:
             logger.warning("SIGHUP: %s changed; that takes a restart", ", ".join(pending))
         self._apply_settings(settings.model_copy(update=self._fixed_values()))
         logger.info("SIGHUP: settings reloaded")
-        self.notifier.ready(self._status_line())
+        self.notifier.ready(self.status.line())
 
     def _fixed_values(self) -> dict[str, Any]:
         return {
@@ -494,6 +514,7 @@ class Server:
     def _apply_settings(self, settings: Settings) -> None:
         self.settings = settings
         self.max_connections = self._fit_connections(settings)
+        self.status.reconfigure(limits=self._limits(settings))
         self.service.settings = settings
         self.wal.max_bytes = settings.wal_max_bytes
         self.wal.min_free_disk_bytes = settings.min_free_disk_bytes
@@ -508,76 +529,10 @@ class Server:
     # ------------------------------------------------------------ status
 
     def _state_changed(self, state: State, reason: str) -> None:
-        self.notifier.status(self._status_line())
+        self.notifier.status(self.status.line())
         problem = self.health.store_problem
         if problem is not None and state is State.DEGRADED:
             # Unlike an outage, these need somebody: keep them until cleared.
             kind = "store_misconfigured" if problem == "misconfigured" else "store_refusing_writes"
             address = self.store.describe().get("address")
             self.alerts.raise_alert(kind, f"the store at {address}: {reason}", once=True)
-
-    def _status_line(self) -> str:
-        return (
-            f"{self.health.state.value}; backlog {len(self.backlog)} writes; "
-            f"{len(self.registry.connections)} clients"
-        )
-
-    def status(self) -> dict[str, Any]:
-        """The snapshot ``memoryd status --json`` prints."""
-        store = self.store.describe()
-        store["ping_ms"] = (
-            round(self.health.ping_latency_s * 1000, 3) if self.health.ping_latency_s else None
-        )
-        store["last_error"] = self.health.last_error
-        store["reachable"] = not self.health.store_down
-        store["problem"] = self.health.store_problem
-        wal = self.wal.describe()
-        wal.update(
-            backlog_records=len(self.backlog),
-            backlog_bytes=self.backlog.bytes,
-            oldest_unapplied_age_s=round(self.backlog.oldest_age_s(), 3),
-            applied_records=self.flusher.applied_records,
-            drain_rate_per_s=self.flusher.drain_rate_per_s(),
-        )
-        return {
-            "state": self.health.state.value,
-            "since": self.health.since,
-            "reason": self.health.reason,
-            "version": __version__,
-            "pid": os.getpid(),
-            "uptime_s": round(time.time() - self.started_at, 3),
-            "socket": str(self.settings.socket_path),
-            "store": store,
-            "wal": wal,
-            "limits": {
-                "max_connections": self.max_connections,
-                "max_memories": self.settings.max_memories,
-                "default_ttl_s": self.settings.default_ttl_s,
-                "max_record_bytes": self.settings.max_record_bytes,
-            },
-            "read_cache": {
-                "records": self.cache.size,
-                "hits": self.cache.hits,
-                "misses": self.cache.misses,
-                "from_memory": self.cache.trusted(),
-                "writers": self.sole_writer.writers,
-            },
-            "clients": len(self.registry.connections),
-            "requests": self.metrics.snapshot(),
-            "process": self._process_stats(),
-            "event_loop_lag_ms": round(self.health.loop_lag_s * 1000, 3),
-            "alerts": self.alerts.entries(),
-        }
-
-    def _process_stats(self) -> dict[str, Any]:
-        with self._process.oneshot():
-            rss = self._process.memory_info().rss
-            cpu = self._process.cpu_times()
-        disk = psutil.disk_usage(str(self.settings.data_dir))
-        return {
-            "rss_bytes": rss,
-            "cpu_user_s": round(cpu.user, 3),
-            "cpu_system_s": round(cpu.system, 3),
-            "data_dir": str(self.settings.data_dir),
-            "disk_free_bytes": disk.free,
-        }
