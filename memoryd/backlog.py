@@ -41,6 +41,8 @@ class Backlog:
         self._by_agent: dict[str, deque[Entry]] = {}
         self._nonempty = asyncio.Event()
         self.bytes = 0
+        # The sequence number of the newest entry the store has applied.
+        self.applied_seq = 0
 
     def __len__(self) -> int:
         return len(self._queue)
@@ -86,6 +88,7 @@ class Backlog:
             if not agent_entries:
                 del self._by_agent[agent_id]
             self.bytes -= queued.size_bytes
+            self.applied_seq = queued.entry.seq
         if not self._queue:
             self._nonempty.clear()
 

@@ -16,12 +16,12 @@ from typing import Any, TextIO
 
 import uvloop
 
-from memoryd import __version__, legacy, permissions, transfer
+from memoryd import __version__, daemon, legacy, permissions, transfer
 from memoryd.alerts import Alerts
 from memoryd.atomicfile import fsync_directory
 from memoryd.config import Settings, load_settings, unknown_variables
 from memoryd.errors import ConfigError, MemorydError
-from memoryd.server import WAL_DIR_NAME, Server
+from memoryd.server import Server
 from memoryd.stores.base import NO_EVICTION
 from memoryd.wal import inspect_wal
 from memoryd_client import Client, errors, wire
@@ -167,7 +167,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _configure_logging(settings.log_level)
     for warning in unknown_variables():
         logger.warning("%s", warning)
-    server = Server(settings, reload=lambda: _settings(args))
+    server = Server(daemon.build(settings), reload=lambda: _settings(args))
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
             runner.run(server.serve())
@@ -205,7 +205,7 @@ def _alert_line(alert: dict[str, Any]) -> str:
 
 def cmd_wal(args: argparse.Namespace) -> int:
     data_dir = args.data_dir or load_settings(args.config).data_dir
-    wal_dir = data_dir / WAL_DIR_NAME
+    wal_dir = daemon.wal_dir(data_dir)
     if not wal_dir.is_dir():
         print(f"memoryd: no WAL at {wal_dir}", file=sys.stderr)
         return EXIT_FAILING

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
 
+from memoryd.backlog import Backlog
 from memoryd.stores.base import (
     Store,
     StoreError,
@@ -49,24 +50,21 @@ class Health:
     def __init__(
         self,
         store: Store,
+        backlog: Backlog,
         *,
-        backlog_size: Callable[[], int],
-        newest_queued_seq: Callable[[], int] = lambda: 0,
-        applied_seq: Callable[[], int] = lambda: 0,
         probe_interval_s: float = 1.0,
         probe_timeout_s: float = 0.5,
         backoff_base_s: float = 0.2,
         backoff_cap_s: float = 5.0,
         successes_to_recover: int = 3,
-        on_change: Callable[[State, str], None] = lambda state, why: None,
+        on_change: Callable[[State, str, str | None], None] = lambda state, why, problem: None,
         check_store: Callable[[], Awaitable[None]] | None = None,
         check_store_every: int = 5,
         wal_has_room: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
-        self._backlog_size = backlog_size
-        self._newest_queued_seq = newest_queued_seq
-        self._applied_seq = applied_seq
+        # Read, never changed: how much waits, and how far the flusher got.
+        self._backlog = backlog
         self.probe_interval_s = probe_interval_s
         self.probe_timeout_s = probe_timeout_s
         self.backoff_base_s = backoff_base_s
@@ -153,7 +151,7 @@ class Health:
             logger.warning("health %s -> %s: %s", previous.value, state.value, reason)
         else:
             logger.info("health %s -> %s: %s", previous.value, state.value, reason)
-        self.on_change(state, reason)
+        self.on_change(state, reason, self.store_problem)
 
     # Reports from the flusher, the service and the WAL.
 
@@ -200,7 +198,7 @@ class Health:
             self.last_error = None
             draining = "; draining the backlog" if self._draining else ""
             self._update("the store takes writes again" + draining)
-        if self._draining and self._applied_seq() >= self._recovered_at_seq:
+        if self._draining and self._backlog.applied_seq >= self._recovered_at_seq:
             self._draining = False
             self._update("what queued up during the outage is applied")
 
@@ -280,7 +278,7 @@ class Health:
                 await self._reconnected()
         elif self.store_refuses_writes:
             await self._probe_writes()
-        elif self._draining and self._applied_seq() >= self._recovered_at_seq:
+        elif self._draining and self._backlog.applied_seq >= self._recovered_at_seq:
             self._draining = False
             self._update("what queued up during the outage is applied")
         elif self._deep_check_due or self._probes % self.check_store_every == 0:
@@ -299,7 +297,7 @@ class Health:
             return
         self._came_back()
         self._store_writable.set()
-        if self.store_problem is not None and self._backlog_size():
+        if self.store_problem is not None and len(self._backlog):
             # It refused memoryd before (credentials, an ACL): it has taken
             # memoryd back only once a batch applies (store_succeeded), or a
             # store that lets ping and the marker pass but not the apply script
@@ -311,8 +309,8 @@ class Health:
 
     def _came_back(self) -> None:
         if self.store_down:
-            self._draining = self._backlog_size() > 0
-            self._recovered_at_seq = self._newest_queued_seq()
+            self._draining = len(self._backlog) > 0
+            self._recovered_at_seq = self._backlog.newest_seq()
             self._store_reachable.set()
 
     async def _probe_writes(self) -> None:
@@ -325,7 +323,7 @@ class Health:
             self._failures += 1
             return
         self._store_writable.set()
-        if self._backlog_size() == 0:
+        if len(self._backlog) == 0:
             self.store_problem = None
             self.last_error = None
             self._update("the store takes writes again")

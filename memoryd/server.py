@@ -26,28 +26,18 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from memoryd import __version__, permissions, socketpath
-from memoryd.alerts import ALERTS_NAME, Alerts
-from memoryd.backlog import Backlog
-from memoryd.cache import ReadCache
+from memoryd.alerts import ALERTS_NAME
 from memoryd.config import Settings
+from memoryd.daemon import WAL_DIR_NAME, Components
 from memoryd.errors import ConfigError, FatalError
-from memoryd.eviction import EvictionWatch
-from memoryd.fdlimit import connections_that_fit
-from memoryd.flusher import Flusher
-from memoryd.health import Health, State
-from memoryd.maintenance import DataLossCheck, ExpirySweep, WatchdogFeeder
-from memoryd.marker import MARKER_NAME, StoreMarker
-from memoryd.metrics import Metrics
-from memoryd.protocol import Connection, ConnectionLimits, ConnectionRegistry
-from memoryd.service import Service
+from memoryd.maintenance import WatchdogFeeder
+from memoryd.marker import MARKER_NAME
+from memoryd.protocol import Connection, ConnectionLimits
 from memoryd.socketpath import LISTEN_BACKLOG
-from memoryd.status import StatusReport
-from memoryd.stores import create_store
 from memoryd.stores.base import StoreError, StoreMisconfigured, StoreUnavailable
 from memoryd.stores.local import FILES as SQLITE_FILES
-from memoryd.systemd import Notifier, watchdog_interval_s
-from memoryd.wal import QUARANTINE_DIR, Recovery, Wal, WalFullError
-from memoryd.writers import SoleWriter
+from memoryd.systemd import watchdog_interval_s
+from memoryd.wal import QUARANTINE_DIR, Recovery, WalFullError
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +68,6 @@ RELOADABLE = frozenset(
     }
 )
 
-WAL_DIR_NAME = "wal"
 LOCK_NAME = "memoryd.lock"
 # A background task that fails with an OSError (no file descriptors left, a
 # full disk) is started again after this long; any other failure is a bug.
@@ -86,85 +75,9 @@ TASK_RESTART_S = 1.0
 
 
 class Server:
-    def __init__(self, settings: Settings, *, reload: Callable[[], Settings] | None = None) -> None:
-        self.settings = settings
+    def __init__(self, parts: Components, *, reload: Callable[[], Settings] | None = None) -> None:
+        self.parts = parts
         self._reload = reload
-        self.notifier = Notifier()
-        self.metrics = Metrics()
-        self.alerts = Alerts(settings.data_dir)
-        self.marker = StoreMarker(settings.data_dir)
-        self.registry = ConnectionRegistry()
-        self.backlog = Backlog()
-        self.store = create_store(settings)
-        self.wal = Wal(
-            settings.data_dir / WAL_DIR_NAME,
-            fsync=settings.wal_fsync,
-            max_bytes=settings.wal_max_bytes,
-            segment_bytes=settings.wal_segment_bytes,
-            on_durable=self.backlog.extend,
-            min_free_disk_bytes=settings.min_free_disk_bytes,
-        )
-        self.cache = ReadCache(
-            per_agent=settings.read_cache_per_agent,
-            max_records=settings.read_cache_records,
-            max_memories=settings.max_memories,
-        )
-        self.store.stale_removed = self.cache.touched
-        self.store.records_changed = self.cache.invalidate
-        self.data_loss_check = DataLossCheck(
-            self.store,
-            self.marker,
-            EvictionWatch(self.store, self.alerts, self.cache),
-            self.cache,
-            self.alerts,
-        )
-        self.health = Health(
-            self.store,
-            backlog_size=lambda: len(self.backlog),
-            newest_queued_seq=self.backlog.newest_seq,
-            applied_seq=lambda: self.flusher.applied_seq,
-            on_change=self._state_changed,
-            check_store=self.data_loss_check.run,
-            wal_has_room=self.wal.has_room,
-        )
-        self.sweep = ExpirySweep(self.store, self.health, interval_s=settings.sweep_interval_s)
-        self.sole_writer = SoleWriter(self.store, self.cache, on_link_lost=self.health.check_soon)
-        self.flusher = Flusher(
-            store=self.store,
-            backlog=self.backlog,
-            wal=self.wal,
-            health=self.health,
-            cache=self.cache,
-            batch_max=settings.flush_batch_max,
-            batch_max_bytes=settings.flush_batch_max_bytes,
-            checkpoint_interval_s=settings.checkpoint_interval_s,
-        )
-        self.max_connections = self._fit_connections(settings)
-        self.status = StatusReport(
-            socket_path=settings.socket_path,
-            data_dir=settings.data_dir,
-            health=self.health,
-            store=self.store,
-            wal=self.wal,
-            backlog=self.backlog,
-            flusher=self.flusher,
-            cache=self.cache,
-            sole_writer=self.sole_writer,
-            registry=self.registry,
-            metrics=self.metrics,
-            alerts=self.alerts,
-            limits=self._limits(settings),
-        )
-        self.service = Service(
-            settings,
-            store=self.store,
-            wal=self.wal,
-            backlog=self.backlog,
-            flusher=self.flusher,
-            health=self.health,
-            cache=self.cache,
-            status=self.status.snapshot,
-        )
         self.should_exit = asyncio.Event()
         self.force_exit = False
         self.fatal_error: BaseException | None = None
@@ -194,30 +107,30 @@ class Server:
             "memoryd %s starting (pid %d, store %s, fsync %s)",
             __version__,
             os.getpid(),
-            self.store.kind,
-            self.settings.wal_fsync,
+            self.parts.store.kind,
+            self.parts.settings.wal_fsync,
         )
         try:
-            permissions.make_private_dir(self.settings.data_dir)
-            owner = self.settings.data_dir.stat().st_uid
+            permissions.make_private_dir(self.parts.settings.data_dir)
+            owner = self.parts.settings.data_dir.stat().st_uid
         except OSError as exc:
-            raise ConfigError(f"data_dir {self.settings.data_dir}: {exc.strerror}") from exc
+            raise ConfigError(f"data_dir {self.parts.settings.data_dir}: {exc.strerror}") from exc
         if owner != os.geteuid():
             # Its owner could replace WAL segments, the store, the checkpoint.
             raise ConfigError(
-                f"data_dir {self.settings.data_dir}: belongs to uid {owner}, not to uid "
+                f"data_dir {self.parts.settings.data_dir}: belongs to uid {owner}, not to uid "
                 f"{os.geteuid()} that memoryd runs as; use a directory of memoryd's own user"
             )
         self._lock_data_dir()
-        permissions.tighten(self.settings.data_dir, self._own_entries())
+        permissions.tighten(self.parts.settings.data_dir, self._own_entries())
         # Claim the socket before touching the WAL: a second daemon must not
         # "repair" the log the first one is writing.
         listen_socket = self._listen_socket()
-        recovery = self.wal.open()
+        recovery = self.parts.wal.open()
         self._alert_on_damage(recovery)
         self._report_wal_room()
-        self.wal.on_fatal = self._wal_fatal
-        self.backlog.extend(recovery.entries)
+        self.parts.wal.on_fatal = self._wal_fatal
+        self.parts.backlog.extend(recovery.entries)
         if recovery.entries:
             logger.info(
                 "WAL replay: %d unapplied writes (seq %d..%d) queued for the store",
@@ -226,22 +139,23 @@ class Server:
                 recovery.entries[-1].seq,
             )
         await self._open_store()
-        self._spawn(self.flusher.run, "flusher")
-        self._spawn(self.health.run, "health")
-        self._spawn(self.sole_writer.run, "writer lease")
-        self._spawn(self.sole_writer.watch, "store watch")
-        self._spawn(self.sweep.run, "sweep")
+        self._spawn(self.parts.flusher.run, "flusher")
+        self._spawn(self.parts.health.run, "health")
+        self._spawn(self.parts.sole_writer.run, "writer lease")
+        self._spawn(self.parts.sole_writer.watch, "store watch")
+        self._spawn(self.parts.sweep.run, "sweep")
         interval_s = watchdog_interval_s()
         if interval_s is not None:
             self._spawn(
-                WatchdogFeeder(self.wal, self.notifier, interval_s=interval_s).run, "watchdog"
+                WatchdogFeeder(self.parts.wal, self.parts.notifier, interval_s=interval_s).run,
+                "watchdog",
             )
         self._server = await asyncio.get_running_loop().create_unix_server(
             self._new_connection, sock=listen_socket, backlog=LISTEN_BACKLOG
         )
         self._serving = True
-        logger.info("listening on %s", self.settings.socket_path)
-        self.notifier.ready(self.status.line())
+        logger.info("listening on %s", self.parts.settings.socket_path)
+        self.parts.notifier.ready(self.parts.status.line())
 
     def _own_entries(self) -> frozenset[str]:
         """What memoryd creates in data_dir, and only that (permissions.tighten)."""
@@ -250,43 +164,43 @@ class Server:
 
     def _report_wal_room(self) -> None:
         """Start ``failing`` when the WAL cannot take a write (a restart on a full disk)."""
-        error = self.wal.open_error
+        error = self.parts.wal.open_error
         if error is not None:
             for_space = isinstance(error, WalFullError) and error.for_space
-            self.health.wal_full(str(error), for_space=for_space)
-        elif (problem := self.wal.room_problem()) is not None:
-            self.health.wal_full(problem)
+            self.parts.health.wal_full(str(error), for_space=for_space)
+        elif (problem := self.parts.wal.room_problem()) is not None:
+            self.parts.health.wal_full(problem)
 
     def _alert_on_damage(self, recovery: Recovery) -> None:
         if recovery.corrupt_records:
-            self.alerts.raise_alert(
+            self.parts.alerts.raise_alert(
                 "wal_corrupt_records",
                 f"{recovery.corrupt_records} WAL records failed their checksum and were skipped",
             )
         if recovery.quarantined_segments:
-            self.alerts.raise_alert(
+            self.parts.alerts.raise_alert(
                 "wal_quarantined",
                 f"unreadable bytes of {recovery.quarantined_segments} WAL segments moved to "
-                f"{self.wal.wal_dir / QUARANTINE_DIR}",
+                f"{self.parts.wal.wal_dir / QUARANTINE_DIR}",
             )
         if recovery.missing_records:
-            self.alerts.raise_alert(
+            self.parts.alerts.raise_alert(
                 "wal_missing_records",
                 f"{recovery.missing_records} unapplied WAL records are missing (a segment "
                 "file was removed or lost, or its bytes were quarantined)",
             )
         if recovery.checkpoint_ahead_by:
-            self.alerts.raise_alert(
+            self.parts.alerts.raise_alert(
                 "wal_checkpoint_ahead",
                 f"the checkpoint is {recovery.checkpoint_ahead_by} records ahead of the WAL "
                 "files (files removed by something other than memoryd?)",
             )
 
     async def shutdown(self) -> None:
-        self.notifier.stopping()
+        self.parts.notifier.stopping()
         logger.info("shutting down: no new connections, finishing in-flight requests")
-        deadline = time.monotonic() + self.settings.shutdown_timeout_s
-        self.registry.accepting = False
+        deadline = time.monotonic() + self.parts.settings.shutdown_timeout_s
+        self.parts.registry.accepting = False
         if self._server is not None:
             self._server.close()
         await self._wait_inflight(deadline)
@@ -294,25 +208,25 @@ class Server:
         # A start that failed half-way leaves the backlog in the WAL, untouched.
         if flusher_stopped and self._serving and self.fatal_error is None and not self.force_exit:
             await self._drain(deadline)
-            if len(self.backlog):
+            if len(self.parts.backlog):
                 logger.warning(
                     "%d writes not applied to the store before shutting down; they stay "
                     "in the WAL and are applied at the next start",
-                    len(self.backlog),
+                    len(self.parts.backlog),
                 )
-        for connection in list(self.registry.connections):
+        for connection in list(self.parts.registry.connections):
             if connection.transport is not None:
                 connection.transport.close()
         if self.fatal_error is None and self._lock_fd is not None:
-            await self.wal.close()
+            await self.parts.wal.close()
         else:
-            self.wal.abandon()
-        if self._serving and not self.health.store_down:
-            await self.sole_writer.leave()
-        await self.store.close()
+            self.parts.wal.abandon()
+        if self._serving and not self.parts.health.store_down:
+            await self.parts.sole_writer.leave()
+        await self.parts.store.close()
         if self._owns_socket:
             with contextlib.suppress(FileNotFoundError):
-                self.settings.socket_path.unlink()
+                self.parts.settings.socket_path.unlink()
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the data_dir lock
             self._lock_fd = None
@@ -320,7 +234,7 @@ class Server:
 
     async def _stop_background_tasks(self, deadline: float) -> bool:
         """Cancel the background tasks; whether the flusher has really stopped."""
-        self.flusher.stop()
+        self.parts.flusher.stop()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -334,29 +248,31 @@ class Server:
     async def _drain(self, deadline: float) -> bool:
         remaining_s = max(0.0, deadline - time.monotonic())
         try:
-            return await self.flusher.drain(remaining_s, give_up=lambda: self.force_exit)
+            return await self.parts.flusher.drain(remaining_s, give_up=lambda: self.force_exit)
         except OSError as exc:
             logger.warning("final checkpoint failed (%s); the next start replays more", exc)
             return False
 
     async def _wait_inflight(self, deadline: float) -> None:
-        while self.registry.inflight() and time.monotonic() < deadline and not self.force_exit:
+        while (
+            self.parts.registry.inflight() and time.monotonic() < deadline and not self.force_exit
+        ):
             await asyncio.sleep(0.01)
 
     async def _open_store(self) -> None:
         try:
-            await self.store.open()
-            await self.data_loss_check.run()
+            await self.parts.store.open()
+            await self.parts.data_loss_check.run()
         except StoreMisconfigured as exc:
             # Wrong credentials or permissions will not heal by waiting: stop (exit 78).
             raise ConfigError(f"redis_url: {exc}") from exc
         except StoreUnavailable as exc:
-            if self.store.kind == "local" and self.wal.has_room():
+            if self.parts.store.kind == "local" and self.parts.wal.has_room():
                 # A file we cannot open will not heal by waiting: say so and stop.
-                raise ConfigError(f"data_dir {self.settings.data_dir}: {exc}") from exc
+                raise ConfigError(f"data_dir {self.parts.settings.data_dir}: {exc}") from exc
             # A Redis that is down, or a full disk under the local store: both
             # heal.  Start degraded; the probe opens the store once it can.
-            self.health.store_failed(exc)
+            self.parts.health.store_failed(exc)
         except StoreError as exc:
             raise ConfigError(f"store: {exc}") from exc
 
@@ -395,7 +311,7 @@ class Server:
         self.should_exit.set()
 
     def _wal_fatal(self, exc: BaseException) -> None:
-        self.health.wal_failed(f"WAL fdatasync failed: {exc}")
+        self.parts.health.wal_failed(f"WAL fdatasync failed: {exc}")
         self.fatal_error = exc
         self.fatal_reason = f"WAL fdatasync failed: {exc}"
         self.should_exit.set()
@@ -403,55 +319,32 @@ class Server:
     # ------------------------------------------------------------ socket
 
     def _lock_data_dir(self) -> None:
-        lock_path = self.settings.data_dir / LOCK_NAME
+        lock_path = self.parts.settings.data_dir / LOCK_NAME
         fd = permissions.open_private(lock_path, os.O_RDWR)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise ConfigError(
-                f"data_dir {self.settings.data_dir}: another memoryd is using it"
+                f"data_dir {self.parts.settings.data_dir}: another memoryd is using it"
             ) from None
         self._lock_fd = fd  # held for the life of the process
 
     def _listen_socket(self) -> socket.socket:
-        sock = socketpath.listen(self.settings.socket_path, self.settings.socket_mode)
+        sock = socketpath.listen(self.parts.settings.socket_path, self.parts.settings.socket_mode)
         self._owns_socket = True
         return sock
 
-    def _fit_connections(self, settings: Settings) -> int:
-        """``max_connections``, held to what the open-file limit leaves room for."""
-        store_fds = settings.redis_pool_size + 2 if self.store.kind == "redis" else 4
-        fitting, limit = connections_that_fit(settings.max_connections, store_fds)
-        if fitting < settings.max_connections:
-            logger.warning(
-                "max_connections %d does not fit the open-file limit of %d (RLIMIT_NOFILE) "
-                "with room for the store and the WAL: at most %d connections are accepted; "
-                "raise the limit (LimitNOFILE= in the unit) or lower max_connections",
-                settings.max_connections,
-                limit,
-                fitting,
-            )
-        return fitting
-
-    def _limits(self, settings: Settings) -> dict[str, Any]:
-        return {
-            "max_connections": self.max_connections,
-            "max_memories": settings.max_memories,
-            "default_ttl_s": settings.default_ttl_s,
-            "max_record_bytes": settings.max_record_bytes,
-        }
-
     def _new_connection(self) -> Connection:
         limits = ConnectionLimits(
-            max_message_bytes=self.settings.max_message_bytes,
-            max_inflight=self.settings.max_inflight_per_connection,
-            max_connections=self.max_connections,
-            max_connections_per_uid=self.settings.max_connections_per_uid,
-            message_timeout_s=self.settings.message_timeout_s,
-            idle_timeout_s=self.settings.idle_timeout_s,
+            max_message_bytes=self.parts.settings.max_message_bytes,
+            max_inflight=self.parts.settings.max_inflight_per_connection,
+            max_connections=self.parts.max_connections,
+            max_connections_per_uid=self.parts.settings.max_connections_per_uid,
+            message_timeout_s=self.parts.settings.message_timeout_s,
+            idle_timeout_s=self.parts.settings.idle_timeout_s,
         )
-        return Connection(self.service, self.registry, self.metrics, limits)
+        return Connection(self.parts.service, self.parts.registry, self.parts.metrics, limits)
 
     # ------------------------------------------------------------ signals
 
@@ -486,53 +379,32 @@ class Server:
         """
         if self._reload is None:
             return
-        self.notifier.reloading()
+        self.parts.notifier.reloading()
         try:
             settings = self._reload()
         except ConfigError as exc:
             logger.error("SIGHUP: config not reloaded, keeping the running one: %s", exc)
-            self.notifier.ready(self.status.line())
+            self.parts.notifier.ready(self.parts.status.line())
             return
         pending = sorted(
             name
             for name in type(settings).model_fields
-            if name not in RELOADABLE and getattr(settings, name) != getattr(self.settings, name)
+            if name not in RELOADABLE
+            and getattr(settings, name) != getattr(self.parts.settings, name)
         )
         if pending:
             logger.warning("SIGHUP: %s changed; that takes a restart", ", ".join(pending))
         self._apply_settings(settings.model_copy(update=self._fixed_values()))
         logger.info("SIGHUP: settings reloaded")
-        self.notifier.ready(self.status.line())
+        self.parts.notifier.ready(self.parts.status.line())
 
     def _fixed_values(self) -> dict[str, Any]:
         return {
-            name: getattr(self.settings, name)
-            for name in type(self.settings).model_fields
+            name: getattr(self.parts.settings, name)
+            for name in type(self.parts.settings).model_fields
             if name not in RELOADABLE
         }
 
     def _apply_settings(self, settings: Settings) -> None:
-        self.settings = settings
-        self.max_connections = self._fit_connections(settings)
-        self.status.reconfigure(limits=self._limits(settings))
-        self.service.settings = settings
-        self.wal.max_bytes = settings.wal_max_bytes
-        self.wal.min_free_disk_bytes = settings.min_free_disk_bytes
-        self.flusher.batch_max = settings.flush_batch_max
-        self.flusher.batch_max_bytes = settings.flush_batch_max_bytes
-        self.flusher.checkpoint_interval_s = settings.checkpoint_interval_s
-        self.cache.per_agent = settings.read_cache_per_agent
-        self.cache.max_records = settings.read_cache_records
-        self.sweep.reconfigure(interval_s=settings.sweep_interval_s)
+        self.parts.reconfigure(settings)
         logging.getLogger("memoryd").setLevel(settings.log_level)
-
-    # ------------------------------------------------------------ status
-
-    def _state_changed(self, state: State, reason: str) -> None:
-        self.notifier.status(self.status.line())
-        problem = self.health.store_problem
-        if problem is not None and state is State.DEGRADED:
-            # Unlike an outage, these need somebody: keep them until cleared.
-            kind = "store_misconfigured" if problem == "misconfigured" else "store_refusing_writes"
-            address = self.store.describe().get("address")
-            self.alerts.raise_alert(kind, f"the store at {address}: {reason}", once=True)

@@ -19,10 +19,11 @@ from memoryd.alerts import Alerts
 from memoryd.backlog import Backlog
 from memoryd.cache import ReadCache
 from memoryd.flusher import Flusher
-from memoryd.health import Health
+from memoryd.health import Health, State
 from memoryd.metrics import Metrics
 from memoryd.protocol import ConnectionRegistry
 from memoryd.stores.base import Store
+from memoryd.systemd import Notifier
 from memoryd.wal import Wal
 from memoryd.writers import SoleWriter
 
@@ -87,10 +88,7 @@ class StatusReport:
 
     def line(self) -> str:
         """The one-line summary for systemd's STATUS=."""
-        return (
-            f"{self._health.state.value}; backlog {len(self._backlog)} writes; "
-            f"{len(self._registry.connections)} clients"
-        )
+        return status_line(self._health.state, self._backlog, self._registry)
 
     def _process_stats(self) -> dict[str, Any]:
         with self._process.oneshot():
@@ -104,3 +102,34 @@ class StatusReport:
             "data_dir": str(self._data_dir),
             "disk_free_bytes": disk.free,
         }
+
+
+def status_line(state: State, backlog: Backlog, registry: ConnectionRegistry) -> str:
+    return f"{state.value}; backlog {len(backlog)} writes; {len(registry.connections)} clients"
+
+
+class StateNews:
+    """What a change of the health state tells the world: systemd's STATUS=,
+    and an alert kept until cleared when the store refuses writes or memoryd."""
+
+    def __init__(
+        self,
+        notifier: Notifier,
+        backlog: Backlog,
+        registry: ConnectionRegistry,
+        store: Store,
+        alerts: Alerts,
+    ) -> None:
+        self._notifier = notifier
+        self._backlog = backlog
+        self._registry = registry
+        self._store = store
+        self._alerts = alerts
+
+    def __call__(self, state: State, reason: str, problem: str | None) -> None:
+        self._notifier.status(status_line(state, self._backlog, self._registry))
+        if problem is not None and state is State.DEGRADED:
+            # Unlike an outage, these need somebody: keep them until cleared.
+            kind = "store_misconfigured" if problem == "misconfigured" else "store_refusing_writes"
+            address = self._store.describe().get("address")
+            self._alerts.raise_alert(kind, f"the store at {address}: {reason}", once=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import uvloop
 
+from memoryd import daemon
 from memoryd.config import load_settings
 from memoryd.server import Server
 from tests.harness import short_tempdir, wait_until
@@ -27,7 +28,7 @@ class Embedded:
 
     @property
     def socket_path(self) -> Path:
-        return self.server.settings.socket_path
+        return self.server.parts.settings.socket_path
 
     def stop(self, timeout_s: float = 30) -> None:
         if self.thread.is_alive():
@@ -44,7 +45,7 @@ def embedded_server(directory: Path | None = None, **settings: object) -> Iterat
         data_dir=directory / "data",
         **settings,
     )
-    server = Server(config)
+    server = Server(daemon.build(config))
     ready = threading.Event()
     holder: dict[str, asyncio.AbstractEventLoop] = {}
     errors: list[BaseException] = []

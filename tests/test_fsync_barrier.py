@@ -78,7 +78,7 @@ def test_no_ack_before_its_fdatasync_returns(
 
     with embedded_server(wal_fsync="always", backend="local") as daemon:
         asyncio.run(pipeline(daemon.socket_path))
-        ends = frame_ends(daemon.server.settings.data_dir / "wal")
+        ends = frame_ends(daemon.server.parts.settings.data_dir / "wal")
     assert len(acked_at) == 300
     assert len(syncs.completed) < 300, "group commit should share fdatasyncs"
     early = [i for i, at in acked_at.items() if syncs.covered_at(at) < ends[i]]

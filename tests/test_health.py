@@ -5,18 +5,26 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from memoryd.backlog import Backlog
 from memoryd.health import Health, State
+from memoryd.ops import Delete, Entry
 from memoryd.stores.base import StoreRefusing, StoreUnavailable
 from memoryd.stores.local import LocalStore
 
 
+def queued(*seqs: int) -> Backlog:
+    """A backlog holding entries with these sequence numbers."""
+    backlog = Backlog()
+    backlog.extend(Entry(seq, Delete("agent", f"r{seq}")) for seq in seqs)
+    return backlog
+
+
 async def test_a_full_wal_does_not_hide_a_down_store(tmp_path: Path) -> None:
-    backlog = [5]
     changes: list[State] = []
     health = Health(
         LocalStore(tmp_path, max_memories=10),
-        backlog_size=lambda: backlog[0],
-        on_change=lambda state, why: changes.append(state),
+        queued(1, 2, 3, 4, 5),
+        on_change=lambda state, why, problem: changes.append(state),
     )
     health.store_failed(StoreUnavailable("connection refused"))
     assert health.state is State.DEGRADED and health.store_down
@@ -33,14 +41,8 @@ async def test_recovery_needs_several_probes_then_ends_when_the_outage_backlog_i
 ) -> None:
     store = LocalStore(tmp_path, max_memories=10)
     await store.open()
-    queued, applied = [3, 7], [0]  # backlog size, newest queued seq
-    health = Health(
-        store,
-        backlog_size=lambda: queued[0],
-        newest_queued_seq=lambda: queued[1],
-        applied_seq=lambda: applied[0],
-        successes_to_recover=3,
-    )
+    backlog = queued(5, 6, 7)
+    health = Health(store, backlog, successes_to_recover=3)
     health.store_failed(StoreUnavailable("connection refused"))
     for _ in range(2):
         await health._probe()
@@ -48,11 +50,11 @@ async def test_recovery_needs_several_probes_then_ends_when_the_outage_backlog_i
     await health._probe()
     assert health.state is State.RECOVERING and not health.store_down
     # New writes keep the backlog from ever being empty: that must not matter.
-    queued[:] = [5, 12]
-    applied[0] = 6
+    backlog.extend(Entry(seq, Delete("agent", f"r{seq}")) for seq in range(8, 13))
+    backlog.mark_applied(2)  # up to seq 6, of the 7 queued during the outage
     health.store_succeeded(0.001)
     assert health.state is State.RECOVERING
-    applied[0] = 7
+    backlog.mark_applied(1)
     health.store_succeeded(0.001)
     assert health.state is State.HEALTHY
     await store.close()
@@ -62,7 +64,7 @@ async def test_failing_clears_once_the_wal_has_room_even_without_writes(tmp_path
     store = LocalStore(tmp_path, max_memories=10)
     await store.open()
     room = [False]
-    health = Health(store, backlog_size=lambda: 0, wal_has_room=lambda: room[0])
+    health = Health(store, Backlog(), wal_has_room=lambda: room[0])
     health.wal_full("wal_max_bytes reached")
     await health._probe()
     assert health.state is State.FAILING
@@ -76,8 +78,8 @@ async def test_a_refusing_store_that_becomes_unreachable_says_so(tmp_path: Path)
     changes: list[tuple[State, str]] = []
     health = Health(
         LocalStore(tmp_path, max_memories=10),
-        backlog_size=lambda: 1,
-        on_change=lambda state, why: changes.append((state, why)),
+        queued(1),
+        on_change=lambda state, why, problem: changes.append((state, why)),
     )
     health.store_failed(StoreRefusing("OOM", "OOM command not allowed"))
     assert health.state is State.DEGRADED and "refusing: OOM" in health.reason

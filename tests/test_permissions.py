@@ -15,8 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from memoryd.alerts import ALERTS_NAME
+from memoryd.daemon import WAL_DIR_NAME
 from memoryd.marker import MARKER_NAME
-from memoryd.server import LOCK_NAME, WAL_DIR_NAME
+from memoryd.server import LOCK_NAME
 from memoryd.stores.local import FILENAME as SQLITE_NAME
 from memoryd.wal import CHECKPOINT_NAME, QUARANTINE_DIR, SEGMENT_SUFFIX, segment_name
 from memoryd_client import Client

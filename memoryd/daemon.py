@@ -1,0 +1,199 @@
+"""The composition root: every part of one memoryd process, built from settings, in order.
+
+Each part gets what it needs when it is made; nothing is plugged in
+afterwards except the two notices the store gives the read cache (see
+``build``).  ``Server`` (memoryd.server) then runs the parts' lifecycle.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from memoryd.alerts import Alerts
+from memoryd.backlog import Backlog
+from memoryd.cache import ReadCache
+from memoryd.config import Settings
+from memoryd.eviction import EvictionWatch
+from memoryd.fdlimit import connections_that_fit
+from memoryd.flusher import Flusher
+from memoryd.health import Health
+from memoryd.maintenance import DataLossCheck, ExpirySweep
+from memoryd.marker import StoreMarker
+from memoryd.metrics import Metrics
+from memoryd.protocol import ConnectionRegistry
+from memoryd.service import Service
+from memoryd.status import StateNews, StatusReport
+from memoryd.stores import create_store
+from memoryd.stores.base import Store
+from memoryd.systemd import Notifier
+from memoryd.wal import Wal
+from memoryd.writers import SoleWriter
+
+logger = logging.getLogger(__name__)
+
+WAL_DIR_NAME = "wal"
+
+
+@dataclass(slots=True)
+class Components:
+    """The long-lived parts of the daemon, wired together."""
+
+    settings: Settings
+    notifier: Notifier
+    metrics: Metrics
+    alerts: Alerts
+    registry: ConnectionRegistry
+    backlog: Backlog
+    store: Store
+    wal: Wal
+    cache: ReadCache
+    data_loss_check: DataLossCheck
+    health: Health
+    sweep: ExpirySweep
+    sole_writer: SoleWriter
+    flusher: Flusher
+    max_connections: int
+    status: StatusReport
+    service: Service
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Hand each part its share of reloaded settings (SIGHUP)."""
+        self.settings = settings
+        self.max_connections = fit_connections(settings, self.store.kind)
+        self.status.reconfigure(limits=limits(settings, self.max_connections))
+        self.service.settings = settings
+        self.wal.max_bytes = settings.wal_max_bytes
+        self.wal.min_free_disk_bytes = settings.min_free_disk_bytes
+        self.flusher.batch_max = settings.flush_batch_max
+        self.flusher.batch_max_bytes = settings.flush_batch_max_bytes
+        self.flusher.checkpoint_interval_s = settings.checkpoint_interval_s
+        self.cache.per_agent = settings.read_cache_per_agent
+        self.cache.max_records = settings.read_cache_records
+        self.sweep.reconfigure(interval_s=settings.sweep_interval_s)
+
+
+def build(settings: Settings) -> Components:
+    """Make every part, each after the parts it needs."""
+    notifier = Notifier()
+    metrics = Metrics()
+    alerts = Alerts(settings.data_dir)
+    registry = ConnectionRegistry()
+    backlog = Backlog()
+    store = create_store(settings)
+    wal = Wal(
+        wal_dir(settings.data_dir),
+        fsync=settings.wal_fsync,
+        max_bytes=settings.wal_max_bytes,
+        segment_bytes=settings.wal_segment_bytes,
+        on_durable=backlog.extend,
+        min_free_disk_bytes=settings.min_free_disk_bytes,
+    )
+    cache = ReadCache(
+        per_agent=settings.read_cache_per_agent,
+        max_records=settings.read_cache_records,
+        max_memories=settings.max_memories,
+    )
+    # The store tells the cache which agents' indexes it changed on its own
+    # (stale entries removed, records repaired); these two are the wiring
+    # left after construction, until reads return what they repaired.
+    store.stale_removed = cache.touched
+    store.records_changed = cache.invalidate
+    data_loss_check = DataLossCheck(
+        store, StoreMarker(settings.data_dir), EvictionWatch(store, alerts, cache), cache, alerts
+    )
+    health = Health(
+        store,
+        backlog,
+        on_change=StateNews(notifier, backlog, registry, store, alerts),
+        check_store=data_loss_check.run,
+        wal_has_room=wal.has_room,
+    )
+    sole_writer = SoleWriter(store, cache, on_link_lost=health.check_soon)
+    flusher = Flusher(
+        store=store,
+        backlog=backlog,
+        wal=wal,
+        health=health,
+        cache=cache,
+        batch_max=settings.flush_batch_max,
+        batch_max_bytes=settings.flush_batch_max_bytes,
+        checkpoint_interval_s=settings.checkpoint_interval_s,
+    )
+    max_connections = fit_connections(settings, store.kind)
+    status = StatusReport(
+        socket_path=settings.socket_path,
+        data_dir=settings.data_dir,
+        health=health,
+        store=store,
+        wal=wal,
+        backlog=backlog,
+        flusher=flusher,
+        cache=cache,
+        sole_writer=sole_writer,
+        registry=registry,
+        metrics=metrics,
+        alerts=alerts,
+        limits=limits(settings, max_connections),
+    )
+    service = Service(
+        settings,
+        store=store,
+        wal=wal,
+        backlog=backlog,
+        flusher=flusher,
+        health=health,
+        cache=cache,
+        status=status.snapshot,
+    )
+    return Components(
+        settings=settings,
+        notifier=notifier,
+        metrics=metrics,
+        alerts=alerts,
+        registry=registry,
+        backlog=backlog,
+        store=store,
+        wal=wal,
+        cache=cache,
+        data_loss_check=data_loss_check,
+        health=health,
+        sweep=ExpirySweep(store, health, interval_s=settings.sweep_interval_s),
+        sole_writer=sole_writer,
+        flusher=flusher,
+        max_connections=max_connections,
+        status=status,
+        service=service,
+    )
+
+
+def wal_dir(data_dir: Path) -> Path:
+    return data_dir / WAL_DIR_NAME
+
+
+def fit_connections(settings: Settings, store_kind: str) -> int:
+    """``max_connections``, held to what the open-file limit leaves room for."""
+    store_fds = settings.redis_pool_size + 2 if store_kind == "redis" else 4
+    fitting, limit = connections_that_fit(settings.max_connections, store_fds)
+    if fitting < settings.max_connections:
+        logger.warning(
+            "max_connections %d does not fit the open-file limit of %d (RLIMIT_NOFILE) "
+            "with room for the store and the WAL: at most %d connections are accepted; "
+            "raise the limit (LimitNOFILE= in the unit) or lower max_connections",
+            settings.max_connections,
+            limit,
+            fitting,
+        )
+    return fitting
+
+
+def limits(settings: Settings, max_connections: int) -> dict[str, Any]:
+    """The limits ``status`` reports."""
+    return {
+        "max_connections": max_connections,
+        "max_memories": settings.max_memories,
+        "default_ttl_s": settings.default_ttl_s,
+        "max_record_bytes": settings.max_record_bytes,
+    }
