@@ -129,7 +129,6 @@ class Server:
         recovery = self.parts.wal.open()
         self._alert_on_damage(recovery)
         self._report_wal_room()
-        self.parts.wal.on_fatal = self._wal_fatal
         self.parts.backlog.extend(recovery.entries)
         if recovery.entries:
             logger.info(
@@ -139,6 +138,7 @@ class Server:
                 recovery.entries[-1].seq,
             )
         await self._open_store()
+        self._spawn(self._stop_on_wal_failure, "wal failure watch")
         self._spawn(self.parts.flusher.run, "flusher")
         self._spawn(self.parts.health.run, "health")
         self._spawn(self.parts.sole_writer.run, "writer lease")
@@ -309,6 +309,9 @@ class Server:
         self.fatal_error = task.exception()
         self.fatal_reason = f"background task {task.get_name()} failed: {self.fatal_error!r}"
         self.should_exit.set()
+
+    async def _stop_on_wal_failure(self) -> None:
+        self._wal_fatal(await self.parts.wal.wait_fatal())
 
     def _wal_fatal(self, exc: BaseException) -> None:
         self.parts.health.wal_failed(f"WAL fdatasync failed: {exc}")

@@ -876,9 +876,7 @@ async def test_fdatasync_failure_is_fatal_and_loses_nothing_acknowledged(
 ) -> None:
     wal_dir = tmp_path / "wal"
     wal = new_wal(wal_dir)
-    fatal: list[BaseException] = []
     wal.open()
-    wal.on_fatal = fatal.append
     acked: list[int] = []
     for n in range(1, 6):  # across a rotation
         acked += await wal.append([Put.of(record(n))])
@@ -889,8 +887,8 @@ async def test_fdatasync_failure_is_fatal_and_loses_nothing_acknowledged(
     monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
     with pytest.raises(WalFatalError):
         await asyncio.wait_for(wal.append([Put.of(record(6))]), 10)
-    assert len(fatal) == 1 and isinstance(fatal[0], OSError)
-    assert fatal[0].errno == errno.EIO
+    fatal = await asyncio.wait_for(wal.wait_fatal(), 1)
+    assert isinstance(fatal, OSError) and fatal.errno == errno.EIO
     monkeypatch.undo()
     # A failed fsync is never retried: every later write is refused.
     with pytest.raises(WalFatalError):

@@ -95,7 +95,7 @@ class Wal:
         self._sync_task: asyncio.Task[None] | None = None
         self._everysec_task: asyncio.Task[None] | None = None
         self.fatal_error: BaseException | None = None
-        self.on_fatal: Callable[[BaseException], None] = lambda exc: None
+        self._fatal_seen = asyncio.Event()
         self.recovery = Recovery()
         # Why the WAL could not open a segment at start (None once it has one).
         self.open_error: WalError | None = None
@@ -337,7 +337,13 @@ class Wal:
         self._sync_task = None
         error = WalFatalError(f"WAL fdatasync failed: {exc}")
         self._fail_waiters(0, self._next_seq, error)
-        self.on_fatal(exc)
+        self._fatal_seen.set()
+
+    async def wait_fatal(self) -> BaseException:
+        """Return once an fdatasync has failed, with its error: the WAL takes no more writes."""
+        await self._fatal_seen.wait()
+        assert self.fatal_error is not None
+        return self.fatal_error
 
     # ----------------------------------------------------------- segments
 
