@@ -313,6 +313,11 @@ class ReadCache:
 
     # -- trust --------------------------------------------------------------
 
+    def reconfigure(self, *, per_agent: int, max_records: int) -> None:
+        """New bounds; the cache shrinks to them as records come and go."""
+        self.per_agent = per_agent
+        self.max_records = max_records
+
     def describe(self) -> dict[str, Any]:
         return {
             "records": self.size,

@@ -64,14 +64,18 @@ class Components:
         self.settings = settings
         self.max_connections = fit_connections(settings, self.store.kind)
         self.status.reconfigure(limits=limits(settings, self.max_connections))
-        self.service.settings = settings
-        self.wal.max_bytes = settings.wal_max_bytes
-        self.wal.min_free_disk_bytes = settings.min_free_disk_bytes
-        self.flusher.batch_max = settings.flush_batch_max
-        self.flusher.batch_max_bytes = settings.flush_batch_max_bytes
-        self.flusher.checkpoint_interval_s = settings.checkpoint_interval_s
-        self.cache.per_agent = settings.read_cache_per_agent
-        self.cache.max_records = settings.read_cache_records
+        self.service.reconfigure(settings)
+        self.wal.reconfigure(
+            max_bytes=settings.wal_max_bytes, min_free_disk_bytes=settings.min_free_disk_bytes
+        )
+        self.flusher.reconfigure(
+            batch_max=settings.flush_batch_max,
+            batch_max_bytes=settings.flush_batch_max_bytes,
+            checkpoint_interval_s=settings.checkpoint_interval_s,
+        )
+        self.cache.reconfigure(
+            per_agent=settings.read_cache_per_agent, max_records=settings.read_cache_records
+        )
         self.sweep.reconfigure(interval_s=settings.sweep_interval_s)
 
 

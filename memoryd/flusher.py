@@ -98,6 +98,13 @@ class Flusher:
             self._applied_changed.notify_all()
         return True
 
+    def reconfigure(
+        self, *, batch_max: int, batch_max_bytes: int, checkpoint_interval_s: float
+    ) -> None:
+        self.batch_max = batch_max
+        self.batch_max_bytes = batch_max_bytes
+        self.checkpoint_interval_s = checkpoint_interval_s
+
     def describe(self) -> dict[str, Any]:
         return {
             "applied_records": self.applied_records,

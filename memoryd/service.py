@@ -135,6 +135,10 @@ class Service:
 
     # ------------------------------------------------------------ session
 
+    def reconfigure(self, settings: Settings) -> None:
+        """Requests from now on follow ``settings`` (limits, TTL, timeouts)."""
+        self.settings = settings
+
     async def hello(self, values: Mapping[str, Any], peer: Peer) -> dict[str, Any]:
         args = Args(values, frozenset({"client", "protocol"}))
         if args.has("client"):

@@ -103,6 +103,10 @@ class Wal:
 
     # ----------------------------------------------------------- lifecycle
 
+    def reconfigure(self, *, max_bytes: int, min_free_disk_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.min_free_disk_bytes = min_free_disk_bytes
+
     def open(self) -> Recovery:
         """Recover the directory and get ready to append (blocking; call at start)."""
         self.recovery = recover(self.wal_dir)
