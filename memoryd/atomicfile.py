@@ -1,18 +1,25 @@
-"""Small files replaced whole: the reader sees the old version or the new, never half.
+"""Files replaced whole: a reader sees the old version or the new, never half.
 
-The new bytes go to a temporary file beside the target, are fsynced, renamed
-over it, and the directory is fsynced so that the rename survives a crash
-too.  Files are created ``FILE_MODE`` (memoryd.permissions): nobody else's to read.
+The new bytes go to a temporary file beside the target, created new (a file
+or symbolic link found under that name is removed, never written through),
+with exactly the mode asked for whatever the umask; the file is fsynced,
+renamed over the target, and the directory fsynced so that the rename
+survives a crash too.  On any failure the temporary file is removed and the
+old file stays.  The default mode is ``FILE_MODE`` (memoryd.permissions):
+nobody else's to read.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from memoryd.permissions import FILE_MODE
+
+TEMP_SUFFIX = ".tmp"
 
 
 def fsync_directory(path: Path) -> None:
@@ -23,20 +30,29 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
-    """Replace ``path`` with ``data``, durably; raises OSError (the old file stays)."""
-    tmp = path.with_name(path.name + ".tmp")
+@contextlib.contextmanager
+def replaced_whole(
+    path: Path, *, mode: int = FILE_MODE, temp_suffix: str = TEMP_SUFFIX
+) -> Iterator[BinaryIO]:
+    """A file to write ``path``'s new content to; it replaces ``path`` when the block ends."""
+    temp = path.with_name(path.name + temp_suffix)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            if os.write(fd, data) != len(data):
-                raise OSError(errno.ENOSPC, "short write", str(tmp))
+        temp.unlink(missing_ok=True)  # a stale one of a writer that died, or a planted link
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        with os.fdopen(fd, "wb") as file:
+            os.fchmod(fd, mode)
+            yield file
+            file.flush()
             os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(OSError):
-            tmp.unlink()
+            temp.unlink()
         raise
     fsync_directory(path.parent)
+
+
+def write_atomically(path: Path, data: bytes, *, mode: int = FILE_MODE) -> None:
+    """Replace ``path`` with ``data``, durably; raises OSError (the old file stays)."""
+    with replaced_whole(path, mode=mode) as file:
+        file.write(data)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import io
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import uvloop
 
 from memoryd import __version__, daemon, legacy, permissions, transfer
 from memoryd.alerts import Alerts
-from memoryd.atomicfile import fsync_directory
+from memoryd.atomicfile import replaced_whole
 from memoryd.config import Settings, load_settings, unknown_variables
 from memoryd.errors import ConfigError, MemorydError
 from memoryd.server import Server
@@ -440,28 +441,17 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _output(name: str, mode: int) -> Iterator[TextIO]:
     """stdout for ``-``; else a file with permission bits ``mode`` (whatever the umask)
-    that appears, fsynced, only once whole."""
+    that appears, fsynced, only once whole (memoryd.atomicfile)."""
     if name == "-":
         yield sys.stdout
         return
-    path = Path(name)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        # A new file, never one found there: a .partial planted as a symbolic
-        # link would otherwise have memories written (and its target truncated)
-        # wherever it points.  A stale one of an export that died is removed.
-        partial.unlink(missing_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        fd = os.open(partial, flags, permissions.FILE_MODE)
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            os.fchmod(fd, mode)
-            yield file
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(partial, path)
-        fsync_directory(path.parent)  # the rename itself survives a crash
-    finally:
-        partial.unlink(missing_ok=True)
+    with replaced_whole(Path(name), mode=mode, temp_suffix=".partial") as binary:
+        text = io.TextIOWrapper(binary, encoding="utf-8")
+        try:
+            yield text
+        finally:
+            text.flush()
+            text.detach()  # the binary file is replaced_whole's to close
 
 
 def _skipped(agent_id: str, record_id: str | None, why: str) -> None:
