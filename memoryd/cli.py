@@ -17,13 +17,14 @@ from typing import Any, TextIO
 
 import uvloop
 
-from memoryd import __version__, daemon, legacy, permissions, transfer
+from memoryd import __version__, daemon, permissions
 from memoryd.alerts import Alerts
 from memoryd.atomicfile import replaced_whole
 from memoryd.config import Settings, load_settings, unknown_variables
 from memoryd.errors import ConfigError, MemorydError
 from memoryd.server import Server
 from memoryd.stores.base import NO_EVICTION
+from memoryd.tools import legacy, transfer
 from memoryd.wal import inspect_wal
 from memoryd_client import Client, errors, wire
 from memoryd_client.paging import IncompleteAnswer
@@ -34,7 +35,6 @@ EXIT_HEALTHY, EXIT_DEGRADED, EXIT_FAILING = 0, 1, 2
 EXIT_CONFIG = 78  # EX_CONFIG: systemd's Restart=on-failure should not spin on it forever
 IMPORT_BATCH = 500
 MAX_IMPORT_BATCH = wire.DEFAULT_MAX_BATCH
-RECORD_FIELDS_BYTES = 512
 CONNECT_TIMEOUT_S = 3.0
 TRANSFER_TIMEOUT_S = 60.0  # per call: a batch may wait for a full WAL to drain
 PROGRESS_EVERY = 10_000
@@ -400,42 +400,31 @@ def cmd_import_legacy(args: argparse.Namespace) -> int:
     if not root.is_dir():
         print(f"memoryd: {args.path} is not a directory", file=sys.stderr)
         return EXIT_FAILING
-    now_s = time.time()
-    files = records = 0
-    agents: set[str] = set()
-    skipped: list[tuple[Path, str]] = []
+    report = legacy.LegacyImport()
     try:
         with _daemon(args) as client:
-            # What is left of max_record_bytes once the fields around the content are in.
-            max_content_bytes = client.status()["limits"]["max_record_bytes"] - RECORD_FIELDS_BYTES
-            for agent_dir in legacy.agent_dirs(root):
-                agent_records = 0
-                for found in legacy.read_agent(agent_dir, now_s, max_content_bytes):
-                    if found.problem is not None:
-                        skipped.append((found.path, found.problem))
-                        _progress(f"  skipped {found.path}: {found.problem}")
-                        continue
-                    items = legacy.add_requests(found, args.ttl_s)
-                    for first in range(0, len(items), IMPORT_BATCH):
-                        if not args.dry_run:
-                            client.add_many(items[first : first + IMPORT_BATCH])
-                    files += 1
-                    agent_records += len(items)
-                if agent_records:
-                    agents.add(agent_dir.name)
-                    records += agent_records
-                    _progress(f"  {agent_dir.name}: {agent_records} records")
+            legacy.import_files(
+                client,
+                root,
+                report,
+                now_s=time.time(),
+                ttl_s=args.ttl_s,
+                batch=IMPORT_BATCH,
+                dry_run=args.dry_run,
+                on_agent=lambda agent_id, records: _progress(f"  {agent_id}: {records} records"),
+                on_skip=lambda path, problem: _progress(f"  skipped {path}: {problem}"),
+            )
     except (errors.MemorydError, OSError) as exc:
         print(f"memoryd: import stopped: {exc} (running it again is safe)", file=sys.stderr)
         return EXIT_FAILING
     verb = "checked" if args.dry_run else "imported"
     print(
-        f"{verb} {records} records of {len(agents)} agents from {files} files; "
-        f"skipped {len(skipped)} files"
+        f"{verb} {report.records} records of {len(report.agents)} agents from {report.files} "
+        f"files; skipped {len(report.skipped)} files"
     )
-    for path, problem in skipped:
+    for path, problem in report.skipped:
         print(f"  skipped {path}: {problem}")
-    return EXIT_DEGRADED if skipped else EXIT_HEALTHY
+    return EXIT_DEGRADED if report.skipped else EXIT_HEALTHY
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ import pytest
 from memoryd.ops import Put
 from memoryd.records import Record
 from memoryd.stores import LocalStore, RedisStore
-from memoryd.transfer import MAX_LINE_DEPTH
+from memoryd.tools.transfer import MAX_LINE_DEPTH
 from memoryd.validation import MAX_NESTING_DEPTH
 from memoryd_client import Client, errors
 from memoryd_client.compat.tableround import Memory

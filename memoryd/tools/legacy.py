@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ import msgpack
 
 from memoryd import validation as v
 from memoryd.errors import InvalidRequest
+from memoryd_client import Client
 
 MEMORY_FILE = "memory.json"
 MEMORIES_DIR = "memories"
@@ -155,3 +156,54 @@ def add_requests(legacy: LegacyFile, ttl_s: float | None) -> list[dict[str, Any]
             item["ttl_s"] = ttl_s
         items.append(item)
     return items
+
+
+# What is left of max_record_bytes once the fields around the content are in.
+RECORD_FIELDS_BYTES = 512
+
+
+@dataclass(slots=True)
+class LegacyImport:
+    """What ``import_files`` did: files and records sent, agents seen, files skipped."""
+
+    files: int = 0
+    records: int = 0
+    agents: set[str] = field(default_factory=set)
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def import_files(
+    client: Client,
+    root: Path,
+    report: LegacyImport,
+    *,
+    now_s: float,
+    ttl_s: float | None,
+    batch: int,
+    dry_run: bool = False,
+    on_agent: Callable[[str, int], None] = lambda agent_id, records: None,
+    on_skip: Callable[[Path, str], None] = lambda path, problem: None,
+) -> None:
+    """Send every readable file under ``root`` to the daemon, one agent after another.
+
+    Raises the client's errors (a second run after one adds nothing twice);
+    ``report`` holds what was done until then.
+    """
+    max_content_bytes = client.status()["limits"]["max_record_bytes"] - RECORD_FIELDS_BYTES
+    for agent_dir in agent_dirs(root):
+        agent_records = 0
+        for found in read_agent(agent_dir, now_s, max_content_bytes):
+            if found.problem is not None:
+                report.skipped.append((found.path, found.problem))
+                on_skip(found.path, found.problem)
+                continue
+            items = add_requests(found, ttl_s)
+            for first in range(0, len(items), batch):
+                if not dry_run:
+                    client.add_many(items[first : first + batch])
+            report.files += 1
+            agent_records += len(items)
+        if agent_records:
+            report.agents.add(agent_dir.name)
+            report.records += agent_records
+            on_agent(agent_dir.name, agent_records)
