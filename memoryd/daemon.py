@@ -23,12 +23,12 @@ from memoryd.health import Health
 from memoryd.maintenance import DataLossCheck, ExpirySweep
 from memoryd.marker import StoreMarker
 from memoryd.metrics import Metrics
-from memoryd.protocol import ConnectionRegistry
 from memoryd.service import Service
 from memoryd.status import StateNews, StatusReport
 from memoryd.stores import create_store
 from memoryd.stores.base import Store
 from memoryd.systemd import Notifier
+from memoryd.transport import ConnectionRegistry
 from memoryd.wal import Wal
 from memoryd.writers import SoleWriter
 

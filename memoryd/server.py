@@ -32,11 +32,11 @@ from memoryd.daemon import WAL_DIR_NAME, Components
 from memoryd.errors import ConfigError, FatalError
 from memoryd.maintenance import WatchdogFeeder
 from memoryd.marker import MARKER_NAME
-from memoryd.protocol import Connection, ConnectionLimits
 from memoryd.socketpath import LISTEN_BACKLOG
 from memoryd.stores.base import StoreError, StoreMisconfigured, StoreUnavailable
 from memoryd.stores.local import FILES as SQLITE_FILES
 from memoryd.systemd import watchdog_interval_s
+from memoryd.transport import Connection, ConnectionLimits
 from memoryd.wal import QUARANTINE_DIR, Recovery, WalFullError
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -49,12 +48,13 @@ from memoryd.health import Health
 from memoryd.ops import Clear, Delete, Entry, Op, Put, Replace
 from memoryd.records import Query, Record, is_expired
 from memoryd.stores.base import Store, StoreError, StoreUnavailable
+from memoryd.transport import Peer
 from memoryd.validation import Args
 from memoryd.wal import Wal, WalBusyError, WalError, WalFullError
 from memoryd_client import wire
 from memoryd_client.ids import new_id
 
-Handler = Callable[[Mapping[str, Any], "Peer"], Awaitable[Any]]
+Handler = Callable[[Mapping[str, Any], Peer], Awaitable[Any]]
 
 _RECORD_FIELDS = frozenset(
     {
@@ -78,15 +78,6 @@ _QUERY_FIELDS = frozenset(
 )
 DEFAULT_AGENTS_LIMIT = 100
 MAX_AGENTS_LIMIT = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """Who is on the other end of a connection (SO_PEERCRED)."""
-
-    pid: int
-    uid: int
-    gid: int
 
 
 class Service:

@@ -21,9 +21,9 @@ from memoryd.cache import ReadCache
 from memoryd.flusher import Flusher
 from memoryd.health import Health, State
 from memoryd.metrics import Metrics
-from memoryd.protocol import ConnectionRegistry
 from memoryd.stores.base import Store
 from memoryd.systemd import Notifier
+from memoryd.transport import ConnectionRegistry
 from memoryd.wal import Wal
 from memoryd.writers import SoleWriter
 

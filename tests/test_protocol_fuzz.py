@@ -205,7 +205,7 @@ def flood(sockets: list[socket.socket], request: bytes) -> None:
 
 
 def test_many_clients_that_never_read_keep_memory_bounded(daemon: Daemon) -> None:
-    from memoryd.protocol import WRITE_HIGH_WATER_BYTES
+    from memoryd.transport import WRITE_HIGH_WATER_BYTES
 
     assert daemon.process is not None
     process = psutil.Process(daemon.process.pid)

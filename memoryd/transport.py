@@ -29,15 +29,14 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import msgpack
 
 from memoryd.errors import InternalError, RequestError, ShuttingDown
 from memoryd.metrics import Metrics
-from memoryd.service import Peer, Service
 from memoryd_client import wire
 
 logger = logging.getLogger(__name__)
@@ -59,6 +58,21 @@ UNPACKER_INITIAL_BUFFER_BYTES = 16 * 1024
 # trim once the connections fall to half their peak, at least this many fewer.
 HEAP_TRIM_MIN_CLOSED = 64
 HEAP_TRIM_DELAY_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the other end of a connection (SO_PEERCRED)."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+class Dispatcher(Protocol):
+    """What answers a connection's requests (memoryd.service.Service)."""
+
+    async def call(self, method: str, args: Mapping[str, Any], peer: Peer) -> Any: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +222,7 @@ def peer_of(transport: asyncio.BaseTransport) -> Peer:
 class Connection(asyncio.Protocol):
     def __init__(
         self,
-        service: Service,
+        service: Dispatcher,
         registry: ConnectionRegistry,
         metrics: Metrics,
         limits: ConnectionLimits,
