@@ -79,14 +79,15 @@ class Components:
         self.sweep.reconfigure(interval_s=settings.sweep_interval_s)
 
 
-def build(settings: Settings) -> Components:
-    """Make every part, each after the parts it needs."""
+def build(settings: Settings, *, store: Store | None = None) -> Components:
+    """Make every part, each after the parts it needs; ``store``, for tests:
+    another store than the settings name (memoryd.stores.memory)."""
     notifier = Notifier()
     metrics = Metrics()
     alerts = Alerts(settings.data_dir)
     registry = ConnectionRegistry()
     backlog = Backlog()
-    store = create_store(settings)
+    store = create_store(settings) if store is None else store
     wal = Wal(
         wal_dir(settings.data_dir),
         fsync=settings.wal_fsync,

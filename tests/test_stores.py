@@ -14,6 +14,7 @@ from memoryd.config import Settings
 from memoryd.ops import Clear, Delete, Op, Put, Replace
 from memoryd.records import Query, Record, select
 from memoryd.stores import LocalStore, RedisStore, Store, create_store
+from memoryd.stores.memory import MemoryStore
 
 # Real time, not a fixed date: Redis expires record HASHes on its own clock
 # (expires_at plus a grace), so expiries in the tests must lie in its future.
@@ -54,7 +55,7 @@ def put(record_id: str, agent_id: str = "craftsman_1", **fields: Any) -> Put:
     return Put.of(make_record(record_id, agent_id, **fields))
 
 
-@pytest.fixture(params=["redis", "local"])
+@pytest.fixture(params=["redis", "local", "memory"])
 async def store_factory(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[StoreFactory]:
@@ -65,8 +66,10 @@ async def store_factory(
         if request.param == "redis":
             url = request.getfixturevalue("redis_url")
             store = RedisStore(url, max_memories=max_memories)
-        else:
+        elif request.param == "local":
             store = LocalStore(tmp_path / f"data{len(opened)}", max_memories=max_memories)
+        else:
+            store = MemoryStore(max_memories=max_memories)
         await store.open()
         opened.append(store)
         return store
@@ -528,8 +531,8 @@ async def test_ping_and_describe(store: Store) -> None:
 
 async def test_eviction_facts(store: Store) -> None:
     eviction = await store.eviction()
-    if store.kind == "local":
-        assert eviction is None  # SQLite never drops rows on its own
+    if store.kind in ("local", "memory"):
+        assert eviction is None  # neither SQLite nor a dict drops records on its own
         assert "maxmemory_policy" not in store.describe()
     else:
         # The tests' Redis is started without a memory limit, as memoryd wants it.
