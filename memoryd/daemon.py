@@ -27,6 +27,7 @@ from memoryd.service import Service
 from memoryd.status import StateNews, StatusReport
 from memoryd.stores import create_store
 from memoryd.stores.base import Store
+from memoryd.stores.monitored import MonitoredStore
 from memoryd.systemd import Notifier
 from memoryd.transport import ConnectionRegistry
 from memoryd.wal import Wal
@@ -117,8 +118,10 @@ def build(settings: Settings, *, store: Store | None = None) -> Components:
         wal_has_room=wal.has_room,
     )
     sole_writer = SoleWriter(store, cache, on_link_lost=health.check_soon)
+    # The request paths' store: each failure reaches Health once, from here.
+    reported = MonitoredStore(store, health)
     flusher = Flusher(
-        store=store,
+        store=reported,
         backlog=backlog,
         wal=wal,
         health=health,
@@ -145,7 +148,7 @@ def build(settings: Settings, *, store: Store | None = None) -> Components:
     )
     service = Service(
         settings,
-        store=store,
+        store=reported,
         wal=wal,
         backlog=backlog,
         flusher=flusher,
@@ -165,7 +168,7 @@ def build(settings: Settings, *, store: Store | None = None) -> Components:
         cache=cache,
         data_loss_check=data_loss_check,
         health=health,
-        sweep=ExpirySweep(store, health, interval_s=settings.sweep_interval_s),
+        sweep=ExpirySweep(reported, health, interval_s=settings.sweep_interval_s),
         sole_writer=sole_writer,
         flusher=flusher,
         max_connections=max_connections,

@@ -18,7 +18,7 @@ from typing import Any
 from memoryd.backlog import Backlog
 from memoryd.cache import ReadCache
 from memoryd.health import Health
-from memoryd.stores.base import Store, StoreError, StoreUnavailable
+from memoryd.stores.base import STORE_FAILURES, Store
 from memoryd.wal import Wal
 
 logger = logging.getLogger(__name__)
@@ -84,9 +84,8 @@ class Flusher:
         now_s = time.time()
         try:
             await self.store.apply(ops, now_s)
-        except (StoreUnavailable, StoreError) as exc:
-            self.cache.failed(ops)
-            self.health.store_failed(exc)
+        except STORE_FAILURES:
+            self.cache.failed(ops)  # Health heard of it from the store (MonitoredStore)
             return False
         self.health.store_succeeded(time.monotonic() - started_s)
         self.cache.applied(ops, now_s)

@@ -26,6 +26,7 @@ from typing import Any
 
 from memoryd.backlog import Backlog
 from memoryd.stores.base import (
+    STORE_FAILURES,
     Store,
     StoreError,
     StoreMisconfigured,
@@ -333,7 +334,7 @@ class Health:
             return True
         try:
             await self.check_store()
-        except (StoreUnavailable, StoreError) as exc:
+        except STORE_FAILURES as exc:
             self._successes = 0
             self.store_failed(exc)
             return False

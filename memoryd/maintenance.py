@@ -7,6 +7,7 @@ background task; none holds more than what it checks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -15,7 +16,7 @@ from memoryd.cache import ReadCache
 from memoryd.eviction import EvictionWatch
 from memoryd.health import Health
 from memoryd.marker import StoreMarker
-from memoryd.stores.base import Store, StoreError, StoreUnavailable
+from memoryd.stores.base import STORE_FAILURES, Store
 from memoryd.systemd import Notifier
 from memoryd.wal import Wal
 
@@ -81,10 +82,8 @@ class ExpirySweep:
             await asyncio.sleep(self.interval_s)
             if self._health.store_down:
                 continue
-            try:
+            with contextlib.suppress(*STORE_FAILURES):  # reported by the store
                 await self._store.sweep(time.time())
-            except (StoreUnavailable, StoreError) as exc:
-                self._health.store_failed(exc)
 
 
 class WatchdogFeeder:

@@ -47,7 +47,7 @@ from memoryd.flusher import Flusher
 from memoryd.health import Health
 from memoryd.ops import Clear, Delete, Entry, Op, Put, Replace
 from memoryd.records import Query, Record, is_expired
-from memoryd.stores.base import Store, StoreError, StoreUnavailable
+from memoryd.stores.base import STORE_FAILURES, Store
 from memoryd.transport import Peer
 from memoryd.validation import Args
 from memoryd.wal import Wal, WalBusyError, WalError, WalFullError
@@ -278,8 +278,7 @@ class Service:
         try:
             stored = [] if self.health.store_down else await self.store.agents(prefix, limit)
             degraded = self.health.store_down
-        except (StoreUnavailable, StoreError) as exc:
-            self.health.store_failed(exc)
+        except STORE_FAILURES:
             stored, degraded = [], True
         return {"agents": sorted(set(stored) | set(pending))[:limit], "degraded": degraded}
 
@@ -428,8 +427,8 @@ class Service:
             token = self.cache.token()
             try:
                 stored = await self.store.get(agent_id, record_id, now_s)
-            except (StoreUnavailable, StoreError) as exc:
-                self.health.store_failed(exc)
+            except STORE_FAILURES:
+                pass  # answered from the backlog alone
             else:
                 self.cache.remember(agent_id, [stored] if stored is not None else [], token)
         record = merge_get(stored, entries, record_id, now_s)
@@ -459,8 +458,7 @@ class Service:
             fetch = dataclasses.replace(query, limit=store_fetch_limit(query, entries))
             try:
                 stored = await self._stored_answer(agent_id, fetch, now_s)
-            except (StoreUnavailable, StoreError) as exc:
-                self.health.store_failed(exc)
+            except STORE_FAILURES:
                 degraded = True
         if degraded and not hides_store(entries):
             stored = self.cache.records(agent_id)
@@ -508,8 +506,7 @@ class Service:
             stats = await self.store.stats(agent_id, time.time())
         except TimeoutError:
             raise DeadlineExceeded("the agent's writes were not applied in time") from None
-        except (StoreUnavailable, StoreError) as exc:
-            self.health.store_failed(exc)
+        except STORE_FAILURES as exc:
             raise BackendUnavailable(f"the store is unreachable: {exc}") from exc
         return stats.as_dict()
 

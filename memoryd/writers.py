@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 
 from memoryd.cache import ReadCache
-from memoryd.stores.base import Store, StoreError, StoreUnavailable
+from memoryd.stores.base import STORE_FAILURES, Store, StoreError, StoreUnavailable
 from memoryd_client.ids import new_id
 
 logger = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class SoleWriter:
         while True:
             try:
                 await self.store.watch()
-            except (StoreUnavailable, StoreError):
+            except STORE_FAILURES:
                 # Down: renewals fail too, so trust is over.  Try less often.
                 pause_s = min(REWATCH_MAX_S, pause_s * 2)
             else:

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from memoryd.backlog import Backlog
 from memoryd.health import Health, State
 from memoryd.ops import Delete, Entry
+from memoryd.records import Query
 from memoryd.stores.base import StoreRefusing, StoreUnavailable
 from memoryd.stores.local import LocalStore
+from memoryd.stores.memory import MemoryStore
+from memoryd.stores.monitored import MonitoredStore
 
 
 def queued(*seqs: int) -> Backlog:
@@ -93,3 +98,27 @@ async def test_a_refusing_store_that_becomes_unreachable_says_so(tmp_path: Path)
     ]
     health.store_failed(StoreUnavailable("connection refused"))
     assert len(changes) == 2, "the same outage is reported once"
+
+
+async def test_the_monitored_store_reports_each_failure_once_and_raises_it_on() -> None:
+    store = MemoryStore()
+    health = Health(store, Backlog())
+    monitored = MonitoredStore(store, health)
+    failures: list[str] = []
+    real_failed = health.store_failed
+
+    def counting(exc: BaseException) -> None:
+        failures.append(type(exc).__name__)
+        real_failed(exc)
+
+    health.store_failed = counting  # type: ignore[method-assign]
+
+    async def refused(*args: object) -> list[str]:
+        raise StoreUnavailable("connection refused")
+
+    store.agents = refused  # type: ignore[method-assign]
+    with pytest.raises(StoreUnavailable):
+        await monitored.agents("", 10)
+    assert failures == ["StoreUnavailable"] and health.store_down
+    assert await monitored.query("a", Query(), 0.0) == []  # what works is not reported
+    assert failures == ["StoreUnavailable"]

@@ -40,6 +40,12 @@ class StoreError(MemorydError):
     """The store answered, but with an error that retrying will not fix."""
 
 
+# What a store call may fail with: caught together wherever a caller falls
+# back (an answer from the backlog, a batch tried again), reported to Health
+# once by memoryd.stores.monitored.
+STORE_FAILURES = (StoreUnavailable, StoreError)
+
+
 @dataclass(slots=True)
 class AgentStats:
     """What one agent has stored now (never "ever added")."""

@@ -1,0 +1,105 @@
+"""A store that tells Health of each of its failures, so that callers need not.
+
+Every request path (the service's reads, the flusher's batches, the sweep)
+goes through this wrapper: a call that fails with a store failure
+(``STORE_FAILURES``) is reported to ``Health`` once, here, and raised on for
+the caller to fall back as it must.  Health's own probes, the data-loss check
+it runs and the writer lease use the bare store: they report, or ignore,
+their failures themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from memoryd.health import Health
+from memoryd.ops import Op
+from memoryd.records import Query, Record
+from memoryd.stores.base import STORE_FAILURES, AgentStats, Eviction, Store
+
+_T = TypeVar("_T")
+
+
+class MonitoredStore:
+    def __init__(self, store: Store, health: Health) -> None:
+        self._store = store
+        self._health = health
+        self.kind = store.kind
+
+    async def _reported(self, call: Awaitable[_T]) -> _T:
+        try:
+            return await call
+        except STORE_FAILURES as exc:
+            self._health.store_failed(exc)
+            raise
+
+    @property
+    def identity(self) -> str:
+        return self._store.identity
+
+    @property
+    def stale_removed(self) -> Callable[[str], None]:
+        return self._store.stale_removed
+
+    @stale_removed.setter
+    def stale_removed(self, notice: Callable[[str], None]) -> None:
+        self._store.stale_removed = notice
+
+    @property
+    def records_changed(self) -> Callable[[str], None]:
+        return self._store.records_changed
+
+    @records_changed.setter
+    def records_changed(self, notice: Callable[[str], None]) -> None:
+        self._store.records_changed = notice
+
+    @property
+    def writer_lease(self) -> tuple[str, float] | None:
+        return self._store.writer_lease
+
+    @writer_lease.setter
+    def writer_lease(self, lease: tuple[str, float] | None) -> None:
+        self._store.writer_lease = lease
+
+    async def open(self) -> None:
+        await self._store.open()
+
+    async def close(self) -> None:
+        await self._store.close()
+
+    async def apply(self, ops: Sequence[Op], now_s: float) -> None:
+        await self._reported(self._store.apply(ops, now_s))
+
+    async def get(self, agent_id: str, record_id: str, now_s: float) -> Record | None:
+        return await self._reported(self._store.get(agent_id, record_id, now_s))
+
+    async def query(self, agent_id: str, query: Query, now_s: float) -> list[Record]:
+        return await self._reported(self._store.query(agent_id, query, now_s))
+
+    async def stats(self, agent_id: str, now_s: float) -> AgentStats:
+        return await self._reported(self._store.stats(agent_id, now_s))
+
+    async def agents(self, prefix: str, limit: int) -> list[str]:
+        return await self._reported(self._store.agents(prefix, limit))
+
+    async def ping(self) -> float:
+        return await self._store.ping()
+
+    async def marker(self, candidate: str) -> str:
+        return await self._store.marker(candidate)
+
+    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> tuple[int, bool]:
+        return await self._store.renew_writer_lease(daemon_id, lease_s)
+
+    async def watch(self) -> None:
+        await self._store.watch()
+
+    async def sweep(self, now_s: float) -> int:
+        return await self._reported(self._store.sweep(now_s))
+
+    async def eviction(self) -> Eviction | None:
+        return await self._store.eviction()
+
+    def describe(self) -> dict[str, Any]:
+        return self._store.describe()
