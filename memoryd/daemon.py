@@ -19,11 +19,12 @@ from memoryd.config import Settings
 from memoryd.eviction import EvictionWatch
 from memoryd.fdlimit import connections_that_fit
 from memoryd.flusher import Flusher
+from memoryd.handlers import Handlers
 from memoryd.health import Health
 from memoryd.maintenance import DataLossCheck, ExpirySweep
 from memoryd.marker import StoreMarker
 from memoryd.metrics import Metrics
-from memoryd.service import Service
+from memoryd.reads import Reader
 from memoryd.status import StateNews, StatusReport
 from memoryd.stores import create_store
 from memoryd.stores.base import Store
@@ -32,6 +33,7 @@ from memoryd.systemd import Notifier
 from memoryd.transport import ConnectionRegistry
 from memoryd.wal import Wal
 from memoryd.writers import SoleWriter
+from memoryd.writes import Writer
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +60,14 @@ class Components:
     flusher: Flusher
     max_connections: int
     status: StatusReport
-    service: Service
+    handlers: Handlers
 
     def reconfigure(self, settings: Settings) -> None:
         """Hand each part its share of reloaded settings (SIGHUP)."""
         self.settings = settings
         self.max_connections = fit_connections(settings, self.store.kind)
         self.status.reconfigure(limits=limits(settings, self.max_connections))
-        self.service.reconfigure(settings)
+        self.handlers.reconfigure(settings)
         self.wal.reconfigure(
             max_bytes=settings.wal_max_bytes, min_free_disk_bytes=settings.min_free_disk_bytes
         )
@@ -146,14 +148,17 @@ def build(settings: Settings, *, store: Store | None = None) -> Components:
         alerts=alerts,
         limits=limits(settings, max_connections),
     )
-    service = Service(
+    handlers = Handlers(
         settings,
-        store=reported,
-        wal=wal,
-        backlog=backlog,
-        flusher=flusher,
-        health=health,
-        cache=cache,
+        reader=Reader(
+            settings,
+            store=reported,
+            backlog=backlog,
+            flusher=flusher,
+            health=health,
+            cache=cache,
+        ),
+        writer=Writer(settings, wal=wal, flusher=flusher, health=health),
         status=status.snapshot,
     )
     return Components(
@@ -173,7 +178,7 @@ def build(settings: Settings, *, store: Store | None = None) -> Components:
         flusher=flusher,
         max_connections=max_connections,
         status=status,
-        service=service,
+        handlers=handlers,
     )
 
 

@@ -347,7 +347,7 @@ class Server:
             message_timeout_s=self.parts.settings.message_timeout_s,
             idle_timeout_s=self.parts.settings.idle_timeout_s,
         )
-        return Connection(self.parts.service, self.parts.registry, self.parts.metrics, limits)
+        return Connection(self.parts.handlers, self.parts.registry, self.parts.metrics, limits)
 
     # ------------------------------------------------------------ signals
 

@@ -70,7 +70,7 @@ class Peer:
 
 
 class Dispatcher(Protocol):
-    """What answers a connection's requests (memoryd.service.Service)."""
+    """What answers a connection's requests (memoryd.handlers.Handlers)."""
 
     async def call(self, method: str, args: Mapping[str, Any], peer: Peer) -> Any: ...
 

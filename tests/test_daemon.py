@@ -16,7 +16,7 @@ def test_build_wires_the_parts_together(tmp_path: Path) -> None:
     assert parts.wal.wal_dir == daemon.wal_dir(settings.data_dir)
     assert parts.store.kind == "local"
     assert parts.max_connections <= settings.max_connections
-    assert parts.service.settings is settings
+    assert parts.handlers.settings is settings
     assert parts.sweep.interval_s == settings.sweep_interval_s
 
 
@@ -41,7 +41,7 @@ def test_reconfigure_hands_each_part_its_share_of_the_reloaded_settings(tmp_path
         }
     )
     parts.reconfigure(reloaded)
-    assert parts.settings is reloaded and parts.service.settings is reloaded
+    assert parts.settings is reloaded and parts.handlers.settings is reloaded
     assert (parts.wal.max_bytes, parts.wal.min_free_disk_bytes) == (
         reloaded.wal_max_bytes,
         reloaded.min_free_disk_bytes,

@@ -20,7 +20,7 @@ CONFIGURATION_MD = ROOT / "docs" / "configuration.md"
 PROTOCOL_MD = ROOT / "docs" / "protocol.md"
 EXAMPLE_TOML = ROOT / "config" / "memoryd.toml"
 DEV_TOML = ROOT / "config" / "dev.toml"
-SERVICE_PY = ROOT / "memoryd" / "service.py"
+SERVICE_PY = ROOT / "memoryd" / "handlers.py"
 
 # Their defaults depend on the user, so the example shows them commented out.
 COMMENTED_OUT_OK = frozenset({"socket_path", "data_dir"})
@@ -29,7 +29,7 @@ SETTINGS = sorted(Settings.model_fields)
 
 
 def service_methods() -> list[str]:
-    """The keys of ``self.methods = {...}`` in ``Service.__init__``, read from the source."""
+    """The keys of ``self.methods = {...}`` in ``Handlers.__init__``, read from the source."""
     tree = ast.parse(SERVICE_PY.read_text())
     for node in ast.walk(tree):
         if not isinstance(node, ast.AnnAssign | ast.Assign):
@@ -42,7 +42,7 @@ def service_methods() -> list[str]:
                 and isinstance(node.value, ast.Dict)
             ):
                 return [ast.literal_eval(key) for key in node.value.keys if key is not None]
-    raise AssertionError("no `self.methods = {...}` found in memoryd/service.py")
+    raise AssertionError("no `self.methods = {...}` found in memoryd/handlers.py")
 
 
 @pytest.fixture

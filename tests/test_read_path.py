@@ -24,7 +24,7 @@ async def test_a_write_reads_back_before_and_after_the_store_applies_it(tmp_path
     await parts.store.open()
 
     async def call(method: str, **args: Any) -> Any:
-        return await parts.service.call(method, args, PEER)
+        return await parts.handlers.call(method, args, PEER)
 
     try:
         added = await call("add", agent_id="reader", type="note", content="in the WAL")

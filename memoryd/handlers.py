@@ -1,56 +1,34 @@
-"""The methods of the protocol: checking arguments, writing, reading.
+"""The methods of the protocol: each checks its arguments, then writes or reads.
 
-Writes go to the WAL and are acknowledged once durable there; the flusher
-applies them to the store.  Reads take the store's answer (from memory when
-the read cache can tell it exactly: memoryd.cache) and lay the agent's
-backlog over it, so a client always reads its own writes.  While the store is
-down, reads answer at once from the cache with the backlog laid over it, and
-say so (``degraded: true``).
+Writes go through memoryd.writes (the WAL, the durability wait, one
+read-modify-write of an agent at a time), reads through memoryd.reads (the
+store or the read cache, with the agent's backlog laid over it).  What is
+here is what the protocol says: argument names, defaults, bounds and results.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import msgpack
 
 from memoryd import __version__
 from memoryd import validation as v
-from memoryd.backlog import (
-    UNKNOWN,
-    Backlog,
-    Unknown,
-    hides_store,
-    merge_get,
-    merge_is_exact,
-    merge_query,
-    store_fetch_limit,
-)
-from memoryd.cache import ReadCache
 from memoryd.config import Settings
 from memoryd.errors import (
     BackendUnavailable,
-    DeadlineExceeded,
-    InternalError,
     InvalidRequest,
     NotFound,
-    Overloaded,
     TooLarge,
-    WalFull,
 )
-from memoryd.flusher import Flusher
-from memoryd.health import Health
-from memoryd.ops import Clear, Delete, Entry, Op, Put, Replace
-from memoryd.records import Query, Record, is_expired
-from memoryd.stores.base import STORE_FAILURES, Store
+from memoryd.ops import Clear, Delete, Put, Replace
+from memoryd.reads import Answer, Reader
+from memoryd.records import Query, Record
 from memoryd.transport import Peer
 from memoryd.validation import Args
-from memoryd.wal import Wal, WalBusyError, WalError, WalFullError
+from memoryd.writes import Writer
 from memoryd_client import wire
 from memoryd_client.ids import new_id
 
@@ -80,28 +58,19 @@ DEFAULT_AGENTS_LIMIT = 100
 MAX_AGENTS_LIMIT = 10_000
 
 
-class Service:
+class Handlers:
     def __init__(
         self,
         settings: Settings,
         *,
-        store: Store,
-        wal: Wal,
-        backlog: Backlog,
-        flusher: Flusher,
-        health: Health,
-        cache: ReadCache,
+        reader: Reader,
+        writer: Writer,
         status: Callable[[], dict[str, Any]],
     ) -> None:
         self.settings = settings
-        self.store = store
-        self.wal = wal
-        self.backlog = backlog
-        self.flusher = flusher
-        self.health = health
-        self.cache = cache
+        self._reader = reader
+        self._writer = writer
         self._status = status
-        self._agent_locks: dict[str, asyncio.Lock] = {}
         self.methods: dict[str, Handler] = {
             "hello": self.hello,
             "ping": self.ping,
@@ -129,6 +98,8 @@ class Service:
     def reconfigure(self, settings: Settings) -> None:
         """Requests from now on follow ``settings`` (limits, TTL, timeouts)."""
         self.settings = settings
+        self._reader.reconfigure(settings)
+        self._writer.reconfigure(settings)
 
     async def hello(self, values: Mapping[str, Any], peer: Peer) -> dict[str, Any]:
         args = Args(values, frozenset({"client", "protocol"}))
@@ -158,8 +129,8 @@ class Service:
         durability = self._durability(args)
         put = Put.of(self._new_record(args, time.time()))
         self._check_size(put.data, put.record, args)
-        seqs = await self._append([put])
-        await self._wait_if_store_durability(durability, seqs[-1])
+        seqs = await self._writer.append([put])
+        await self._writer.wait_applied(durability, seqs[-1])
         return {"id": put.record["id"], "created_at": put.record["created_at"]}
 
     async def add_many(self, values: Mapping[str, Any], peer: Peer) -> dict[str, Any]:
@@ -182,8 +153,8 @@ class Service:
             put = Put.of(self._new_record(item_args, now_s))
             self._check_size(put.data, put.record, item_args)
             puts.append(put)
-        seqs = await self._append(puts)
-        await self._wait_if_store_durability(durability, seqs[-1])
+        seqs = await self._writer.append(puts)
+        await self._writer.wait_applied(durability, seqs[-1])
         return {"ids": [put.record["id"] for put in puts]}
 
     async def update(self, values: Mapping[str, Any], peer: Peer) -> Record:
@@ -195,43 +166,36 @@ class Service:
                 "", f"nothing to update: give any of {', '.join(sorted(_UPDATE_FIELDS))}"
             )
         changes = self._changes(args, time.time())
-        async with self._agent_lock(agent_id):
-            current = await self._get(agent_id, record_id)
+        async with self._writer.agent_lock(agent_id):
+            current = await self._reader.get(agent_id, record_id)
             if current is None:
                 raise NotFound(f"no record {record_id!r} for agent {agent_id!r}")
             replace = Replace.of({**current, **changes})  # type: ignore[typeddict-item]
             self._check_size(replace.data, replace.record, args)
-            await self._append([replace])
+            await self._writer.append([replace])
         return replace.record
 
     async def delete(self, values: Mapping[str, Any], peer: Peer) -> dict[str, bool]:
         args = Args(values, frozenset({"agent_id", "id"}))
         agent_id = _agent_id(args)
         record_id = _record_id(args, "id")
-        async with self._agent_lock(agent_id):
-            if await self._get(agent_id, record_id) is None:
+        async with self._writer.agent_lock(agent_id):
+            if await self._reader.get(agent_id, record_id) is None:
                 return {"deleted": False}
-            await self._append([Delete(agent_id, record_id)])
+            await self._writer.append([Delete(agent_id, record_id)])
         return {"deleted": True}
 
     async def clear(self, values: Mapping[str, Any], peer: Peer) -> dict[str, Any]:
         args = Args(values, frozenset({"agent_id"}))
         agent_id = _agent_id(args)
-        async with self._agent_lock(agent_id):
+        async with self._writer.agent_lock(agent_id):
             try:
-                count = (await self._exact_stats(agent_id))["count"]
+                count = (await self._reader.stats(agent_id))["count"]
                 degraded = False
             except BackendUnavailable:
-                count = len(
-                    merge_query(
-                        [],
-                        self.backlog.for_agent(agent_id),
-                        Query(limit=self.settings.max_memories),
-                        time.time(),
-                    )
-                )
+                count = self._reader.held_count(agent_id)
                 degraded = True
-            await self._append([Clear(agent_id)])
+            await self._writer.append([Clear(agent_id)])
         return {"deleted": count, "degraded": degraded}
 
     # ------------------------------------------------------------ reads
@@ -240,7 +204,7 @@ class Service:
         args = Args(values, frozenset({"agent_id", "id"}))
         agent_id = _agent_id(args)
         record_id = _record_id(args, "id")
-        record = await self._get(agent_id, record_id)
+        record = await self._reader.get(agent_id, record_id)
         if record is None:
             raise NotFound(f"no record {record_id!r} for agent {agent_id!r}")
         return record
@@ -248,7 +212,7 @@ class Service:
     async def recent(self, values: Mapping[str, Any], peer: Peer) -> dict[str, Any]:
         args = Args(values, _QUERY_FIELDS)
         agent_id = _agent_id(args)
-        return await self._query(agent_id, self._query_of(args))
+        return _answer(await self._reader.query(agent_id, self._query_of(args)))
 
     async def search(self, values: Mapping[str, Any], peer: Peer) -> dict[str, Any]:
         args = Args(values, frozenset({"agent_id", "query", "limit", "types"}))
@@ -259,11 +223,11 @@ class Service:
             types=v.type_list("types", args.values["types"]) if args.has("types") else None,
             text=text,
         )
-        return await self._query(agent_id, query)
+        return _answer(await self._reader.query(agent_id, query))
 
     async def stats(self, values: Mapping[str, Any], peer: Peer) -> dict[str, Any]:
         args = Args(values, frozenset({"agent_id"}))
-        return await self._exact_stats(_agent_id(args))
+        return await self._reader.stats(_agent_id(args))
 
     async def agents(self, values: Mapping[str, Any], peer: Peer) -> dict[str, Any]:
         args = Args(values, frozenset({"prefix", "limit"}))
@@ -271,16 +235,8 @@ class Service:
         limit = v.integer(
             "limit", args.optional("limit", DEFAULT_AGENTS_LIMIT), 1, MAX_AGENTS_LIMIT
         )
-        # Taken first: an agent whose writes are applied while the store is
-        # scanned may be missing from the scan, never from both.
-        pending = [a for a in self.backlog.agent_ids() if a.startswith(prefix)]
-        degraded = False
-        try:
-            stored = [] if self.health.store_down else await self.store.agents(prefix, limit)
-            degraded = self.health.store_down
-        except STORE_FAILURES:
-            stored, degraded = [], True
-        return {"agents": sorted(set(stored) | set(pending))[:limit], "degraded": degraded}
+        agent_ids, degraded = await self._reader.agents(prefix, limit)
+        return {"agents": agent_ids, "degraded": degraded}
 
     # ------------------------------------------------------------ internals
 
@@ -351,165 +307,6 @@ class Service:
             f"the record encodes to {len(data)} bytes; max_record_bytes is {limit}",
         )
 
-    async def _append(self, ops: Sequence[Op]) -> list[int]:
-        try:
-            seqs = await self.wal.append(ops)
-        except WalFullError as exc:
-            self.health.wal_full(str(exc), for_space=exc.for_space)
-            raise WalFull(str(exc)) from exc
-        except WalBusyError as exc:
-            self.health.wal_full(str(exc), for_space=False)
-            raise Overloaded(str(exc)) from exc
-        except WalError as exc:
-            raise InternalError(str(exc)) from exc
-        if self.health.wal_full_reason is not None:
-            self.health.wal_has_room()
-        return seqs
-
-    async def _wait_if_store_durability(self, durability: str, seq: int) -> None:
-        if durability != "store":
-            return
-        try:
-            await asyncio.wait_for(self.flusher.wait_applied(seq), self.settings.request_timeout_s)
-        except TimeoutError:
-            why = "the store is unreachable" if self.health.store_down else "the store is slow"
-            error = BackendUnavailable if self.health.store_down else DeadlineExceeded
-            raise error(
-                f"{why}: the write is safe in the WAL and will be applied, "
-                "but was not applied within request_timeout_s"
-            ) from None
-
-    @contextlib.asynccontextmanager
-    async def _agent_lock(self, agent_id: str) -> AsyncIterator[None]:
-        # Read-modify-write methods of one agent run one at a time, so two
-        # updates of one record never both start from the same version.
-        lock = self._agent_locks.setdefault(agent_id, asyncio.Lock())
-        try:
-            async with lock:
-                yield
-        finally:
-            if not lock.locked() and self._agent_locks.get(agent_id) is lock:
-                del self._agent_locks[agent_id]
-
-    async def _pending(self, agent_id: str) -> tuple[Entry, ...]:
-        """The agent's not-yet-applied writes, after giving the flusher a moment.
-
-        While the store is healthy a read waits briefly for the agent's own
-        writes to be applied, so that it sees exactly what the store holds
-        (trimming included).  If they are not applied in time, or the store
-        is down, the read lays them over the store's answer instead.  The
-        snapshot is taken before the store is asked: writes applied while it
-        answers are then laid over again, which is harmless (idempotent).
-        """
-        last_seq = self.backlog.last_seq_for(agent_id)
-        if last_seq and not self.health.store_down:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    self.flusher.wait_applied(last_seq), self.settings.read_barrier_timeout_s
-                )
-        return tuple(self.backlog.for_agent(agent_id))
-
-    async def _get(self, agent_id: str, record_id: str) -> Record | None:
-        """The record, None if it is known not to exist, else BackendUnavailable."""
-        if not self.health.store_down:
-            now_s = time.time()
-            pending = [entry.op for entry in self.backlog.for_agent(agent_id)]
-            held = self.cache.get(agent_id, record_id, now_s, pending)
-            if held is not None:
-                self.cache.hits += 1
-                return None if is_expired(held, now_s) else held
-        entries = await self._pending(agent_id)
-        now_s = time.time()
-        stored: Record | None | Unknown = self.cache.known(agent_id, record_id) or UNKNOWN
-        if hides_store(entries):
-            stored = None
-        elif not self.health.store_down:
-            token = self.cache.token()
-            try:
-                stored = await self.store.get(agent_id, record_id, now_s)
-            except STORE_FAILURES:
-                pass  # answered from the backlog alone
-            else:
-                self.cache.remember(agent_id, [stored] if stored is not None else [], token)
-        record = merge_get(stored, entries, record_id, now_s)
-        if record is UNKNOWN:
-            raise BackendUnavailable(
-                "the store is unreachable and the record is not among the writes memoryd "
-                "still holds; retry when the store is back"
-            )
-        return record
-
-    async def _query(self, agent_id: str, query: Query) -> dict[str, Any]:
-        entries = tuple(self.backlog.for_agent(agent_id))
-        if not self.health.store_down:
-            # What the store will hold once the backlog is applied, from memory:
-            # exact without waiting for the flusher.
-            pending = [entry.op for entry in entries]
-            found = self.cache.answer(agent_id, query, time.time(), pending)
-            if found is not None:
-                self.cache.hits += 1
-                return {"records": found, "degraded": False}
-        if entries and not merge_is_exact(query, entries, self.settings.max_memories):
-            entries = await self._pending(agent_id)
-        now_s = time.time()
-        degraded = self.health.store_down
-        stored: list[Record] = []
-        if not degraded and not hides_store(entries):
-            fetch = dataclasses.replace(query, limit=store_fetch_limit(query, entries))
-            try:
-                stored = await self._stored_answer(agent_id, fetch, now_s)
-            except STORE_FAILURES:
-                degraded = True
-        if degraded and not hides_store(entries):
-            stored = self.cache.records(agent_id)
-        merge = entries or degraded
-        records = merge_query(stored, entries, query, now_s) if merge else stored
-        return {"records": records, "degraded": degraded}
-
-    async def _stored_answer(self, agent_id: str, fetch: Query, now_s: float) -> list[Record]:
-        """What the store answers to ``fetch``, once the cache could not tell (``_query``
-        asked it first, with the backlog replayed).
-
-        When the cache may learn the agent (memoryd.cache), the agent's newest
-        records are fetched first, unfiltered, so that the next reads of this
-        agent, filtered or not, can be answered from memory.
-        """
-        cache = self.cache
-        cache.misses += 1
-        token = cache.token()
-        # Only newest-first reads fill: an oldest-first page (an export) would
-        # fetch the newest records for nothing and push other agents out.
-        if fetch.order == "newest" and cache.may_fill(agent_id):
-            newest = Query(limit=max(cache.per_agent, fetch.limit if fetch.newest_of_all else 0))
-            records = await self.store.query(agent_id, newest, now_s)
-            cache.fill(agent_id, records, newest.limit, token)
-            if fetch.newest_of_all:
-                return records[: fetch.limit]
-            found = cache.answer(agent_id, fetch, now_s)
-            if found is not None:
-                return found
-        records = await self.store.query(agent_id, fetch, now_s)
-        if fetch.order == "newest":
-            cache.remember(agent_id, records, token)
-        return records
-
-    async def _exact_stats(self, agent_id: str) -> dict[str, Any]:
-        """Stats from the store, once the agent's backlog has reached it."""
-        last_seq = self.backlog.last_seq_for(agent_id)
-        if self.health.store_down:
-            raise BackendUnavailable("the store is unreachable; stats need it")
-        try:
-            if last_seq:
-                await asyncio.wait_for(
-                    self.flusher.wait_applied(last_seq), self.settings.request_timeout_s
-                )
-            stats = await self.store.stats(agent_id, time.time())
-        except TimeoutError:
-            raise DeadlineExceeded("the agent's writes were not applied in time") from None
-        except STORE_FAILURES as exc:
-            raise BackendUnavailable(f"the store is unreachable: {exc}") from exc
-        return stats.as_dict()
-
     def _query_of(self, args: Args) -> Query:
         now_s = time.time()
         return Query(
@@ -530,3 +327,7 @@ def _agent_id(args: Args) -> str:
 
 def _record_id(args: Args, name: str) -> str:
     return v.record_id(name, args.required(name))
+
+
+def _answer(answer: Answer) -> dict[str, Any]:
+    return {"records": answer.records, "degraded": answer.degraded}
