@@ -127,3 +127,18 @@ def test_method_is_in_protocol_md(method: str) -> None:
 def test_error_code_is_in_protocol_md(code: str) -> None:
     row = re.compile(rf"^\|\s*`{re.escape(code)}`\s*\|", re.MULTILINE)
     assert row.search(PROTOCOL_MD.read_text()), f"docs/protocol.md has no table row for {code}"
+
+
+ARCHITECTURE_MD = ROOT / "docs" / "architecture.md"
+MODULES = sorted(
+    path.relative_to(ROOT / "memoryd")
+    for path in (ROOT / "memoryd").rglob("*.py")
+    if path.name not in ("__init__.py", "__main__.py")
+)
+
+
+@pytest.mark.parametrize("module", MODULES, ids=str)
+def test_every_module_is_in_architecture_md(module: Path) -> None:
+    assert f"{module.name}`" in ARCHITECTURE_MD.read_text(), (
+        f"memoryd/{module} is not named in docs/architecture.md"
+    )
