@@ -27,7 +27,7 @@ DEV_CONFIG := config/dev.toml
 ARGS ?=
 
 LINT_PATHS := memoryd libclient tests bench
-TYPED_PATHS := memoryd libclient/memoryd_client libclient/examples bench tests/soak
+TYPED_PATHS := memoryd libclient/memoryd_client libclient/examples bench tests
 
 PYPROJECTS := pyproject.toml libclient/pyproject.toml
 STAMP_RUN := $(VENV)/.installed-run

@@ -30,6 +30,7 @@ import msgpack
 import redis
 
 import memoryd_client
+from tests import redis_view
 from tests.harness import Daemon, RedisServer
 
 STORE_KINDS = ("local", "redis")
@@ -101,8 +102,7 @@ class Env:
     def stored_ids(self, agent_id: str) -> set[str]:
         """The ids the store itself (not the daemon's overlay) holds for ``agent_id``."""
         if self.kind == "redis":
-            members = self._conn.zrange(f"agent:{{{agent_id}}}:memories:list", 0, -1)
-            return {member.decode() for member in members}
+            return set(redis_view.members(self._conn, f"agent:{{{agent_id}}}:memories:list"))
         return {row[0] for row in self.sqlite_rows(agent_id)}
 
     def store_has_traces(self, marker: str) -> bool:

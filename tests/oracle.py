@@ -28,6 +28,7 @@ import msgpack
 import redis
 
 from memoryd_client import Client, errors
+from tests import redis_view
 
 TYPES = ("note", "speech", "keywords")
 
@@ -278,7 +279,7 @@ def check_redis(conn: redis.Redis, ledger: Ledger) -> list[str]:
 def check_agent(conn: redis.Redis, ledger: Ledger, agent_id: str) -> list[str]:
     keys = _keys(agent_id)
     where = f"agent {agent_id}:"
-    scored = [(_text(i), score) for i, score in conn.zrange(keys["list"], 0, -1, withscores=True)]
+    scored = redis_view.scored(conn, keys["list"])
     listed = {record_id for record_id, _ in scored}
     problems = _check_ids(conn, ledger, agent_id, keys, listed)
     if len(listed) != len(scored):
@@ -334,7 +335,7 @@ def _check_counts(
     if types != dict(expected_types):
         problems.append(f"{where} types HASH {types} != {dict(expected_types)}")
     for record_type in TYPES:
-        indexed = {_text(i) for i in conn.zrange(keys["type"] + record_type, 0, -1)}
+        indexed = set(redis_view.members(conn, keys["type"] + record_type))
         wanted = {i for i in listed if type_for(i) == record_type}
         if indexed != wanted:
             problems.append(

@@ -201,7 +201,7 @@ def _cases() -> list[Any]:
         record_case(0, "records[0].colour", tid="unknown-field", colour=1),
         # get / delete
         *(
-            case(method, "id", tid=label, **{"id": value})
+            case(method, "id", tid=label, id=value)
             for method in ("get", "delete", "update")
             for label, value in (
                 ("id-missing", _DROP),
@@ -448,7 +448,7 @@ def test_add_many_with_one_bad_record_writes_none_of_them(
 ) -> None:
     other = new_agent("other")
     before = snapshot(env, client, prepared)
-    records = [
+    records: list[dict[str, Any]] = [
         {"agent_id": prepared, "type": "discussion", "content": "good 0", "id": "g0"},
         {"agent_id": other, "type": "discussion", "content": "good 1", "id": "g1"},
         {"agent_id": prepared, "type": "discussion", "content": "bad", "importance": 7},

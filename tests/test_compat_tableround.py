@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -39,7 +40,7 @@ def shanghai_time() -> Iterator[None]:
 
 # -- the templates, golden ------------------------------------------------------------------
 
-GOLDEN = [
+GOLDEN: list[tuple[str, dict[str, Any], str]] = [
     (
         "introduction",
         {"role": "手工艺人", "content": "我是一名有二十年经验的竹编手艺人。"},

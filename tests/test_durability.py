@@ -11,12 +11,13 @@ import pytest
 import redis
 
 from memoryd_client import Client, errors
+from tests import redis_view
 from tests.harness import Daemon, RedisServer, wait_until
 
 
-def stored_ids(server: RedisServer, agent_id: str) -> list[bytes]:
+def stored_ids(server: RedisServer, agent_id: str) -> list[str]:
     with redis.Redis(unix_socket_path=str(server.socket_path)) as conn:
-        return conn.zrange(f"agent:{{{agent_id}}}:memories:list", 0, -1)
+        return redis_view.members(conn, f"agent:{{{agent_id}}}:memories:list")
 
 
 def test_graceful_restart_keeps_everything(daemon_dir: Daemon) -> None:
@@ -51,7 +52,7 @@ def test_kill_9_with_the_store_down_loses_nothing(
     private_redis.start()  # an empty Redis: everything must come from the WAL
     daemon.start()
     wait_until(lambda: len(stored_ids(private_redis, "survivor")) == 100, 20, "the replay")
-    assert sorted(i.decode() for i in stored_ids(private_redis, "survivor")) == sorted(ids)
+    assert sorted(stored_ids(private_redis, "survivor")) == sorted(ids)
     with Client(daemon.socket_path) as client:
         assert client.stats("survivor")["count"] == 100
         assert client.add("survivor", "note", "after")["id"]
@@ -133,7 +134,7 @@ def test_sigterm_finishes_in_flight_store_durable_writes(
         ids += [client.add("drained", "note", n)["id"] for n in range(20, 300)]
     assert daemon.stop() == 0
     # The shutdown drained the backlog into the store before exiting.
-    assert sorted(i.decode() for i in stored_ids(private_redis, "drained")) == sorted(ids)
+    assert sorted(stored_ids(private_redis, "drained")) == sorted(ids)
 
 
 def test_reads_of_unknown_records_while_the_store_is_down_say_so(

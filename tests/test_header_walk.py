@@ -7,6 +7,7 @@ Fast: no daemon, only the wire module and msgpack.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -163,16 +164,17 @@ def test_random_bytes_never_break_the_walk_and_complete_ones_match_msgpack(data:
 
 # Lengths in 8, 16 and 32 bits for every kind (hypothesis keeps to short ones:
 # it would print the long ones whole).
+_MAKERS: dict[str, Callable[[int], object]] = {
+    "str": lambda n: "s" * n,
+    "bin": lambda n: b"b" * n,
+    "ext": lambda n: msgpack.ExtType(7, b"e" * n),
+    "array": lambda n: [1] * n,
+    "map": lambda n: {f"{i:05d}": None for i in range(n)},
+}
 WIDE_OBJECTS = {
     f"{kind} of {length}": make(length)
     for length in (255, 256, 65_535, 65_536)
-    for kind, make in {
-        "str": lambda n: "s" * n,
-        "bin": lambda n: b"b" * n,
-        "ext": lambda n: msgpack.ExtType(7, b"e" * n),
-        "array": lambda n: [1] * n,
-        "map": lambda n: {f"{i:05d}": None for i in range(n)},
-    }.items()
+    for kind, make in _MAKERS.items()
 }
 
 

@@ -18,6 +18,7 @@ import redis
 import memoryd
 import memoryd_client
 from memoryd_client import errors, wire
+from tests import redis_view
 from tests.daemons import TRIM_MAX_MEMORIES, Env, eventually, new_agent
 from tests.harness import Daemon, RedisServer, running_daemon
 
@@ -328,7 +329,8 @@ def test_update_of_ttl_sets_and_removes_the_expiry(
     assert stored_record(client, agent, "u1")["expires_at"] is None
     before = time.time()
     updated = client.update(agent, "u1", ttl_s=120)
-    assert before + 120 <= updated["expires_at"] <= time.time() + 120
+    expires_at = updated["expires_at"]
+    assert expires_at is not None and before + 120 <= expires_at <= time.time() + 120
     assert stored_record(client, agent, "u1") == updated
     cleared = client.update(agent, "u1", ttl_s=0)
     assert cleared["expires_at"] is None
@@ -1012,7 +1014,7 @@ def test_redis_keys_follow_the_documented_layout(redis_env: Env, agent: str) -> 
             (b"L2", created_at + 1)
         ]
         assert conn.type(prefix + "stats") == b"hash"
-        stats = {k.decode(): v.decode() for k, v in conn.hgetall(prefix + "stats").items()}
+        stats = redis_view.hash_text(conn, prefix + "stats")
         assert int(stats["count"]) == 2
         assert int(stats["bytes"]) > 0
         assert float(stats["oldest"]) == created_at

@@ -44,7 +44,8 @@ def mode_of(path: Path) -> int:
 
 def tree(root: Path) -> tuple[list[Path], list[Path]]:
     """(directories, files) under ``root``, ``root`` included."""
-    directories, files = [root], []
+    directories: list[Path] = [root]
+    files: list[Path] = []
     for path in sorted(root.rglob("*")):
         (directories if path.is_dir() else files).append(path)
     return directories, files

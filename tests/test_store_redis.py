@@ -29,6 +29,7 @@ from memoryd.stores import (
 )
 from memoryd.stores.base import Eviction
 from memoryd.stores.redis import EXPIRY_GRACE_S, _translated
+from tests import redis_view
 from tests.harness import RedisServer
 from tests.test_stores import NOW, assert_stats_match, make_record, put
 
@@ -63,20 +64,20 @@ def assert_consistent(conn: redis.Redis, prefix: str = "") -> None:
     """Every index entry has its record, every record is indexed, stats are exact."""
     for agent_id, rests in agent_keys(conn, prefix).items():
         base = f"{prefix}agent:{{{agent_id}}}:"
-        listed = {
-            m.decode(): s for m, s in conn.zrange(base + "memories:list", 0, -1, withscores=True)
-        }
+        listed = dict(redis_view.scored(conn, base + "memories:list"))
         assert listed, f"{agent_id}: keys left without records: {sorted(rests)}"
         records = {rest[len("memory:") :] for rest in rests if rest.startswith("memory:")}
         assert records == set(listed), f"{agent_id}: records and list differ"
 
-        types = {t.decode(): int(n) for t, n in conn.hgetall(base + "memories:types").items()}
+        types = {t: int(n) for t, n in redis_view.hash_text(conn, base + "memories:types").items()}
         type_zsets = {rest[len("memories:type:") :] for rest in rests if "memories:type:" in rest}
         assert set(types) == type_zsets
         by_type: dict[str, int] = defaultdict(int)
         expiring: dict[str, float] = {}
         for record_id, created_at in listed.items():
-            record = decode_record(conn.hget(base + "memory:" + record_id, "data"))
+            data = redis_view.field_bytes(conn, base + "memory:" + record_id, "data")
+            assert data is not None
+            record = decode_record(data)
             assert conn.hget(base + "memory:" + record_id, "type") == record["type"].encode()
             assert record["created_at"] == created_at
             type_key = base + "memories:type:" + record["type"]
@@ -86,12 +87,10 @@ def assert_consistent(conn: redis.Redis, prefix: str = "") -> None:
                 expiring[record_id] = record["expires_at"]
         assert types == by_type
         assert {t: conn.zcard(base + "memories:type:" + t) for t in types} == by_type
-        expiry = {
-            m.decode(): s for m, s in conn.zrange(base + "memories:expiry", 0, -1, withscores=True)
-        }
+        expiry = dict(redis_view.scored(conn, base + "memories:expiry"))
         assert expiry == expiring
 
-        stats = {k.decode(): v.decode() for k, v in conn.hgetall(base + "stats").items()}
+        stats = redis_view.hash_text(conn, base + "stats")
         assert int(stats["count"]) == len(listed)
         size = sum(conn.hstrlen(base + "memory:" + record_id, "data") for record_id in listed)
         assert int(stats["bytes"]) == size
@@ -137,7 +136,7 @@ async def test_key_layout(store: RedisStore, redis_conn: redis.Redis) -> None:
     assert redis_conn.zrange(BASE + "memories:expiry", 0, -1, withscores=True) == [
         (b"1", NOW + 100)
     ]
-    stats = {k.decode(): v.decode() for k, v in redis_conn.hgetall(BASE + "stats").items()}
+    stats = redis_view.hash_text(redis_conn, BASE + "stats")
     assert set(stats) == {"count", "bytes", "oldest", "newest", "last_write"}
     assert int(stats["count"]) == 3
     assert int(stats["bytes"]) == len(first.data) + len(second.data) + len(third.data)
@@ -148,7 +147,7 @@ async def test_key_layout(store: RedisStore, redis_conn: redis.Redis) -> None:
     # The HASH of an expiring record lives until expires_at plus the grace.
     assert redis_conn.pttl(BASE + "memory:1") > 0
     expected_ms = math.ceil((NOW + 100 + EXPIRY_GRACE_S) * 1000)
-    assert redis_conn.execute_command("PEXPIRETIME", BASE + "memory:1") == expected_ms
+    assert redis_conn.execute_command("PEXPIRETIME", BASE + "memory:1") == expected_ms  # type: ignore[no-untyped-call]
     assert redis_conn.pttl(BASE + "memory:2") == -1
     assert_consistent(redis_conn)
 
@@ -472,7 +471,7 @@ def four_records() -> list[Put]:
 
 
 def listed(conn: redis.Redis, key: str) -> list[tuple[str, float]]:
-    return [(member.decode(), score) for member, score in conn.zrange(key, 0, -1, withscores=True)]
+    return redis_view.scored(conn, key)
 
 
 async def test_describe_and_eviction_report_the_policy(
@@ -792,8 +791,8 @@ def orphan_kinds(conn: redis.Redis) -> dict[str, int]:
         indexes += [rest for rest in rests if rest.startswith("memories:type:")]
         named: set[str] = set()
         for index in indexes:
-            named |= {member.decode() for member in conn.zrange(base + index, 0, -1)}
+            named |= set(redis_view.members(conn, base + index))
         entries += len(named - hashes)
-        in_list = {member.decode() for member in conn.zrange(base + "memories:list", 0, -1)}
+        in_list = set(redis_view.members(conn, base + "memories:list"))
         records += len(hashes - in_list)
     return {"entries": entries, "records": records}

@@ -33,7 +33,9 @@ def _copy_wal(daemon: Daemon) -> None:
 
 def _answers(client: Client) -> dict[str, list[dict[str, Any]]]:
     return {
-        agent: [{key: record[key] for key in FIELDS} for record in client.recent(agent, limit=100)]
+        agent: [
+            {key: dict(record)[key] for key in FIELDS} for record in client.recent(agent, limit=100)
+        ]
         for agent in EXPECTED
     }
 

@@ -17,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
@@ -151,7 +151,7 @@ class WalMachine(RuleBasedStateMachine):
             elif kind == "replace":
                 target = data.draw(st.sampled_from(ids), label="replace")
                 record = {**self.state[agent][target], "content": {"text": "改", "n": -1}}
-                ops.append(Replace.of(record))
+                ops.append(Replace.of(cast(Record, record)))
             elif kind == "delete":
                 ops.append(Delete(agent, data.draw(st.sampled_from(ids), label="delete")))
             else:
@@ -217,7 +217,9 @@ class WalMachine(RuleBasedStateMachine):
         # is what may survive whole, in part, or not at all.
         synced_size = newest.stat().st_size
         next_seq = wal._next_seq
-        ops, frames, budget = [], [], MAX_BYTES - wal.total_bytes
+        ops: list[Op] = []
+        frames: list[bytes] = []
+        budget = MAX_BYTES - wal.total_bytes
         for op in self.draw_ops(data, inflight):
             # Only what the WAL would have admitted (wal_max_bytes) is in flight.
             frame = encode_frame(next_seq + len(ops), encode_op(op))
