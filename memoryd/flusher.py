@@ -45,7 +45,7 @@ class Flusher:
         self.batch_max = batch_max
         self.batch_max_bytes = batch_max_bytes
         self.checkpoint_interval_s = checkpoint_interval_s
-        self.applied_seq = wal.applied_seq
+        self.applied_seq = wal.checkpointed_seq
         self.applied_records = 0
         self._applied_changed = asyncio.Condition()
         self._last_checkpoint_s = time.monotonic()
@@ -106,6 +106,7 @@ class Flusher:
 
     def describe(self) -> dict[str, Any]:
         return {
+            "applied_seq": self.applied_seq,
             "applied_records": self.applied_records,
             "drain_rate_per_s": self.drain_rate_per_s(),
         }
@@ -123,7 +124,7 @@ class Flusher:
 
     async def _checkpoint_if_due(self) -> None:
         due = time.monotonic() - self._last_checkpoint_s >= self.checkpoint_interval_s
-        if not due or self.applied_seq <= self.wal.applied_seq:
+        if not due or self.applied_seq <= self.wal.checkpointed_seq:
             return
         try:
             await self.checkpoint()

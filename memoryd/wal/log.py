@@ -84,7 +84,8 @@ class Wal:
         self._next_seq = 1
         self.written_seq = 0
         self.synced_seq = 0
-        self.applied_seq = 0
+        # The highest seq the checkpoint on disk says the store applied.
+        self.checkpointed_seq = 0
         self.total_bytes = 0
         self._buffer: list[Entry] = []
         self._frames: list[bytes] = []
@@ -110,7 +111,7 @@ class Wal:
     def open(self) -> Recovery:
         """Recover the directory and get ready to append (blocking; call at start)."""
         self.recovery = recover(self.wal_dir)
-        self.applied_seq = self.recovery.applied_seq
+        self.checkpointed_seq = self.recovery.applied_seq
         self._next_seq = self.recovery.last_seq + 1
         self.written_seq = self.synced_seq = self.recovery.last_seq
         segments = list_segments(self.wal_dir)
@@ -408,13 +409,13 @@ class Wal:
     async def checkpoint(self, applied_seq: int) -> None:
         """Record that the store has applied everything up to ``applied_seq``,
         then delete the segments that hold nothing newer."""
-        if applied_seq <= self.applied_seq:
+        if applied_seq <= self.checkpointed_seq:
             return
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(
             None, write_checkpoint, self.wal_dir, applied_seq, self.synced_seq
         )
-        self.applied_seq = applied_seq
+        self.checkpointed_seq = applied_seq
         for path in list(self._deletable_segments(applied_seq)):
             size = path.stat().st_size
             path.unlink()
@@ -441,7 +442,7 @@ class Wal:
             "max_bytes": self.max_bytes,
             "written_seq": self.written_seq,
             "synced_seq": self.synced_seq,
-            "applied_seq": self.applied_seq,
+            "checkpointed_seq": self.checkpointed_seq,
             "corrupt_records": self.recovery.corrupt_records,
             "torn_tail_bytes": self.recovery.torn_tail_bytes,
             "quarantined_segments": self.recovery.quarantined_segments,
