@@ -41,6 +41,7 @@ _STATE_EXIT = {"healthy": EXIT_HEALTHY, "degraded": EXIT_DEGRADED, "recovering":
 
 
 def _parser() -> argparse.ArgumentParser:
+    # Long on purpose: the whole command line in one place, as --help shows it.
     parser = argparse.ArgumentParser(prog="memoryd", description="Memory daemon for LLM agents.")
     parser.add_argument("--version", action="version", version=f"memoryd {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)

@@ -85,6 +85,8 @@ class Components:
 def build(settings: Settings, *, store: Store | None = None) -> Components:
     """Make every part, each after the parts it needs; ``store``, for tests:
     another store than the settings name (memoryd.stores.memory)."""
+    # Long on purpose: one statement per part, in the order they depend on
+    # each other, is the thing to read here; helpers would hide the order.
     notifier = Notifier()
     metrics = Metrics()
     alerts = Alerts(settings.data_dir)

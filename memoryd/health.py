@@ -63,6 +63,7 @@ class Health:
         check_store_every: int = 5,
         wal_has_room: Callable[[], bool] = lambda: False,
     ) -> None:
+        # Long on purpose: every fact the state is derived from starts here.
         self.store = store
         # Read, never changed: how much waits, and how far the flusher got.
         self._backlog = backlog

@@ -51,6 +51,7 @@ def wal_report(report: dict[str, Any]) -> str:
 
 def status_report(s: dict[str, Any]) -> str:
     """One screen for a human."""
+    # Long on purpose: the screen top to bottom, one line of code per line shown.
     store, wal, proc = s["store"], s["wal"], s["process"]
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s["since"]))
     lines = [

@@ -110,22 +110,39 @@ class Server:
             self.parts.store.kind,
             self.parts.settings.wal_fsync,
         )
-        try:
-            permissions.make_private_dir(self.parts.settings.data_dir)
-            owner = self.parts.settings.data_dir.stat().st_uid
-        except OSError as exc:
-            raise ConfigError(f"data_dir {self.parts.settings.data_dir}: {exc.strerror}") from exc
-        if owner != os.geteuid():
-            # Its owner could replace WAL segments, the store, the checkpoint.
-            raise ConfigError(
-                f"data_dir {self.parts.settings.data_dir}: belongs to uid {owner}, not to uid "
-                f"{os.geteuid()} that memoryd runs as; use a directory of memoryd's own user"
-            )
-        self._lock_data_dir()
-        permissions.tighten(self.parts.settings.data_dir, self._own_entries())
+        self._claim_data_dir()
         # Claim the socket before touching the WAL: a second daemon must not
         # "repair" the log the first one is writing.
         listen_socket = self._listen_socket()
+        self._recover_wal()
+        await self._open_store()
+        self._start_background_tasks()
+        self._server = await asyncio.get_running_loop().create_unix_server(
+            self._new_connection, sock=listen_socket, backlog=LISTEN_BACKLOG
+        )
+        self._serving = True
+        logger.info("listening on %s", self.parts.settings.socket_path)
+        self.parts.notifier.ready(self.parts.status.line())
+
+    def _claim_data_dir(self) -> None:
+        """data_dir made private, ours, locked, and its entries tightened."""
+        data_dir = self.parts.settings.data_dir
+        try:
+            permissions.make_private_dir(data_dir)
+            owner = data_dir.stat().st_uid
+        except OSError as exc:
+            raise ConfigError(f"data_dir {data_dir}: {exc.strerror}") from exc
+        if owner != os.geteuid():
+            # Its owner could replace WAL segments, the store, the checkpoint.
+            raise ConfigError(
+                f"data_dir {data_dir}: belongs to uid {owner}, not to uid "
+                f"{os.geteuid()} that memoryd runs as; use a directory of memoryd's own user"
+            )
+        self._lock_data_dir()
+        permissions.tighten(data_dir, self._own_entries())
+
+    def _recover_wal(self) -> None:
+        """The WAL opened; its damage alerted; its unapplied writes queued for the store."""
         recovery = self.parts.wal.open()
         self._alert_on_damage(recovery)
         self._report_wal_room()
@@ -137,7 +154,8 @@ class Server:
                 recovery.entries[0].seq,
                 recovery.entries[-1].seq,
             )
-        await self._open_store()
+
+    def _start_background_tasks(self) -> None:
         self._spawn(self._stop_on_wal_failure, "wal failure watch")
         self._spawn(self.parts.flusher.run, "flusher")
         self._spawn(self.parts.health.run, "health")
@@ -146,16 +164,8 @@ class Server:
         self._spawn(self.parts.sweep.run, "sweep")
         interval_s = watchdog_interval_s()
         if interval_s is not None:
-            self._spawn(
-                WatchdogFeeder(self.parts.wal, self.parts.notifier, interval_s=interval_s).run,
-                "watchdog",
-            )
-        self._server = await asyncio.get_running_loop().create_unix_server(
-            self._new_connection, sock=listen_socket, backlog=LISTEN_BACKLOG
-        )
-        self._serving = True
-        logger.info("listening on %s", self.parts.settings.socket_path)
-        self.parts.notifier.ready(self.parts.status.line())
+            watchdog = WatchdogFeeder(self.parts.wal, self.parts.notifier, interval_s=interval_s)
+            self._spawn(watchdog.run, "watchdog")
 
     def _own_entries(self) -> frozenset[str]:
         """What memoryd creates in data_dir, and only that (permissions.tighten)."""

@@ -70,6 +70,7 @@ class Wal:
         on_durable: OnDurable,
         min_free_disk_bytes: int = 0,
     ) -> None:
+        # Long on purpose: the log's whole state, set in one place.
         self.wal_dir = wal_dir
         self.fsync_policy: FsyncPolicy = fsync
         self.max_bytes = max_bytes

@@ -171,6 +171,8 @@ def recover(wal_dir: Path) -> Recovery:
     Never raises for damage: a torn tail is truncated, a bad record skipped
     and counted, unreadable bytes moved to ``quarantine/``.
     """
+    # Long on purpose: the counts of damage are kept across segments as one
+    # pass goes through them in order, which is easiest to check in one place.
     make_private_dir(wal_dir)
     with contextlib.suppress(FileNotFoundError):
         (wal_dir / (CHECKPOINT_NAME + ".tmp")).unlink()
