@@ -146,16 +146,14 @@ class Wal:
             self._start_sync()
             assert self._sync_task is not None
             await self._sync_task
-        if self._segment is not None:
-            os.close(self._segment.fd)
-            self._segment = None
-        for fd in self._retired_fds:
-            os.close(fd)
-        self._retired_fds.clear()
+        self._close_files()
 
     def abandon(self) -> None:
         """Release the files without writing or syncing anything more (after
         an fdatasync failure, whatever is unsynced stays unacknowledged)."""
+        self._close_files()
+
+    def _close_files(self) -> None:
         if self._segment is not None:
             os.close(self._segment.fd)
             self._segment = None
