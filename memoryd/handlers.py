@@ -54,8 +54,6 @@ _UPDATE_FIELDS = frozenset({"content", "importance", "tags", "metadata", "ttl_s"
 _QUERY_FIELDS = frozenset(
     {"agent_id", "limit", "order", "types", "author", "exclude_author", "tags", "since", "until"}
 )
-DEFAULT_AGENTS_LIMIT = 100
-MAX_AGENTS_LIMIT = 10_000
 
 
 class Handlers:
@@ -233,7 +231,7 @@ class Handlers:
         args = Args(values, frozenset({"prefix", "limit"}))
         prefix = v.prefix("prefix", args.optional("prefix", ""))
         limit = v.integer(
-            "limit", args.optional("limit", DEFAULT_AGENTS_LIMIT), 1, MAX_AGENTS_LIMIT
+            "limit", args.optional("limit", wire.DEFAULT_AGENTS_LIMIT), 1, wire.MAX_AGENTS_LIMIT
         )
         agent_ids, degraded = await self._reader.agents(prefix, limit)
         return {"agents": agent_ids, "degraded": degraded}

@@ -32,6 +32,9 @@ MAX_METHOD_BYTES: Final = 64
 # The most records one read answers (the bound of ``limit``): a caller that
 # wants more pages through them (memoryd_client.paging).
 MAX_READ_LIMIT: Final = 1000
+# ``agents``: how many ids it answers unless asked, and at most.
+DEFAULT_AGENTS_LIMIT: Final = 100
+MAX_AGENTS_LIMIT: Final = 10_000
 # The daemon's default ``max_batch``: records per ``add_many``.
 DEFAULT_MAX_BATCH: Final = 1000
 

@@ -30,13 +30,13 @@ from typing import IO, Any, Final
 
 from memoryd import validation as v
 from memoryd.errors import InvalidRequest
-from memoryd_client import Client, Record, errors
+from memoryd_client import Client, Record, errors, wire
 from memoryd_client.paging import all_records_sync
 
 # The record's fields, in the order the protocol lists them (one definition, in the client).
 FIELDS = tuple(Record.__annotations__)
 BYTES_KEY = "$bytes"
-AGENTS_PER_CALL = 10_000  # memoryd's largest `agents` limit
+AGENTS_PER_CALL = wire.MAX_AGENTS_LIMIT
 # How deeply maps and arrays may nest in one line, the line's own object
 # included.  Python's json encoder and decoder recurse, and fail near 1,000
 # levels; this leaves them a wide margin.  (What memoryd accepts now nests at
