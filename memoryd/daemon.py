@@ -24,7 +24,7 @@ from memoryd.health import Health
 from memoryd.maintenance import DataLossCheck, ExpirySweep
 from memoryd.marker import StoreMarker
 from memoryd.metrics import Metrics
-from memoryd.reads import Reader
+from memoryd.reads import Reader, ReadSettings
 from memoryd.status import StateNews, StatusReport
 from memoryd.stores import create_store
 from memoryd.stores.base import Store
@@ -33,7 +33,7 @@ from memoryd.systemd import Notifier
 from memoryd.transport import ConnectionRegistry
 from memoryd.wal import Wal
 from memoryd.writers import SoleWriter
-from memoryd.writes import Writer
+from memoryd.writes import Writer, WriteSettings
 
 logger = logging.getLogger(__name__)
 
@@ -153,14 +153,14 @@ def build(settings: Settings, *, store: Store | None = None) -> Components:
     handlers = Handlers(
         settings,
         reader=Reader(
-            settings,
+            ReadSettings.of(settings),
             store=reported,
             backlog=backlog,
             flusher=flusher,
             health=health,
             cache=cache,
         ),
-        writer=Writer(settings, wal=wal, flusher=flusher, health=health),
+        writer=Writer(WriteSettings.of(settings), wal=wal, flusher=flusher, health=health),
         status=status.snapshot,
     )
     return Components(

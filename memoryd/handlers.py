@@ -24,11 +24,11 @@ from memoryd.errors import (
     TooLarge,
 )
 from memoryd.ops import Clear, Delete, Put, Replace
-from memoryd.reads import Answer, Reader
+from memoryd.reads import Answer, Reader, ReadSettings
 from memoryd.records import Query, Record
 from memoryd.transport import Peer
 from memoryd.validation import Args
-from memoryd.writes import Writer
+from memoryd.writes import Writer, WriteSettings
 from memoryd_client import wire
 from memoryd_client.ids import new_id
 
@@ -96,8 +96,8 @@ class Handlers:
     def reconfigure(self, settings: Settings) -> None:
         """Requests from now on follow ``settings`` (limits, TTL, timeouts)."""
         self.settings = settings
-        self._reader.reconfigure(settings)
-        self._writer.reconfigure(settings)
+        self._reader.reconfigure(ReadSettings.of(settings))
+        self._writer.reconfigure(WriteSettings.of(settings))
 
     async def hello(self, values: Mapping[str, Any], peer: Peer) -> dict[str, Any]:
         args = Args(values, frozenset({"client", "protocol"}))

@@ -36,6 +36,23 @@ from memoryd.stores.base import STORE_FAILURES, Store
 
 
 @dataclass(frozen=True, slots=True)
+class ReadSettings:
+    """What the read path takes from the settings."""
+
+    max_memories: int
+    request_timeout_s: float
+    read_barrier_timeout_s: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> ReadSettings:
+        return cls(
+            max_memories=settings.max_memories,
+            request_timeout_s=settings.request_timeout_s,
+            read_barrier_timeout_s=settings.read_barrier_timeout_s,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Answer:
     """Records in the order asked; ``degraded``: the store could not be asked."""
 
@@ -46,7 +63,7 @@ class Answer:
 class Reader:
     def __init__(
         self,
-        settings: Settings,
+        settings: ReadSettings,
         *,
         store: Store,
         backlog: Backlog,
@@ -61,7 +78,7 @@ class Reader:
         self._health = health
         self._cache = cache
 
-    def reconfigure(self, settings: Settings) -> None:
+    def reconfigure(self, settings: ReadSettings) -> None:
         self._settings = settings
 
     async def get(self, agent_id: str, record_id: str) -> Record | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 
 from memoryd.config import Settings
 from memoryd.errors import BackendUnavailable, DeadlineExceeded, InternalError, Overloaded, WalFull
@@ -15,15 +16,28 @@ from memoryd.ops import Op
 from memoryd.wal import Wal, WalBusyError, WalError, WalFullError
 
 
+@dataclass(frozen=True, slots=True)
+class WriteSettings:
+    """What the write path takes from the settings."""
+
+    request_timeout_s: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> WriteSettings:
+        return cls(request_timeout_s=settings.request_timeout_s)
+
+
 class Writer:
-    def __init__(self, settings: Settings, *, wal: Wal, flusher: Flusher, health: Health) -> None:
+    def __init__(
+        self, settings: WriteSettings, *, wal: Wal, flusher: Flusher, health: Health
+    ) -> None:
         self._settings = settings
         self._wal = wal
         self._flusher = flusher
         self._health = health
         self._agent_locks: dict[str, asyncio.Lock] = {}
 
-    def reconfigure(self, settings: Settings) -> None:
+    def reconfigure(self, settings: WriteSettings) -> None:
         self._settings = settings
 
     async def append(self, ops: Sequence[Op]) -> list[int]:
