@@ -41,7 +41,8 @@ class Backlog:
         self._by_agent: dict[str, deque[Entry]] = {}
         self._nonempty = asyncio.Event()
         self.bytes = 0
-        # The sequence number of the newest entry the store has applied.
+        # The sequence number of the newest entry the store has applied: the
+        # checkpoint's at start (``resume``), then each batch's last.
         self.applied_seq = 0
 
     def __len__(self) -> int:
@@ -53,6 +54,11 @@ class Backlog:
             "backlog_bytes": self.bytes,
             "oldest_unapplied_age_s": round(self.oldest_age_s(), 3),
         }
+
+    def resume(self, applied_seq: int, entries: Iterable[Entry]) -> None:
+        """Start from what the WAL recovered: applied up to ``applied_seq``, ``entries`` after."""
+        self.applied_seq = applied_seq
+        self.extend(entries)
 
     def extend(self, entries: Iterable[Entry]) -> None:
         now = time.monotonic()

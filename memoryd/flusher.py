@@ -45,7 +45,6 @@ class Flusher:
         self.batch_max = batch_max
         self.batch_max_bytes = batch_max_bytes
         self.checkpoint_interval_s = checkpoint_interval_s
-        self.applied_seq = wal.checkpointed_seq
         self.applied_records = 0
         self._applied_changed = asyncio.Condition()
         self._last_checkpoint_s = time.monotonic()
@@ -93,9 +92,13 @@ class Flusher:
         self.applied_records += len(batch)
         self._recent_batches.append((time.monotonic(), len(batch)))
         async with self._applied_changed:
-            self.applied_seq = batch[-1].seq
             self._applied_changed.notify_all()
         return True
+
+    @property
+    def applied_seq(self) -> int:
+        """The newest write the store has applied (the backlog keeps it)."""
+        return self.backlog.applied_seq
 
     def reconfigure(
         self, *, batch_max: int, batch_max_bytes: int, checkpoint_interval_s: float

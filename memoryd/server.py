@@ -146,7 +146,7 @@ class Server:
         recovery = self.parts.wal.open()
         self._alert_on_damage(recovery)
         self._report_wal_room()
-        self.parts.backlog.extend(recovery.entries)
+        self.parts.backlog.resume(recovery.applied_seq, recovery.entries)
         if recovery.entries:
             logger.info(
                 "WAL replay: %d unapplied writes (seq %d..%d) queued for the store",
@@ -321,9 +321,7 @@ class Server:
         self.should_exit.set()
 
     async def _stop_on_wal_failure(self) -> None:
-        self._wal_fatal(await self.parts.wal.wait_fatal())
-
-    def _wal_fatal(self, exc: BaseException) -> None:
+        exc = await self.parts.wal.wait_fatal()
         self.parts.health.wal_failed(f"WAL fdatasync failed: {exc}")
         self.fatal_error = exc
         self.fatal_reason = f"WAL fdatasync failed: {exc}"

@@ -60,7 +60,7 @@ class StatusReport:
         self._alerts = alerts
         self._limits = limits
         self._process = psutil.Process()
-        self.started_at = time.time()
+        self._started_at = time.time()
 
     def reconfigure(self, *, limits: dict[str, Any]) -> None:
         self._limits = limits
@@ -73,7 +73,7 @@ class StatusReport:
             "reason": health["reason"],
             "version": __version__,
             "pid": os.getpid(),
-            "uptime_s": round(time.time() - self.started_at, 3),
+            "uptime_s": round(time.time() - self._started_at, 3),
             "socket": str(self._socket_path),
             "store": self._store.describe() | health["store"],
             "wal": self._wal.describe() | self._backlog.describe() | self._flusher.describe(),

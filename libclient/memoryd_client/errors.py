@@ -9,6 +9,7 @@ from memoryd_client import wire
 # The client's own failures that another attempt may cure; with the server's
 # RETRYABLE_CODES, the one table a retry decision reads.
 CLIENT_RETRYABLE_CODES = frozenset({"connect_error", "connection_lost"})
+_RETRYABLE = wire.RETRYABLE_CODES | CLIENT_RETRYABLE_CODES
 
 
 class MemorydError(Exception):
@@ -31,7 +32,7 @@ class MemorydError(Exception):
         if code is not None:
             self.code = code
         if retryable is None:
-            retryable = self.code in wire.RETRYABLE_CODES | CLIENT_RETRYABLE_CODES
+            retryable = self.code in _RETRYABLE
         self.retryable = retryable
 
 
