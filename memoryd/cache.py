@@ -48,6 +48,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from memoryd.config import Settings
 from memoryd.ops import Clear, Delete, Op, Put, Replace
 from memoryd.records import Query, Record, is_expired, matches, sort_key
 
@@ -69,6 +70,7 @@ class _View:
     # At or before the earliest expiry held (never after it), so that the
     # expire step of every apply scans the records only when one is due.
     first_expiry: float = math.inf
+    filled_at: int = 0  # the cache's clock when a fill last set the boundary
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -174,14 +176,29 @@ class _View:
             yield self.by_id[key[1]]
 
 
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """What the read cache takes from the settings."""
+
+    per_agent: int  # read_cache_per_agent: records held per agent; 0 turns the cache off
+    max_records: int  # read_cache_records: records held in all
+    max_memories: int  # the stores' trim, which the views replay
+
+    @classmethod
+    def of(cls, settings: Settings) -> CacheSettings:
+        return cls(
+            per_agent=settings.read_cache_per_agent,
+            max_records=settings.read_cache_records,
+            max_memories=settings.max_memories,
+        )
+
+
 class ReadCache:
-    def __init__(self, *, per_agent: int, max_records: int, max_memories: int) -> None:
-        self.per_agent = per_agent
-        self.max_records = max_records
-        self.max_memories = max_memories
+    def __init__(self, settings: CacheSettings) -> None:
+        self.settings = settings
         # time.monotonic() until which this daemon is known to be the store's
-        # only writer; memoryd.writers moves it forward.
-        self.trusted_until = 0.0
+        # only writer; memoryd.writers moves it forward (trust_until).
+        self._trusted_until = 0.0
         self.size = 0
         self.hits = 0
         self.misses = 0
@@ -223,7 +240,7 @@ class ReadCache:
 
     def may_fill(self, agent_id: str) -> bool:
         """Whether a ``fill`` of the agent could make its view exact."""
-        if self.per_agent <= 0 or not self.trusted():
+        if self.settings.per_agent <= 0 or not self.trusted():
             return False
         view = self._views.get(agent_id)
         return view is None or view.exact_from is None
@@ -241,7 +258,7 @@ class ReadCache:
         if view is None or view.exact_from is None or not self.trusted():
             return None
         if pending:
-            view = view.ahead(pending, now_s, self.max_memories, self.per_agent)
+            view = view.ahead(pending, now_s, self.settings.max_memories, self.settings.per_agent)
             if view.exact_from is None:
                 return None
         return view
@@ -263,7 +280,11 @@ class ReadCache:
 
     def fill(self, agent_id: str, records: Sequence[Record], limit: int, token: int) -> None:
         """The store's newest ``limit`` records of the agent (fewer: all it has)."""
-        if self.per_agent <= 0 or not self.trusted() or self._changed_since(agent_id, token):
+        if (
+            self.settings.per_agent <= 0
+            or not self.trusted()
+            or self._changed_since(agent_id, token)
+        ):
             return
         view = self._view(agent_id)
         boundary = WHOLE_AGENT if len(records) < limit else sort_key(records[-1])
@@ -272,12 +293,14 @@ class ReadCache:
         for record in records:
             self.size += view.insert(record)
         view.exact_from = boundary
+        self._clock += 1  # so that stale_removed can tell fills after a token apart
+        view.filled_at = self._clock
         self._bound(view)
         self._evict()
 
     def remember(self, agent_id: str, records: Iterable[Record], token: int) -> None:
         """Records a read returned: kept for reads while the store is down."""
-        if self.per_agent <= 0 or self._changed_since(agent_id, token):
+        if self.settings.per_agent <= 0 or self._changed_since(agent_id, token):
             return
         view = self._view(agent_id)
         for record in records:
@@ -296,13 +319,13 @@ class ReadCache:
             self._changed(agent_id)
             view = self._views.get(agent_id)
             if view is None:
-                if not isinstance(op, Put) or self.per_agent <= 0:
+                if not isinstance(op, Put) or self.settings.per_agent <= 0:
                     continue
                 view = self._view(agent_id)
             if agent_id not in expired:
                 expired.add(agent_id)
                 self.size += view.expire(now_s)
-            self.size += view.mirror(op, now_s, self.max_memories)
+            self.size += view.mirror(op, now_s, self.settings.max_memories)
             self._bound(view)
         self._evict()
 
@@ -313,10 +336,13 @@ class ReadCache:
 
     # -- trust --------------------------------------------------------------
 
-    def reconfigure(self, *, per_agent: int, max_records: int) -> None:
+    def reconfigure(self, settings: CacheSettings) -> None:
         """New bounds; the cache shrinks to them as records come and go."""
-        self.per_agent = per_agent
-        self.max_records = max_records
+        self.settings = settings
+
+    @property
+    def per_agent(self) -> int:
+        return self.settings.per_agent
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -327,12 +353,37 @@ class ReadCache:
         }
 
     def trusted(self) -> bool:
-        return time.monotonic() < self.trusted_until
+        return time.monotonic() < self._trusted_until
 
-    def touched(self, agent_id: str) -> None:
-        """The store changed the agent's index without changing its live records
-        (stale entries removed): views stay exact, racing fills are refused."""
+    def trust_until(self, until_s: float) -> None:
+        """This daemon is the store's only writer until ``until_s`` (time.monotonic()).
+
+        Trust regained after a lapse starts over: what the views learnt before
+        is distrusted first, since anyone may have written meanwhile.
+        """
+        if not self.trusted():
+            self.invalidate_all()
+        self._trusted_until = until_s
+
+    def distrust(self) -> None:
+        """Someone else may be writing (or nobody can tell): no answers from memory
+        until ``trust_until`` again."""
+        if self._trusted_until:
+            self._trusted_until = 0.0
+            self.invalidate_all()
+
+    def stale_removed(self, agent_id: str, since: int) -> None:
+        """The store removed stale index entries of the agent (memoryd.stores.base.Found)
+        at some moment after ``since`` (a token).
+
+        The live records are the same, so an exact view stays exact; but a
+        read that paged through the index meanwhile may have missed some, so
+        fills racing it are refused, and a fill made since the token is undone.
+        """
         self._changed(agent_id)
+        view = self._views.get(agent_id)
+        if view is not None and view.filled_at > since:
+            view.exact_from = None
 
     def invalidate(self, agent_id: str) -> None:
         """The agent may have changed in the store in ways the views did not see."""
@@ -359,10 +410,10 @@ class ReadCache:
         return view
 
     def _bound(self, view: _View) -> None:
-        self.size += view.bound(self.per_agent)
+        self.size += view.bound(self.settings.per_agent)
 
     def _evict(self) -> None:
-        while self.size > self.max_records and self._views:
+        while self.size > self.settings.max_records and self._views:
             _, view = self._views.popitem(last=False)
             self.size -= len(view)
 

@@ -1,8 +1,7 @@
 """The composition root: every part of one memoryd process, built from settings, in order.
 
 Each part gets what it needs when it is made; nothing is plugged in
-afterwards except the two notices the store gives the read cache (see
-``build``).  ``Server`` (memoryd.server) then runs the parts' lifecycle.
+afterwards.  ``Server`` (memoryd.server) then runs the parts' lifecycle.
 """
 
 from __future__ import annotations
@@ -14,12 +13,12 @@ from typing import Any
 
 from memoryd.alerts import Alerts
 from memoryd.backlog import Backlog
-from memoryd.cache import ReadCache
+from memoryd.cache import CacheSettings, ReadCache
 from memoryd.config import Settings
 from memoryd.eviction import EvictionWatch
 from memoryd.fdlimit import connections_that_fit
-from memoryd.flusher import Flusher
-from memoryd.handlers import Handlers
+from memoryd.flusher import Flusher, FlushSettings
+from memoryd.handlers import Handlers, RequestSettings
 from memoryd.health import Health
 from memoryd.maintenance import DataLossCheck, ExpirySweep
 from memoryd.marker import StoreMarker
@@ -31,7 +30,7 @@ from memoryd.stores.base import Store
 from memoryd.stores.monitored import MonitoredStore
 from memoryd.systemd import Notifier
 from memoryd.transport import ConnectionRegistry
-from memoryd.wal import Wal
+from memoryd.wal import Wal, WalSettings
 from memoryd.writers import SoleWriter
 from memoryd.writes import Writer, WriteSettings
 
@@ -60,6 +59,8 @@ class Components:
     flusher: Flusher
     max_connections: int
     status: StatusReport
+    reader: Reader
+    writer: Writer
     handlers: Handlers
 
     def reconfigure(self, settings: Settings) -> None:
@@ -67,18 +68,12 @@ class Components:
         self.settings = settings
         self.max_connections = fit_connections(settings, self.store.kind)
         self.status.reconfigure(limits=limits(settings, self.max_connections))
-        self.handlers.reconfigure(settings)
-        self.wal.reconfigure(
-            max_bytes=settings.wal_max_bytes, min_free_disk_bytes=settings.min_free_disk_bytes
-        )
-        self.flusher.reconfigure(
-            batch_max=settings.flush_batch_max,
-            batch_max_bytes=settings.flush_batch_max_bytes,
-            checkpoint_interval_s=settings.checkpoint_interval_s,
-        )
-        self.cache.reconfigure(
-            per_agent=settings.read_cache_per_agent, max_records=settings.read_cache_records
-        )
+        self.handlers.reconfigure(RequestSettings.of(settings))
+        self.reader.reconfigure(ReadSettings.of(settings))
+        self.writer.reconfigure(WriteSettings.of(settings))
+        self.wal.reconfigure(WalSettings.of(settings))
+        self.flusher.reconfigure(FlushSettings.of(settings))
+        self.cache.reconfigure(CacheSettings.of(settings))
         self.sweep.reconfigure(interval_s=settings.sweep_interval_s)
 
 
@@ -93,24 +88,8 @@ def build(settings: Settings, *, store: Store | None = None) -> Components:
     registry = ConnectionRegistry()
     backlog = Backlog()
     store = create_store(settings) if store is None else store
-    wal = Wal(
-        wal_dir(settings.data_dir),
-        fsync=settings.wal_fsync,
-        max_bytes=settings.wal_max_bytes,
-        segment_bytes=settings.wal_segment_bytes,
-        on_durable=backlog.extend,
-        min_free_disk_bytes=settings.min_free_disk_bytes,
-    )
-    cache = ReadCache(
-        per_agent=settings.read_cache_per_agent,
-        max_records=settings.read_cache_records,
-        max_memories=settings.max_memories,
-    )
-    # The store tells the cache which agents' indexes it changed on its own
-    # (stale entries removed, records repaired); these two are the wiring
-    # left after construction, until reads return what they repaired.
-    store.stale_removed = cache.touched
-    store.records_changed = cache.invalidate
+    wal = Wal(wal_dir(settings.data_dir), WalSettings.of(settings), on_durable=backlog.extend)
+    cache = ReadCache(CacheSettings.of(settings))
     data_loss_check = DataLossCheck(
         store, StoreMarker(settings.data_dir), EvictionWatch(store, alerts, cache), cache, alerts
     )
@@ -125,14 +104,13 @@ def build(settings: Settings, *, store: Store | None = None) -> Components:
     # The request paths' store: each failure reaches Health once, from here.
     reported = MonitoredStore(store, health)
     flusher = Flusher(
+        FlushSettings.of(settings),
         store=reported,
         backlog=backlog,
         wal=wal,
         health=health,
         cache=cache,
-        batch_max=settings.flush_batch_max,
-        batch_max_bytes=settings.flush_batch_max_bytes,
-        checkpoint_interval_s=settings.checkpoint_interval_s,
+        lease=sole_writer.lease,
     )
     max_connections = fit_connections(settings, store.kind)
     status = StatusReport(
@@ -150,18 +128,17 @@ def build(settings: Settings, *, store: Store | None = None) -> Components:
         alerts=alerts,
         limits=limits(settings, max_connections),
     )
+    reader = Reader(
+        ReadSettings.of(settings),
+        store=reported,
+        backlog=backlog,
+        flusher=flusher,
+        health=health,
+        cache=cache,
+    )
+    writer = Writer(WriteSettings.of(settings), wal=wal, flusher=flusher, health=health)
     handlers = Handlers(
-        settings,
-        reader=Reader(
-            ReadSettings.of(settings),
-            store=reported,
-            backlog=backlog,
-            flusher=flusher,
-            health=health,
-            cache=cache,
-        ),
-        writer=Writer(WriteSettings.of(settings), wal=wal, flusher=flusher, health=health),
-        status=status.snapshot,
+        RequestSettings.of(settings), reader=reader, writer=writer, status=status.snapshot
     )
     return Components(
         settings=settings,
@@ -175,11 +152,19 @@ def build(settings: Settings, *, store: Store | None = None) -> Components:
         cache=cache,
         data_loss_check=data_loss_check,
         health=health,
-        sweep=ExpirySweep(reported, health, interval_s=settings.sweep_interval_s),
+        sweep=ExpirySweep(
+            reported,
+            health,
+            cache,
+            interval_s=settings.sweep_interval_s,
+            lease=sole_writer.lease,
+        ),
         sole_writer=sole_writer,
         flusher=flusher,
         max_connections=max_connections,
         status=status,
+        reader=reader,
+        writer=writer,
         handlers=handlers,
     )
 

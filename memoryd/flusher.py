@@ -10,44 +10,68 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from memoryd.backlog import Backlog
 from memoryd.cache import ReadCache
+from memoryd.clock import SYSTEM_CLOCK, Clock
+from memoryd.config import Settings
 from memoryd.health import Health
-from memoryd.stores.base import STORE_FAILURES, Store
+from memoryd.stores.base import Store, StoreFailure, WriterLease
 from memoryd.wal import Wal
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class FlushSettings:
+    """What the flusher takes from the settings."""
+
+    batch_max: int
+    batch_max_bytes: int
+    checkpoint_interval_s: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> FlushSettings:
+        return cls(
+            batch_max=settings.flush_batch_max,
+            batch_max_bytes=settings.flush_batch_max_bytes,
+            checkpoint_interval_s=settings.checkpoint_interval_s,
+        )
+
+
+def _no_lease() -> WriterLease | None:
+    return None
+
+
 class Flusher:
     def __init__(
         self,
+        settings: FlushSettings,
         *,
         store: Store,
         backlog: Backlog,
         wal: Wal,
         health: Health,
         cache: ReadCache,
-        batch_max: int,
-        batch_max_bytes: int,
-        checkpoint_interval_s: float,
+        lease: Callable[[], WriterLease | None] = _no_lease,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self.settings = settings
         self.store = store
         self.backlog = backlog
         self.wal = wal
         self.health = health
         self.cache = cache
-        self.batch_max = batch_max
-        self.batch_max_bytes = batch_max_bytes
-        self.checkpoint_interval_s = checkpoint_interval_s
+        # This daemon's writer lease, renewed by the batches (None once given up).
+        self._lease = lease
+        self._clock = clock
         self.applied_records = 0
         self._applied_changed = asyncio.Condition()
-        self._last_checkpoint_s = time.monotonic()
+        self._last_checkpoint_s = clock.monotonic()
         self._stopping = False
         self._recent_batches: deque[tuple[float, int]] = deque(maxlen=4096)
 
@@ -62,9 +86,8 @@ class Flusher:
     async def run(self) -> None:
         """Apply batches until ``stop()``."""
         while not self._stopping:
-            try:
-                await asyncio.wait_for(self.backlog.wait_nonempty(), self.checkpoint_interval_s)
-            except TimeoutError:
+            interval_s = self.settings.checkpoint_interval_s
+            if not await self._clock.wait(self.backlog.wait_nonempty(), interval_s):
                 # Idle: record what the last batches applied, so a restart
                 # replays little and applied segments can go.
                 await self._checkpoint_if_due()
@@ -75,22 +98,22 @@ class Flusher:
 
     async def apply_one_batch(self) -> bool:
         """Apply the oldest batch; False if the store refused it."""
-        batch = self.backlog.head(self.batch_max, self.batch_max_bytes)
+        batch = self.backlog.head(self.settings.batch_max, self.settings.batch_max_bytes)
         if not batch:
             return True
         ops = [entry.op for entry in batch]
-        started_s = time.monotonic()
-        now_s = time.time()
+        started_s = self._clock.monotonic()
+        now_s = self._clock.time()
         try:
-            await self.store.apply(ops, now_s)
-        except STORE_FAILURES:
+            await self.store.apply(ops, now_s, self._lease())
+        except StoreFailure:
             self.cache.failed(ops)  # Health heard of it from the store (MonitoredStore)
             return False
-        self.health.store_succeeded(time.monotonic() - started_s)
+        self.health.store_succeeded(self._clock.monotonic() - started_s)
         self.cache.applied(ops, now_s)
         self.backlog.mark_applied(len(batch))
         self.applied_records += len(batch)
-        self._recent_batches.append((time.monotonic(), len(batch)))
+        self._recent_batches.append((self._clock.monotonic(), len(batch)))
         async with self._applied_changed:
             self._applied_changed.notify_all()
         return True
@@ -100,12 +123,8 @@ class Flusher:
         """The newest write the store has applied (the backlog keeps it)."""
         return self.backlog.applied_seq
 
-    def reconfigure(
-        self, *, batch_max: int, batch_max_bytes: int, checkpoint_interval_s: float
-    ) -> None:
-        self.batch_max = batch_max
-        self.batch_max_bytes = batch_max_bytes
-        self.checkpoint_interval_s = checkpoint_interval_s
+    def reconfigure(self, settings: FlushSettings) -> None:
+        self.settings = settings
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -116,7 +135,7 @@ class Flusher:
 
     def drain_rate_per_s(self, window_s: float = 10.0) -> float:
         """Records applied per second over the last ``window_s``."""
-        since = time.monotonic() - window_s
+        since = self._clock.monotonic() - window_s
         applied = sum(count for at, count in self._recent_batches if at >= since)
         return round(applied / window_s, 1)
 
@@ -126,7 +145,8 @@ class Flusher:
             await self._applied_changed.wait_for(lambda: self.applied_seq >= seq)
 
     async def _checkpoint_if_due(self) -> None:
-        due = time.monotonic() - self._last_checkpoint_s >= self.checkpoint_interval_s
+        elapsed_s = self._clock.monotonic() - self._last_checkpoint_s
+        due = elapsed_s >= self.settings.checkpoint_interval_s
         if not due or self.applied_seq <= self.wal.checkpointed_seq:
             return
         try:
@@ -139,7 +159,7 @@ class Flusher:
             self.health.disk_recovered("writing the WAL checkpoint")
 
     async def checkpoint(self) -> None:
-        self._last_checkpoint_s = time.monotonic()
+        self._last_checkpoint_s = self._clock.monotonic()
         await self.wal.checkpoint(self.applied_seq)
 
     async def drain(self, timeout_s: float, give_up: Callable[[], bool]) -> bool:
@@ -148,10 +168,11 @@ class Flusher:
         Stops early when ``give_up()`` says so (a second SIGTERM): what is
         left is safe in the WAL anyway.
         """
-        deadline = time.monotonic() + timeout_s
-        while len(self.backlog) and time.monotonic() < deadline and not give_up():
+        clock = self._clock
+        deadline = clock.monotonic() + timeout_s
+        while len(self.backlog) and clock.monotonic() < deadline and not give_up():
             if not await self.apply_one_batch():
-                await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                await clock.sleep(min(0.2, max(0.0, deadline - clock.monotonic())))
         await self.checkpoint()
         return not len(self.backlog)
 

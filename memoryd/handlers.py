@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -24,11 +25,11 @@ from memoryd.errors import (
     TooLarge,
 )
 from memoryd.ops import Clear, Delete, Put, Replace
-from memoryd.reads import Answer, Reader, ReadSettings
+from memoryd.reads import Answer, Reader
 from memoryd.records import Query, Record
 from memoryd.transport import Peer
 from memoryd.validation import Args
-from memoryd.writes import Writer, WriteSettings
+from memoryd.writes import Writer
 from memoryd_client import wire
 from memoryd_client.ids import new_id
 
@@ -56,10 +57,27 @@ _QUERY_FIELDS = frozenset(
 )
 
 
+@dataclass(frozen=True, slots=True)
+class RequestSettings:
+    """What the methods take from the settings: the bounds and defaults of arguments."""
+
+    max_batch: int
+    default_ttl_s: int
+    max_record_bytes: int
+
+    @classmethod
+    def of(cls, settings: Settings) -> RequestSettings:
+        return cls(
+            max_batch=settings.max_batch,
+            default_ttl_s=settings.default_ttl_s,
+            max_record_bytes=settings.max_record_bytes,
+        )
+
+
 class Handlers:
     def __init__(
         self,
-        settings: Settings,
+        settings: RequestSettings,
         *,
         reader: Reader,
         writer: Writer,
@@ -93,11 +111,9 @@ class Handlers:
 
     # ------------------------------------------------------------ session
 
-    def reconfigure(self, settings: Settings) -> None:
-        """Requests from now on follow ``settings`` (limits, TTL, timeouts)."""
+    def reconfigure(self, settings: RequestSettings) -> None:
+        """Requests from now on follow ``settings`` (bounds, the default TTL)."""
         self.settings = settings
-        self._reader.reconfigure(ReadSettings.of(settings))
-        self._writer.reconfigure(WriteSettings.of(settings))
 
     async def hello(self, values: Mapping[str, Any], peer: Peer) -> dict[str, Any]:
         args = Args(values, frozenset({"client", "protocol"}))

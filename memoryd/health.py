@@ -16,23 +16,15 @@ takes a small probe and refuses the next batch, and the state must not flap.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
-import time
 from collections.abc import Awaitable, Callable
 from enum import StrEnum
 from typing import Any
 
 from memoryd.backlog import Backlog
-from memoryd.stores.base import (
-    STORE_FAILURES,
-    Store,
-    StoreError,
-    StoreMisconfigured,
-    StoreRefusing,
-    StoreUnavailable,
-)
+from memoryd.clock import SYSTEM_CLOCK, Clock
+from memoryd.stores.base import Store, StoreFailure, StoreRefusing
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +54,7 @@ class Health:
         check_store: Callable[[], Awaitable[None]] | None = None,
         check_store_every: int = 5,
         wal_has_room: Callable[[], bool] = lambda: False,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         # Long on purpose: every fact the state is derived from starts here.
         self.store = store
@@ -80,10 +73,11 @@ class Health:
         # A full WAL clears on the next accepted write, or here once there is
         # room again, so `failing` does not outlast its cause when nobody writes.
         self._wal_has_room = wal_has_room
+        self._clock = clock
         self._probes = 0
         self._deep_check_due = False
         self.state = State.HEALTHY
-        self.since = time.time()
+        self.since = self._clock.time()
         self.reason = "started"
         self.last_error: str | None = None
         self.ping_latency_s: float | None = None
@@ -148,7 +142,12 @@ class Health:
         if state is self.state and not news:
             return
         worse = news or _SEVERITY[state] > _SEVERITY[self.state]
-        previous, self.state, self.since, self.reason = self.state, state, time.time(), reason
+        previous, self.state, self.since, self.reason = (
+            self.state,
+            state,
+            self._clock.time(),
+            reason,
+        )
         if worse:
             logger.warning("health %s -> %s: %s", previous.value, state.value, reason)
         else:
@@ -158,13 +157,21 @@ class Health:
     # Reports from the flusher, the service and the WAL.
 
     def store_failed(self, exc: BaseException) -> None:
+        """A store call failed (the flusher, a read, the sweep, a probe): what
+        the store can still do follows from the failure's kind."""
         self.last_error = f"{type(exc).__name__}: {exc}"
         self._successes = 0
         self._wake_probe.set()
         if isinstance(exc, StoreRefusing):
             self._store_refusing(f"refusing: {exc.reason}")
             return
-        problem = "misconfigured" if isinstance(exc, StoreMisconfigured) else None
+        kind = exc.kind if isinstance(exc, StoreFailure) else "unavailable"  # a probe's timeout
+        if kind == "error":
+            # It answered, so it is reachable: reads go on, the flusher waits
+            # for the probe as it does for a store refusing writes.
+            self._store_refusing("error")
+            return
+        problem = "misconfigured" if kind == "misconfigured" else None
         if self.store_down and problem == self.store_problem:
             return
         # Still degraded, for another reason (refusing, then unreachable): say so.
@@ -248,11 +255,10 @@ class Health:
         """Probe forever; cancel to stop."""
         while True:
             delay_s = self._next_delay_s()
-            slept_from = time.monotonic()
+            slept_from = self._clock.monotonic()
             self._wake_probe.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_probe.wait(), delay_s)
-            self.loop_lag_s = max(0.0, time.monotonic() - slept_from - delay_s)
+            await self._clock.wait(self._wake_probe.wait(), delay_s)
+            self.loop_lag_s = max(0.0, self._clock.monotonic() - slept_from - delay_s)
             await self._probe()
 
     def _next_delay_s(self) -> float:
@@ -268,7 +274,7 @@ class Health:
             self.wal_has_room()
         try:
             latency_s = await asyncio.wait_for(self.store.ping(), self.probe_timeout_s)
-        except (StoreUnavailable, StoreError, TimeoutError) as exc:
+        except (StoreFailure, TimeoutError) as exc:
             self._failures += 1
             self.store_failed(exc)
             return
@@ -335,7 +341,7 @@ class Health:
             return True
         try:
             await self.check_store()
-        except STORE_FAILURES as exc:
+        except StoreFailure as exc:
             self._successes = 0
             self.store_failed(exc)
             return False

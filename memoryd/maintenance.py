@@ -10,13 +10,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 
 from memoryd.alerts import Alerts
 from memoryd.cache import ReadCache
 from memoryd.eviction import EvictionWatch
 from memoryd.health import Health
 from memoryd.marker import StoreMarker
-from memoryd.stores.base import STORE_FAILURES, Store
+from memoryd.stores.base import Store, StoreFailure, Swept, WriterLease
 from memoryd.systemd import Notifier
 from memoryd.wal import Wal
 
@@ -67,11 +68,22 @@ class DataLossCheck:
 
 
 class ExpirySweep:
-    """Removes expired records every ``interval_s`` while the store is reachable."""
+    """Removes expired records every ``interval_s`` while the store is reachable,
+    and tells the read cache which agents' indexes that changed."""
 
-    def __init__(self, store: Store, health: Health, *, interval_s: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        health: Health,
+        cache: ReadCache,
+        *,
+        interval_s: float,
+        lease: Callable[[], WriterLease | None],
+    ) -> None:
         self._store = store
         self._health = health
+        self._cache = cache
+        self._lease = lease
         self.interval_s = interval_s
 
     def reconfigure(self, *, interval_s: float) -> None:
@@ -80,10 +92,18 @@ class ExpirySweep:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            if self._health.store_down:
-                continue
-            with contextlib.suppress(*STORE_FAILURES):  # reported by the store
-                await self._store.sweep(time.time())
+            if not self._health.store_down:
+                with contextlib.suppress(StoreFailure):  # reported by the store
+                    await self.sweep()
+
+    async def sweep(self) -> Swept:
+        token = self._cache.token()
+        swept = await self._store.sweep(time.time(), self._lease())
+        for agent_id in swept.stale:
+            self._cache.stale_removed(agent_id, since=token)
+        for agent_id in swept.changed:
+            self._cache.invalidate(agent_id)
+        return swept
 
 
 class WatchdogFeeder:

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from memoryd.backlog import (
     UNKNOWN,
@@ -32,7 +32,9 @@ from memoryd.flusher import Flusher
 from memoryd.health import Health
 from memoryd.ops import Entry
 from memoryd.records import Query, Record, is_expired
-from memoryd.stores.base import STORE_FAILURES, Store
+from memoryd.stores.base import Found, Store, StoreFailure
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,11 +100,14 @@ class Reader:
         elif not self._health.store_down:
             token = self._cache.token()
             try:
-                stored = await self._store.get(agent_id, record_id, now_s)
-            except STORE_FAILURES:
+                found = self._repaired(
+                    agent_id, await self._store.get(agent_id, record_id, now_s), token
+                )
+            except StoreFailure:
                 pass  # answered from the backlog alone
             else:
-                self._cache.remember(agent_id, [stored] if stored is not None else [], token)
+                stored = found
+                self._cache.remember(agent_id, [found] if found is not None else [], token)
         record = merge_get(stored, entries, record_id, now_s)
         if record is UNKNOWN:
             raise BackendUnavailable(
@@ -130,7 +135,7 @@ class Reader:
             fetch = dataclasses.replace(query, limit=store_fetch_limit(query, entries))
             try:
                 stored = await self._stored_answer(agent_id, fetch, now_s)
-            except STORE_FAILURES:
+            except StoreFailure:
                 degraded = True
         if degraded and not hides_store(entries):
             stored = self._cache.records(agent_id)
@@ -148,10 +153,11 @@ class Reader:
                 await asyncio.wait_for(
                     self._flusher.wait_applied(last_seq), self._settings.request_timeout_s
                 )
-            stats = await self._store.stats(agent_id, time.time())
+            token = self._cache.token()
+            stats = self._repaired(agent_id, await self._store.stats(agent_id, time.time()), token)
         except TimeoutError:
             raise DeadlineExceeded("the agent's writes were not applied in time") from None
-        except STORE_FAILURES as exc:
+        except StoreFailure as exc:
             raise BackendUnavailable(f"the store is unreachable: {exc}") from exc
         return stats.as_dict()
 
@@ -169,9 +175,15 @@ class Reader:
         try:
             stored = [] if self._health.store_down else await self._store.agents(prefix, limit)
             degraded = self._health.store_down
-        except STORE_FAILURES:
+        except StoreFailure:
             stored, degraded = [], True
         return sorted(set(stored) | set(pending))[:limit], degraded
+
+    def _repaired(self, agent_id: str, found: Found[_T], token: int) -> _T:
+        """What the store answered, telling the cache if it repaired the agent's index."""
+        if found.repaired:
+            self._cache.stale_removed(agent_id, since=token)
+        return found.value
 
     async def _pending(self, agent_id: str) -> tuple[Entry, ...]:
         """The agent's not-yet-applied writes, after giving the flusher a moment.
@@ -206,14 +218,16 @@ class Reader:
         # fetch the newest records for nothing and push other agents out.
         if fetch.order == "newest" and cache.may_fill(agent_id):
             newest = Query(limit=max(cache.per_agent, fetch.limit if fetch.newest_of_all else 0))
-            records = await self._store.query(agent_id, newest, now_s)
+            records = self._repaired(
+                agent_id, await self._store.query(agent_id, newest, now_s), token
+            )
             cache.fill(agent_id, records, newest.limit, token)
             if fetch.newest_of_all:
                 return records[: fetch.limit]
             found = cache.answer(agent_id, fetch, now_s)
             if found is not None:
                 return found
-        records = await self._store.query(agent_id, fetch, now_s)
+        records = self._repaired(agent_id, await self._store.query(agent_id, fetch, now_s), token)
         if fetch.order == "newest":
             cache.remember(agent_id, records, token)
         return records

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 
 from memoryd.cache import ReadCache
-from memoryd.stores.base import STORE_FAILURES, Store, StoreError, StoreUnavailable
+from memoryd.stores.base import Store, StoreFailure, WriterLease
 from memoryd_client.ids import new_id
 
 logger = logging.getLogger(__name__)
@@ -61,7 +61,11 @@ class SoleWriter:
         self.lease_s = lease_s
         self.daemon_id = new_id()
         self.writers = 0  # how many daemons the last renewal counted; 0: unknown
-        store.writer_lease = (self.daemon_id, lease_s)
+        self._lease: WriterLease | None = WriterLease(self.daemon_id, lease_s)
+
+    def lease(self) -> WriterLease | None:
+        """The lease for writes to renew (memoryd.flusher); None once given up."""
+        return self._lease
 
     async def run(self) -> None:
         """Renew the lease forever; cancel to stop."""
@@ -75,7 +79,7 @@ class SoleWriter:
             writers, held = await asyncio.wait_for(
                 self.store.renew_writer_lease(self.daemon_id, self.lease_s), self.trust_s
             )
-        except (StoreUnavailable, StoreError, TimeoutError):
+        except (StoreFailure, TimeoutError):
             # Whoever else writes meanwhile, this daemon would not know.  The
             # health probe reports the store itself.
             self._distrust(0)
@@ -94,12 +98,10 @@ class SoleWriter:
                 )
             self._distrust(writers)
             return
-        if not self.cache.trusted():
-            self.cache.invalidate_all()
-            if self.writers > 1:
-                logger.info("this daemon is the only writer again: reads from memory resume")
+        if not self.cache.trusted() and self.writers > 1:
+            logger.info("this daemon is the only writer again: reads from memory resume")
         self.writers = 1
-        self.cache.trusted_until = asked_at + self.trust_s
+        self.cache.trust_until(asked_at + self.trust_s)
 
     async def watch(self) -> None:
         """Stop answering from memory the moment the link to the store breaks; forever.
@@ -112,7 +114,7 @@ class SoleWriter:
         while True:
             try:
                 await self.store.watch()
-            except STORE_FAILURES:
+            except StoreFailure:
                 # Down: renewals fail too, so trust is over.  Try less often.
                 pause_s = min(REWATCH_MAX_S, pause_s * 2)
             else:
@@ -124,15 +126,13 @@ class SoleWriter:
 
     async def leave(self) -> None:
         """Give the lease up (at shutdown), so that the other daemons need not wait it out."""
-        self.store.writer_lease = None
+        self._lease = None
         self._distrust(0)
         try:
             await asyncio.wait_for(self.store.renew_writer_lease(self.daemon_id, 0), self.trust_s)
-        except (StoreUnavailable, StoreError, TimeoutError) as exc:
+        except (StoreFailure, TimeoutError) as exc:
             logger.info("could not give the writer lease up (%s); it ends on its own", exc)
 
     def _distrust(self, writers: int) -> None:
         self.writers = writers
-        if self.cache.trusted_until:
-            self.cache.trusted_until = 0.0
-            self.cache.invalidate_all()
+        self.cache.distrust()

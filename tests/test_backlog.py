@@ -85,9 +85,9 @@ async def merged_and_truth(
             entries = [Entry(seq, op) for seq, op in enumerate(pending, start=1)]
             query = Query(limit=limit)
             fetch = dataclasses.replace(query, limit=store_fetch_limit(query, entries))
-            merged = merge_query(await store.query(AGENT, fetch, NOW), entries, query, NOW)
+            merged = merge_query((await store.query(AGENT, fetch, NOW)).value, entries, query, NOW)
             await store.apply(pending, NOW)
-            truth = await store.query(AGENT, query, NOW)
+            truth = (await store.query(AGENT, query, NOW)).value
         finally:
             await store.close()
     return merged, truth

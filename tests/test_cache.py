@@ -21,10 +21,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from memoryd.cache import ReadCache
+from memoryd.cache import CacheSettings, ReadCache
 from memoryd.ops import Clear, Delete, Op, Put, Replace
 from memoryd.records import Query, Record, is_expired
-from memoryd.stores.base import Store
+from memoryd.stores.base import Found, Store
 from memoryd.stores.local import LocalStore
 from memoryd.stores.redis import RedisStore
 from tests.harness import RedisServer
@@ -40,11 +40,11 @@ AUTHORS = (None, "craftsman", "designer")
 _prefixes = itertools.count()
 
 
-def record(n: int, expiring: int) -> Record:
+def record(n: int, expiring: int, agent_id: str = AGENT) -> Record:
     # One creation time per id, old or new, as a client assigns it once.
     return {
         "id": f"R{n:04d}",
-        "agent_id": AGENT,
+        "agent_id": agent_id,
         "type": TYPES[n % 2],
         "content": f"记录 {n} {'apple' if n % 3 == 0 else 'pear'}",
         "author": AUTHORS[n % 3],
@@ -118,8 +118,10 @@ class History:
 
     def __init__(self, store: Store, per_agent: int) -> None:
         self.store = store
-        self.cache = ReadCache(per_agent=per_agent, max_records=100, max_memories=MAX_MEMORIES)
-        self.cache.trusted_until = math.inf
+        self.cache = ReadCache(
+            CacheSettings(per_agent=per_agent, max_records=100, max_memories=MAX_MEMORIES)
+        )
+        self.cache.trust_until(math.inf)
         self.now_s = NOW
         self.seen: dict[str, Record] = {}
         self.answered = 0
@@ -156,10 +158,10 @@ class History:
             await self.apply(op)
         if answer is not None:
             self.answered += 1
-            assert answer == await self.store.query(AGENT, query, self.now_s)
+            assert answer == (await self.store.query(AGENT, query, self.now_s)).value
         for record_id, record in held.items():
             if record is not None:
-                stored = await self.store.get(AGENT, record_id, self.now_s)
+                stored = (await self.store.get(AGENT, record_id, self.now_s)).value
                 assert (None if is_expired(record, self.now_s) else record) == stored
 
     async def step(self, step: tuple[Any, ...]) -> None:
@@ -174,12 +176,12 @@ class History:
                 self.now_s += seconds
             case ("fill", limit):
                 token = self.cache.token()
-                found = await self.store.query(AGENT, Query(limit=limit), self.now_s)
+                found = (await self.store.query(AGENT, Query(limit=limit), self.now_s)).value
                 self.cache.fill(AGENT, found, limit, token)
             case ("raced fill", limit, n):
                 # The store answers, then a write lands before the answer is used.
                 token = self.cache.token()
-                found = await self.store.query(AGENT, Query(limit=limit), self.now_s)
+                found = (await self.store.query(AGENT, Query(limit=limit), self.now_s)).value
                 await self.step(("put", n, 0))
                 self.cache.fill(AGENT, found, limit, token)
             case ("read", query):
@@ -187,7 +189,7 @@ class History:
 
     async def check(self, query: Query) -> None:
         answer = self.cache.answer(AGENT, query, self.now_s)
-        truth = await self.store.query(AGENT, query, self.now_s)
+        truth = (await self.store.query(AGENT, query, self.now_s)).value
         if answer is not None:
             self.answered += 1
             assert [r["id"] for r in answer] == [r["id"] for r in truth]
@@ -195,7 +197,7 @@ class History:
         for record_id in self.seen:
             held = self.cache.get(AGENT, record_id, self.now_s)
             if held is not None:
-                stored = await self.store.get(AGENT, record_id, self.now_s)
+                stored = (await self.store.get(AGENT, record_id, self.now_s)).value
                 assert (None if is_expired(held, self.now_s) else held) == stored
 
 
@@ -237,22 +239,38 @@ def test_a_warm_cache_answers_filtered_and_unfiltered_reads(redis_server: RedisS
 def test_a_fill_that_raced_a_repair_is_refused() -> None:
     """A store that removed stale entries of the agent while a read paged through its index
     may have answered with records missing: the cache must not learn from that answer."""
-    cache = ReadCache(per_agent=4, max_records=100, max_memories=MAX_MEMORIES)
-    cache.trusted_until = math.inf
+    cache = ReadCache(CacheSettings(per_agent=4, max_records=100, max_memories=MAX_MEMORIES))
+    cache.trust_until(math.inf)
     token = cache.token()
-    cache.touched(AGENT)  # the sweep or another read's repair, between two pages
+    cache.stale_removed(AGENT, since=token)  # the sweep or another read's repair
     cache.fill(AGENT, [record(1, 0)], 4, token)  # "fewer than asked: the whole agent"
     assert cache.answer(AGENT, Query(limit=4), NOW) is None
     cache.fill(AGENT, [record(1, 0)], 4, cache.token())
     assert cache.answer(AGENT, Query(limit=4), NOW) == [record(1, 0)]
 
 
+def test_a_fill_made_while_a_sweep_ran_is_undone_when_the_sweep_reports() -> None:
+    """The sweep reports the agents it repaired when it is done, after other reads may
+    have paged across its removals and filled: those fills are undone, older ones kept."""
+    cache = ReadCache(CacheSettings(per_agent=4, max_records=100, max_memories=MAX_MEMORIES))
+    cache.trust_until(math.inf)
+    cache.fill("older", [record(1, 0, "older")], 4, cache.token())
+    sweep_started = cache.token()
+    cache.fill(AGENT, [record(1, 0)], 4, cache.token())  # a read during the sweep
+    assert cache.answer(AGENT, Query(limit=4), NOW) == [record(1, 0)]
+
+    cache.stale_removed(AGENT, since=sweep_started)
+    cache.stale_removed("older", since=sweep_started)
+
+    assert cache.answer(AGENT, Query(limit=4), NOW) is None
+    assert cache.answer("older", Query(limit=4), NOW) == [record(1, 0, "older")]
+
+
 async def test_the_redis_store_reports_the_stale_entries_it_removes(
     redis_server: RedisServer,
 ) -> None:
     async with opened("redis", redis_server.url) as store:
-        reported: list[str] = []
-        store.stale_removed = reported.append
         await store.apply([Put.of(record(1, 5)), Put.of(record(2, 0))], NOW)
-        assert await store.query(AGENT, Query(limit=5), NOW + 10) == [record(2, 0)]
-        assert reported == [AGENT]  # the read removed the expired record's index entries
+        found = await store.query(AGENT, Query(limit=5), NOW + 10)
+        assert found == Found([record(2, 0)], repaired=True)  # the expired one's entries went
+        assert await store.query(AGENT, Query(limit=5), NOW + 10) == Found([record(2, 0)])

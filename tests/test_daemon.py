@@ -6,6 +6,8 @@ from pathlib import Path
 
 from memoryd import daemon
 from memoryd.config import load_settings
+from memoryd.flusher import FlushSettings
+from memoryd.handlers import RequestSettings
 
 
 def test_build_wires_the_parts_together(tmp_path: Path) -> None:
@@ -16,7 +18,7 @@ def test_build_wires_the_parts_together(tmp_path: Path) -> None:
     assert parts.wal.wal_dir == daemon.wal_dir(settings.data_dir)
     assert parts.store.kind == "local"
     assert parts.max_connections <= settings.max_connections
-    assert parts.handlers.settings is settings
+    assert parts.handlers.settings == RequestSettings.of(settings)
     assert parts.sweep.interval_s == settings.sweep_interval_s
 
 
@@ -41,18 +43,16 @@ def test_reconfigure_hands_each_part_its_share_of_the_reloaded_settings(tmp_path
         }
     )
     parts.reconfigure(reloaded)
-    assert parts.settings is reloaded and parts.handlers.settings is reloaded
-    assert (parts.wal.max_bytes, parts.wal.min_free_disk_bytes) == (
+    assert parts.settings is reloaded
+    assert parts.handlers.settings == RequestSettings.of(reloaded)
+    assert (parts.wal.settings.max_bytes, parts.wal.settings.min_free_disk_bytes) == (
         reloaded.wal_max_bytes,
         reloaded.min_free_disk_bytes,
     )
-    flusher = parts.flusher
-    assert (flusher.batch_max, flusher.batch_max_bytes, flusher.checkpoint_interval_s) == (
-        7,
-        70_000,
-        0.25,
+    assert parts.flusher.settings == FlushSettings(
+        batch_max=7, batch_max_bytes=70_000, checkpoint_interval_s=0.25
     )
-    assert (parts.cache.per_agent, parts.cache.max_records) == (3, 33)
+    assert (parts.cache.settings.per_agent, parts.cache.settings.max_records) == (3, 33)
     assert parts.sweep.interval_s == 9.0
     assert parts.max_connections == 17
     limits = parts.status.snapshot()["limits"]

@@ -206,11 +206,11 @@ ROTATION_OUT_OF_FILES = textwrap.dedent(
     import asyncio, os, resource, sys
     from pathlib import Path
     from memoryd.ops import Put
-    from memoryd.wal import Wal, WalBusyError
+    from memoryd.wal import Wal, WalBusyError, WalSettings
     from tests.test_wal_recovery import record
 
     async def main():
-        wal = Wal(Path(sys.argv[1]), fsync="always", max_bytes=1 << 30, segment_bytes=4096,
+        wal = Wal(Path(sys.argv[1]), WalSettings("always", 1 << 30, 4096),
                   on_durable=lambda entries: None)
         wal.open()
         n = 0

@@ -30,14 +30,14 @@ async def test_a_write_reads_back_before_and_after_the_store_applies_it(tmp_path
         added = await call("add", agent_id="reader", type="note", content="in the WAL")
         assert len(parts.backlog) == 1
         # Not in the store yet (no flusher runs): the answer comes from the backlog.
-        assert await parts.store.query("reader", Query(), time.time()) == []
+        assert (await parts.store.query("reader", Query(), time.time())).value == []
         before = await call("recent", agent_id="reader")
         assert [r["id"] for r in before["records"]] == [added["id"]]
         assert before["degraded"] is False
 
         assert await parts.flusher.drain(5, give_up=lambda: False)
         assert len(parts.backlog) == 0
-        stored = await parts.store.query("reader", Query(), time.time())
+        stored = (await parts.store.query("reader", Query(), time.time())).value
         assert [r["id"] for r in stored] == [added["id"]]
         after = await call("recent", agent_id="reader")
         assert after["records"] == before["records"]

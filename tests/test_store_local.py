@@ -45,18 +45,18 @@ async def test_data_survives_close_and_reopen(tmp_path: Path) -> None:
         [put(str(n), A, expires_at=NOW + 50 if n == 7 else None) for n in range(1, 9)], NOW
     )
     await store.apply([Delete(A, "5")], NOW)
-    before = await store.query(A, Query(limit=100), NOW)
-    stats = await store.stats(A, NOW)
+    before = (await store.query(A, Query(limit=100), NOW)).value
+    stats = (await store.stats(A, NOW)).value
     await store.close()
 
     reopened = LocalStore(tmp_path, max_memories=5)
     await reopened.open()
     try:
-        assert await reopened.query(A, Query(limit=100), NOW) == before
+        assert (await reopened.query(A, Query(limit=100), NOW)).value == before
         assert [record["id"] for record in before] == ["8", "7", "6", "4"]
-        assert await reopened.stats(A, NOW) == stats
-        assert await reopened.get(A, "8", NOW) == make_record("8", A)
-        assert await reopened.sweep(NOW + 50) == 1
+        assert (await reopened.stats(A, NOW)).value == stats
+        assert (await reopened.get(A, "8", NOW)).value == make_record("8", A)
+        assert (await reopened.sweep(NOW + 50)).removed == 1
         assert await reopened.agents("", 10) == [A]
     finally:
         await reopened.close()

@@ -28,7 +28,8 @@ from memoryd.stores import (
     StoreUnavailable,
 )
 from memoryd.stores.base import Eviction
-from memoryd.stores.redis import EXPIRY_GRACE_S, _translated
+from memoryd.stores.redis import EXPIRY_GRACE_S
+from memoryd.stores.redis_link import translated
 from tests import redis_view
 from tests.harness import RedisServer
 from tests.test_stores import NOW, assert_stats_match, make_record, put
@@ -181,7 +182,7 @@ async def test_no_orphans_after_trim_expiry_delete_clear(
     await store.apply([Delete(A, "10"), Delete(A, "1")], NOW)
     assert_consistent(redis_conn)
 
-    assert await store.sweep(NOW + 12) == 4  # "8" and "12" of each agent
+    assert (await store.sweep(NOW + 12)).removed == 4  # "8" and "12" of each agent
     assert_consistent(redis_conn)
 
     await store.apply([Clear(A)], NOW + 12)
@@ -205,8 +206,8 @@ async def test_key_prefix_is_in_front_of_every_key(redis_url: str, redis_conn: r
         assert_consistent(redis_conn, prefix="mem:")
         assert await store.agents("", 10) == [A]
         assert await plain.agents("", 10) == []
-        assert await plain.sweep(NOW + 5) == 0
-        assert await store.sweep(NOW + 5) == 1
+        assert (await plain.sweep(NOW + 5)).removed == 0
+        assert (await store.sweep(NOW + 5)).removed == 1
         assert_consistent(redis_conn, prefix="mem:")
     finally:
         await store.close()
@@ -232,7 +233,7 @@ async def test_clear_leaves_other_keys_alone(store: RedisStore, redis_conn: redi
 async def test_a_read_repairs_an_expired_record(store: RedisStore, redis_conn: redis.Redis) -> None:
     await store.apply([put("1", A, expires_at=NOW + 10), put("2", A)], NOW)
 
-    assert await store.query(A, Query(limit=10), NOW + 10) == [make_record("2", A)]
+    assert (await store.query(A, Query(limit=10), NOW + 10)).value == [make_record("2", A)]
 
     assert redis_conn.exists(BASE + "memory:1") == 0
     assert redis_conn.zscore(BASE + "memories:list", "1") is None
@@ -244,7 +245,7 @@ async def test_a_read_repairs_an_expired_record(store: RedisStore, redis_conn: r
 async def test_get_repairs_an_expired_record(store: RedisStore, redis_conn: redis.Redis) -> None:
     await store.apply([put("1", A, expires_at=NOW + 10)], NOW)
 
-    assert await store.get(A, "1", NOW + 10) is None
+    assert (await store.get(A, "1", NOW + 10)).value is None
 
     assert text_keys(redis_conn) == set()
 
@@ -263,12 +264,12 @@ async def test_repair_when_the_hash_is_already_gone(
     # As if the grace had passed for "1" and Redis had evicted "2".
     redis_conn.delete(BASE + "memory:1", BASE + "memory:2")
 
-    assert await store.query(A, Query(limit=10), NOW + 10) == [
+    assert (await store.query(A, Query(limit=10), NOW + 10)).value == [
         make_record("3", A, content="x" * 300)
     ]
 
     assert_consistent(redis_conn)
-    stats = await store.stats(A, NOW + 10)
+    stats = (await store.stats(A, NOW + 10)).value
     assert stats.count == 1
     assert stats.by_type == {"discussion": 1}
     assert stats.bytes == len(put("3", A, content="x" * 300).data)
@@ -280,7 +281,7 @@ async def test_stats_repair_a_record_whose_hash_expired(
     await store.apply([put("1", A, type="speech", expires_at=NOW + 10), put("2", A)], NOW)
     redis_conn.delete(BASE + "memory:1")
 
-    stats = await store.stats(A, NOW + 10)
+    stats = (await store.stats(A, NOW + 10)).value
 
     assert stats.as_dict() == {
         "count": 1,
@@ -300,7 +301,7 @@ async def test_a_put_over_a_dangling_index_entry_stores_the_record(
 
     await store.apply([put("1", A, content="again")], NOW)
 
-    assert await store.get(A, "1", NOW) == make_record("1", A, content="again")
+    assert (await store.get(A, "1", NOW)).value == make_record("1", A, content="again")
     assert_consistent(redis_conn)
 
 
@@ -322,9 +323,9 @@ async def test_lost_scripts_are_loaded_again(store: RedisStore, redis_conn: redi
     redis_conn.script_flush()
     await store.apply([put("1", A)], NOW)
     redis_conn.script_flush()
-    assert (await store.stats(A, NOW)).count == 1
+    assert ((await store.stats(A, NOW)).value).count == 1
     redis_conn.script_flush()
-    assert len(await store.query(A, Query(), NOW)) == 1
+    assert len((await store.query(A, Query(), NOW)).value) == 1
 
 
 async def test_agents_ignore_keys_that_only_look_like_ours(
@@ -336,7 +337,7 @@ async def test_agents_ignore_keys_that_only_look_like_ours(
     redis_conn.set("agent:{craftsman_1}:memories:type:y}:memories:expiry", "not an index")
 
     assert await store.agents("", 10) == [A]
-    assert await store.sweep(NOW + 10**9) == 0
+    assert (await store.sweep(NOW + 10**9)).removed == 0
 
 
 # -- failures -------------------------------------------------------------------
@@ -366,7 +367,7 @@ async def test_store_unavailable_when_redis_is_killed(private_redis: RedisServer
         # A new server knows none of the scripts: they are loaded again.
         private_redis.start()
         await store.apply([put("3", A)], NOW)
-        assert [r["id"] for r in await store.query(A, Query(), NOW)] == ["3"]
+        assert [r["id"] for r in (await store.query(A, Query(), NOW)).value] == ["3"]
     finally:
         await store.close()
 
@@ -401,8 +402,8 @@ async def test_open_without_a_server_is_store_unavailable(private_redis: RedisSe
         (redis.DataError("bad value"), StoreError),
     ],
 )
-def test_redis_errors_are_translated(error: Exception, expected: type[Exception]) -> None:
-    with pytest.raises(expected) as caught, _translated("test"):
+def test_redis_errors_aretranslated(error: Exception, expected: type[Exception]) -> None:
+    with pytest.raises(expected) as caught, translated("test"):
         raise error
     assert type(caught.value) is expected
     assert caught.value.__cause__ is error
@@ -555,13 +556,13 @@ async def test_sweep_indexes_again_records_whose_list_was_evicted(
     await lru_store.apply(records, NOW)
     lru_conn.delete(LIST)
     # The defect: the record answers `get`, but `recent` and `stats` do not know it.
-    assert await lru_store.get(A, "2", NOW) == records[1].record
-    assert await lru_store.query(A, Query(limit=10), NOW) == []
+    assert (await lru_store.get(A, "2", NOW)).value == records[1].record
+    assert (await lru_store.query(A, Query(limit=10), NOW)).value == []
 
     await lru_store.sweep(NOW)
 
     assert listed(lru_conn, LIST) == [(str(n), NOW + n) for n in range(1, 5)]
-    assert await lru_store.query(A, Query(limit=10, order="oldest"), NOW) == [
+    assert (await lru_store.query(A, Query(limit=10, order="oldest"), NOW)).value == [
         op.record for op in records
     ]
     assert_consistent(lru_conn)
@@ -574,11 +575,11 @@ async def test_sweep_recounts_stats_after_the_stats_hash_was_evicted(
     records = four_records()
     await lru_store.apply(records, NOW)
     lru_conn.delete(STATS)
-    assert (await lru_store.stats(A, NOW)).count == 0
+    assert ((await lru_store.stats(A, NOW)).value).count == 0
 
     await lru_store.sweep(NOW)
 
-    assert (await lru_store.stats(A, NOW)).as_dict() == {
+    assert ((await lru_store.stats(A, NOW)).value).as_dict() == {
         "count": 4,
         "by_type": {"speech": 2, "discussion": 2},
         "bytes": sum(len(op.data) for op in records),
@@ -594,12 +595,12 @@ async def test_sweep_rebuilds_an_evicted_type_zset(
     records = four_records()
     await lru_store.apply(records, NOW)
     lru_conn.delete(type_key("speech"))
-    assert await lru_store.query(A, Query(types=frozenset({"speech"})), NOW) == []
+    assert (await lru_store.query(A, Query(types=frozenset({"speech"})), NOW)).value == []
 
     await lru_store.sweep(NOW)
 
     assert listed(lru_conn, type_key("speech")) == [("1", NOW + 1), ("3", NOW + 3)]
-    assert await lru_store.query(A, Query(types=frozenset({"speech"})), NOW) == [
+    assert (await lru_store.query(A, Query(types=frozenset({"speech"})), NOW)).value == [
         records[2].record,
         records[0].record,
     ]
@@ -617,7 +618,7 @@ async def test_sweep_rebuilds_an_evicted_expiry_index_and_expires_on_time(
     # Exact scores: the records' own expires_at, read from their data.
     assert listed(lru_conn, EXPIRY) == [("1", NOW + 1000), ("4", NOW + 2000)]
     assert_consistent(lru_conn)
-    assert await lru_store.sweep(NOW + 1000) == 1
+    assert (await lru_store.sweep(NOW + 1000)).removed == 1
     assert listed(lru_conn, LIST) == [("2", NOW + 2), ("3", NOW + 3), ("4", NOW + 4)]
     await assert_stats_match(lru_store, A, NOW + 1000)
 
@@ -628,7 +629,7 @@ async def test_an_expired_record_without_index_entries_is_removed_not_indexed(
     await lru_store.apply(four_records(), NOW)
     lru_conn.delete(LIST, EXPIRY)
 
-    assert await lru_store.sweep(NOW + 1000) == 1
+    assert (await lru_store.sweep(NOW + 1000)).removed == 1
 
     assert lru_conn.exists(BASE + "memory:1") == 0
     assert listed(lru_conn, LIST) == [("2", NOW + 2), ("3", NOW + 3), ("4", NOW + 4)]
@@ -647,7 +648,7 @@ async def test_sweep_rebuilds_an_agent_of_which_only_the_records_are_left(
     await lru_store.sweep(NOW)
 
     assert await lru_store.agents("", 10) == [A]
-    assert await lru_store.query(A, Query(limit=10, order="oldest"), NOW) == [
+    assert (await lru_store.query(A, Query(limit=10, order="oldest"), NOW)).value == [
         op.record for op in records
     ]
     assert_consistent(lru_conn)
@@ -672,19 +673,15 @@ async def test_records_indexed_again_are_trimmed_to_max_memories(
 async def test_sweep_tells_the_cache_which_agents_it_repaired(
     lru_store: RedisStore, lru_conn: redis.Redis
 ) -> None:
-    changed: list[str] = []
-    stale: list[str] = []
-    lru_store.records_changed = changed.append
-    lru_store.stale_removed = stale.append
     await lru_store.apply([put("1", "a"), put("2", "a"), put("1", "b"), put("2", "b")], NOW)
     await lru_store.apply([put("1", "untouched")], NOW)
     lru_conn.delete("agent:{a}:memories:list")  # a's records come back to reads
     lru_conn.delete("agent:{b}:memory:1")  # b's index entries of "1" go
 
-    await lru_store.sweep(NOW)
+    swept = await lru_store.sweep(NOW)
 
-    assert changed == ["a"]
-    assert stale == ["b"]
+    assert swept.changed == {"a"}
+    assert swept.stale == {"b"}
     assert_consistent(lru_conn)
 
 
@@ -768,13 +765,13 @@ async def test_sweep_repairs_what_real_eviction_left() -> None:
         assert orphan_kinds(conn) == {"entries": 0, "records": 0}
         assert_consistent(conn)
         for agent_id in await store.agents("", 100):
-            readable = await store.query(agent_id, Query(limit=1000, order="oldest"), NOW)
+            readable = (await store.query(agent_id, Query(limit=1000, order="oldest"), NOW)).value
             await assert_stats_match(store, agent_id)
             base = f"agent:{{{agent_id}}}:memory:"
             hashes = {key.decode()[len(base) :] for key in conn.scan_iter(base + "*")}
             assert {record["id"] for record in readable} == hashes
             for record_id in hashes:
-                assert await store.get(agent_id, record_id, NOW) is not None
+                assert (await store.get(agent_id, record_id, NOW)).value is not None
     finally:
         conn.close()
         await store.close()

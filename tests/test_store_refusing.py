@@ -109,3 +109,42 @@ def test_a_store_refusing_writes_is_degraded_with_its_reason_and_recovers(
     finally:
         admin.close()
         daemon.cleanup()
+
+
+def test_a_store_answering_with_an_error_is_reachable_and_writes_wait(
+    small_redis: RedisServer,
+) -> None:
+    """An error reply (here WRONGTYPE: a key of one agent overwritten by hand) says the
+    store is there: other agents' reads go on from it, not degraded; the writes wait in
+    the WAL, with the error as the reason, and are applied once the key is fixed."""
+    daemon = Daemon(env_overrides={"MEMORYD_REDIS_URL": small_redis.url})
+    admin = redis.Redis(unix_socket_path=str(small_redis.socket_path))
+    poisoned = "agent:{agent-2}:memories:list"
+    try:
+        daemon.start()
+        with Client(daemon.socket_path, timeout_s=20) as client:
+            kept = client.add("agent-1", "note", "kept")["id"]
+            eventually(lambda: client.status()["wal"]["backlog_records"] == 0, timeout_s=10)
+            admin.set(poisoned, "not a zset")
+            waiting = client.add("agent-2", "note", "waits")["id"]
+            status = eventually(
+                client.status,
+                lambda s: s["state"] == "degraded",
+                timeout_s=20,
+                what="degraded by the error reply",
+            )
+            assert status["store"]["reachable"] and status["store"]["problem"] == "error"
+            assert "WRONGTYPE" in status["reason"] and "unreachable" not in status["reason"]
+            answer = client.recent("agent-1")
+            assert [r["id"] for r in answer] == [kept] and not answer.degraded
+            assert [r["id"] for r in client.recent("agent-2")] == [waiting]  # from the WAL
+
+            admin.delete(poisoned)
+            eventually(
+                lambda: client.status()["state"] == "healthy", timeout_s=30, what="healthy again"
+            )
+            assert admin.exists(f"agent:{{agent-2}}:memory:{waiting}")
+        assert daemon.stop() == 0
+    finally:
+        admin.close()
+        daemon.cleanup()

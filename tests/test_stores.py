@@ -85,7 +85,7 @@ async def store(store_factory: StoreFactory) -> Store:
 
 
 async def everything(store: Store, agent_id: str, now_s: float = NOW) -> list[Record]:
-    return await store.query(agent_id, Query(limit=10_000, order="oldest"), now_s)
+    return (await store.query(agent_id, Query(limit=10_000, order="oldest"), now_s)).value
 
 
 async def ids(store: Store, agent_id: str, now_s: float = NOW) -> list[str]:
@@ -108,7 +108,7 @@ def expected_stats(records: list[Record]) -> dict[str, Any]:
 
 async def assert_stats_match(store: Store, agent_id: str, now_s: float = NOW) -> None:
     stored = await everything(store, agent_id, now_s)
-    assert (await store.stats(agent_id, now_s)).as_dict() == expected_stats(stored)
+    assert ((await store.stats(agent_id, now_s)).value).as_dict() == expected_stats(stored)
 
 
 # -- writes and reads ---------------------------------------------------------
@@ -129,9 +129,9 @@ async def test_put_get_round_trip(store: Store) -> None:
     )
     await store.apply([Put.of(record)], NOW)
 
-    assert await store.get("craftsman_1", "1", NOW) == record
-    assert await store.get("craftsman_1", "2", NOW) is None
-    assert await store.get("consumer_1", "1", NOW) is None
+    assert (await store.get("craftsman_1", "1", NOW)).value == record
+    assert (await store.get("craftsman_1", "2", NOW)).value is None
+    assert (await store.get("consumer_1", "1", NOW)).value is None
     assert await everything(store, "craftsman_1") == [record]
     await assert_stats_match(store, "craftsman_1")
 
@@ -146,12 +146,15 @@ async def test_reapplying_the_same_ops_changes_nothing(store: Store) -> None:
         put("4", "consumer_1"),
     ]
     await store.apply(ops, NOW)
-    first = (await everything(store, "craftsman_1"), await store.stats("craftsman_1", NOW))
+    first = (await everything(store, "craftsman_1"), (await store.stats("craftsman_1", NOW)).value)
 
     await store.apply(ops, NOW)
     await store.apply(ops[2:], NOW)
 
-    assert (await everything(store, "craftsman_1"), await store.stats("craftsman_1", NOW)) == first
+    assert (
+        await everything(store, "craftsman_1"),
+        (await store.stats("craftsman_1", NOW)).value,
+    ) == first
     assert await ids(store, "craftsman_1") == ["2", "3"]
     assert await ids(store, "consumer_1") == ["4"]
 
@@ -160,7 +163,7 @@ async def test_put_of_an_existing_id_keeps_the_first(store: Store) -> None:
     await store.apply([put("1", content="first")], NOW)
     await store.apply([put("1", content="second", type="speech")], NOW)
 
-    stored = await store.get("craftsman_1", "1", NOW)
+    stored = (await store.get("craftsman_1", "1", NOW)).value
     assert stored is not None and stored["content"] == "first"
     await assert_stats_match(store, "craftsman_1")
 
@@ -172,10 +175,10 @@ async def test_replace(store: Store) -> None:
     )
     await store.apply([Replace.of(replacement)], NOW)
 
-    assert await store.get("craftsman_1", "1", NOW) == replacement
+    assert (await store.get("craftsman_1", "1", NOW)).value == replacement
     await assert_stats_match(store, "craftsman_1")
     # The new expiry holds.
-    assert await store.get("craftsman_1", "1", NOW + 50) is None
+    assert (await store.get("craftsman_1", "1", NOW + 50)).value is None
 
 
 async def test_replace_of_an_absent_record_is_a_no_op(store: Store) -> None:
@@ -183,7 +186,7 @@ async def test_replace_of_an_absent_record_is_a_no_op(store: Store) -> None:
     await store.apply([Replace.of(make_record("9", content="ghost"))], NOW)
 
     assert await ids(store, "craftsman_1") == ["1"]
-    assert await store.get("craftsman_1", "9", NOW) is None
+    assert (await store.get("craftsman_1", "9", NOW)).value is None
     await assert_stats_match(store, "craftsman_1")
 
 
@@ -191,8 +194,11 @@ async def test_replace_may_change_the_type(store: Store) -> None:
     await store.apply([put("1"), put("2")], NOW)
     await store.apply([Replace.of(make_record("1", type="keywords"))], NOW)
 
-    assert (await store.stats("craftsman_1", NOW)).by_type == {"discussion": 1, "keywords": 1}
-    found = await store.query("craftsman_1", Query(types=frozenset({"keywords"})), NOW)
+    assert ((await store.stats("craftsman_1", NOW)).value).by_type == {
+        "discussion": 1,
+        "keywords": 1,
+    }
+    found = (await store.query("craftsman_1", Query(types=frozenset({"keywords"})), NOW)).value
     assert [record["id"] for record in found] == ["1"]
     await assert_stats_match(store, "craftsman_1")
 
@@ -210,8 +216,8 @@ async def test_delete(store: Store) -> None:
     await store.apply([Delete("craftsman_1", "2"), Delete("craftsman_1", "99")], NOW)
 
     assert await ids(store, "craftsman_1") == ["1", "3"]
-    assert await store.get("craftsman_1", "2", NOW) is None
-    stats = await store.stats("craftsman_1", NOW)
+    assert (await store.get("craftsman_1", "2", NOW)).value is None
+    stats = (await store.stats("craftsman_1", NOW)).value
     assert stats.by_type == {"discussion": 2}
     await assert_stats_match(store, "craftsman_1")
 
@@ -220,7 +226,7 @@ async def test_deleting_the_last_record_forgets_the_agent(store: Store) -> None:
     await store.apply([put("1")], NOW)
     await store.apply([Delete("craftsman_1", "1")], NOW)
 
-    assert (await store.stats("craftsman_1", NOW)).as_dict() == expected_stats([])
+    assert ((await store.stats("craftsman_1", NOW)).value).as_dict() == expected_stats([])
     assert await store.agents("", 10) == []
 
 
@@ -231,8 +237,8 @@ async def test_clear_removes_one_agent_only(store: Store) -> None:
     await store.apply([Clear("craftsman_1")], NOW)
 
     assert await everything(store, "craftsman_1") == []
-    assert await store.get("craftsman_1", "1", NOW) is None
-    assert (await store.stats("craftsman_1", NOW)).as_dict() == expected_stats([])
+    assert (await store.get("craftsman_1", "1", NOW)).value is None
+    assert ((await store.stats("craftsman_1", NOW)).value).as_dict() == expected_stats([])
     assert await ids(store, "craftsman_10") == ["3"]
     assert await ids(store, "consumer_1") == ["4"]
     await assert_stats_match(store, "craftsman_10")
@@ -274,13 +280,13 @@ async def test_trim_keeps_the_newest_max_memories(store: Store) -> None:
 
     assert await ids(store, "craftsman_1") == ["4", "5", "6", "7", "8"]
     for trimmed in ("1", "2", "3"):
-        assert await store.get("craftsman_1", trimmed, NOW) is None
+        assert (await store.get("craftsman_1", trimmed, NOW)).value is None
     for record_type in types:
         query = Query(limit=100, types=frozenset({record_type}))
-        found = await store.query("craftsman_1", query, NOW)
+        found = (await store.query("craftsman_1", query, NOW)).value
         assert all(int(record["id"]) > 3 for record in found)
     await assert_stats_match(store, "craftsman_1")
-    assert (await store.stats("craftsman_1", NOW)).count == MAX_MEMORIES
+    assert ((await store.stats("craftsman_1", NOW)).value).count == MAX_MEMORIES
 
     # Replaying the whole batch trims the re-added old records again.
     await store.apply(ops, NOW)
@@ -332,11 +338,11 @@ async def test_expired_records_are_never_read(store: Store) -> None:
     later = NOW + 100  # expires_at <= now: gone
 
     assert await ids(store, "craftsman_1", NOW + 99.5) == ["1", "2", "3"]
-    assert await store.get("craftsman_1", "1", later) is None
+    assert (await store.get("craftsman_1", "1", later)).value is None
     assert await ids(store, "craftsman_1", later) == ["2", "3"]
     search = Query(text="hello", limit=10)
-    assert [r["id"] for r in await store.query("craftsman_1", search, later)] == ["3", "2"]
-    stats = await store.stats("craftsman_1", later)
+    assert [r["id"] for r in (await store.query("craftsman_1", search, later)).value] == ["3", "2"]
+    stats = (await store.stats("craftsman_1", later)).value
     assert stats.count == 2
     assert stats.oldest == NOW + 2
     await assert_stats_match(store, "craftsman_1", later)
@@ -353,14 +359,14 @@ async def test_sweep_removes_due_records(store: Store) -> None:
         NOW,
     )
 
-    assert await store.sweep(NOW) == 0
-    assert await store.sweep(NOW + 10) == 2
-    assert await store.sweep(NOW + 10) == 0
+    assert (await store.sweep(NOW)).removed == 0
+    assert (await store.sweep(NOW + 10)).removed == 2
+    assert (await store.sweep(NOW + 10)).removed == 0
     assert await ids(store, "craftsman_1", NOW + 10) == ["2", "3"]
     await assert_stats_match(store, "craftsman_1", NOW + 10)
     assert await store.agents("", 10) == ["craftsman_1"]
 
-    assert await store.sweep(NOW + 1000) == 1
+    assert (await store.sweep(NOW + 1000)).removed == 1
     assert await ids(store, "craftsman_1", NOW + 1000) == ["3"]
     await assert_stats_match(store, "craftsman_1", NOW + 1000)
 
@@ -375,7 +381,7 @@ async def test_an_expired_put_is_skipped(store: Store) -> None:
 async def test_stats_of_an_agent_whose_records_all_expired(store: Store) -> None:
     await store.apply([put("1", expires_at=NOW + 1), put("2", expires_at=NOW + 2)], NOW)
 
-    assert (await store.stats("craftsman_1", NOW + 2)).as_dict() == expected_stats([])
+    assert ((await store.stats("craftsman_1", NOW + 2)).value).as_dict() == expected_stats([])
 
 
 # -- queries --------------------------------------------------------------------
@@ -461,7 +467,7 @@ async def test_query_filters(store_factory: StoreFactory, name: str) -> None:
     records = query_fixture_records()
     await store.apply([Put.of(record) for record in records], NOW)
 
-    found = await store.query("meeting_1", QUERIES[name], NOW)
+    found = (await store.query("meeting_1", QUERIES[name], NOW)).value
 
     assert [record["id"] for record in found] == EXPECTED_IDS[name]
     assert found == select(records, QUERIES[name], NOW)
@@ -488,14 +494,16 @@ async def test_query_pages_through_a_long_history(store_factory: StoreFactory) -
 
     for now_s in (NOW, NOW + 50):
         for query in queries:
-            assert await store.query("craftsman_1", query, now_s) == select(records, query, now_s)
+            assert (await store.query("craftsman_1", query, now_s)).value == select(
+                records, query, now_s
+            )
     await assert_stats_match(store, "craftsman_1", NOW + 50)
 
 
 async def test_equal_created_at_orders_by_id(store: Store) -> None:
     await store.apply([put(rid, created_at=NOW) for rid in ("b", "c", "a")], NOW)
 
-    newest = await store.query("craftsman_1", Query(limit=10), NOW)
+    newest = (await store.query("craftsman_1", Query(limit=10), NOW)).value
     assert [record["id"] for record in newest] == ["c", "b", "a"]
     assert await ids(store, "craftsman_1") == ["a", "b", "c"]
 

@@ -3,25 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import struct
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from memoryd import wal as wal_module
+from memoryd.clock import SYSTEM_CLOCK, Clock
 from memoryd.ops import Clear, Delete, Entry, Put, encode_op
 from memoryd.records import Record
 from memoryd.wal import (
     Wal,
     WalFullError,
+    WalSettings,
     list_segments,
     read_checkpoint,
     recover,
 )
 from memoryd.wal.format import MAGIC, encode_frame
+from tests.fakeclock import FakeClock
 
 
 def record(n: int, agent_id: str = "agent_1") -> Record:
@@ -49,15 +54,14 @@ class Collected:
         self.entries.extend(entries)
 
 
-def make_wal(directory: Path, **overrides: object) -> tuple[Wal, Collected]:
+def make_wal(
+    directory: Path, *, clock: Clock = SYSTEM_CLOCK, **overrides: Any
+) -> tuple[Wal, Collected]:
     collected = Collected()
-    options: dict[str, object] = {
-        "fsync": "always",
-        "max_bytes": 64 * 1024 * 1024,
-        "segment_bytes": 1024 * 1024,
-    }
-    options.update(overrides)
-    return Wal(directory, on_durable=collected, **options), collected  # type: ignore[arg-type]
+    settings = dataclasses.replace(
+        WalSettings(fsync="always", max_bytes=64 << 20, segment_bytes=1 << 20), **overrides
+    )
+    return Wal(directory, settings, on_durable=collected, clock=clock), collected
 
 
 async def test_append_assigns_increasing_seqs_and_hands_on_in_order(tmp_path: Path) -> None:
@@ -139,12 +143,18 @@ async def test_everysec_acknowledges_before_sync(
 
     synced: list[int] = []
     monkeypatch.setattr(os, "fdatasync", synced.append)
-    wal, _ = make_wal(tmp_path, fsync="everysec")
+    clock = FakeClock()
+    wal, _ = make_wal(tmp_path, fsync="everysec", clock=clock)
     wal.open()
     assert await wal.append([Put.of(record(1))]) == [1]
-    assert synced == []
-    await asyncio.sleep(1.3)
-    assert synced, "everysec never synced"
+    await clock.advance(0.99)
+    assert synced == [] and wal.synced_seq == 0, "acknowledged, not yet synced"
+    await clock.advance(0.01)
+    for _ in range(500):  # the fdatasync runs in a worker thread
+        if wal.synced_seq:
+            break
+        await asyncio.sleep(0.01)
+    assert synced and wal.synced_seq == 1, "synced once a second of the clock passed"
     await wal.close()
 
 

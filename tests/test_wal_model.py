@@ -30,6 +30,7 @@ from memoryd.stores.local import LocalStore
 from memoryd.wal import (
     Wal,
     WalFullError,
+    WalSettings,
     list_segments,
     read_checkpoint,
 )
@@ -90,9 +91,7 @@ class WalMachine(RuleBasedStateMachine):
     def _open_wal(self) -> Wal:
         wal = Wal(
             self.wal_dir,
-            fsync="always",
-            max_bytes=MAX_BYTES,
-            segment_bytes=SEGMENT_BYTES,
+            WalSettings(fsync="always", max_bytes=MAX_BYTES, segment_bytes=SEGMENT_BYTES),
             on_durable=self.backlog.extend,
         )
 
@@ -161,7 +160,9 @@ class WalMachine(RuleBasedStateMachine):
     async def store_contents(self) -> State:
         state: State = {}
         for agent in AGENTS:
-            records = await self.store.query(agent, Query(limit=100_000, order="oldest"), NOW_S)
+            records = (
+                await self.store.query(agent, Query(limit=100_000, order="oldest"), NOW_S)
+            ).value
             if records:
                 state[agent] = {record["id"]: record for record in records}
         return state

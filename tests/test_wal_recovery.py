@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import json
 import os
@@ -39,6 +40,7 @@ from memoryd.wal import (
     WalError,
     WalFatalError,
     WalFullError,
+    WalSettings,
     list_segments,
     recover,
     segment_name,
@@ -114,14 +116,9 @@ def frames_of(wal_dir: Path) -> list[Frame]:
 
 
 def new_wal(wal_dir: Path, **overrides: Any) -> Wal:
-    options: dict[str, Any] = {
-        "fsync": "always",
-        "max_bytes": 64 * 1024 * 1024,
-        "segment_bytes": SEGMENT_BYTES,
-        "on_durable": lambda entries: None,
-    }
-    options.update(overrides)
-    return Wal(wal_dir, **options)
+    settings = WalSettings(fsync="always", max_bytes=64 * 1024 * 1024, segment_bytes=SEGMENT_BYTES)
+    on_durable = overrides.pop("on_durable", lambda entries: None)
+    return Wal(wal_dir, dataclasses.replace(settings, **overrides), on_durable=on_durable)
 
 
 async def write_ops(wal_dir: Path, ops: list[Op], **overrides: Any) -> dict[int, Op]:
@@ -908,7 +905,7 @@ _FSIZE_CHILD = textwrap.dedent(
     import asyncio, json, resource, signal, sys
     from pathlib import Path
     from memoryd.ops import Put
-    from memoryd.wal import Wal, WalError
+    from memoryd.wal import Wal, WalError, WalSettings
     from tests.test_wal_recovery import record
 
     limit = int(sys.argv[2])
@@ -916,8 +913,8 @@ _FSIZE_CHILD = textwrap.dedent(
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     async def main():
-        wal = Wal(Path(sys.argv[1]), fsync="always", max_bytes=1 << 30,
-                  segment_bytes=1 << 30, on_durable=lambda entries: None)
+        wal = Wal(Path(sys.argv[1]), WalSettings("always", 1 << 30, 1 << 30),
+                  on_durable=lambda entries: None)
         wal.open()
         acked = []
         error = None

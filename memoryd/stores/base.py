@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
 from memoryd.errors import MemorydError
 from memoryd.ops import Op
 from memoryd.records import Query, Record
 
+FailureKind = Literal["unavailable", "refusing", "misconfigured", "error"]
 
-class StoreUnavailable(MemorydError):
+
+class StoreFailure(MemorydError):
+    """What a store call may fail with: the one root callers catch to fall back
+    (an answer from the backlog, a batch tried again).
+
+    The store's boundary (memoryd.stores.redis_link, memoryd.stores.local)
+    picks the class, and so the ``kind``, once; memoryd.health reads the kind
+    to tell what the store can still do, and memoryd.stores.monitored reports
+    each failure to it once.
+    """
+
+    kind: ClassVar[FailureKind]
+
+
+class StoreUnavailable(StoreFailure):
     """The store could not be reached or did not answer in time.
 
     Raised (``from`` the underlying library's exception) for every failure
@@ -19,11 +34,15 @@ class StoreUnavailable(MemorydError):
     a Redis that is still loading.
     """
 
+    kind: ClassVar[FailureKind] = "unavailable"
+
 
 class StoreRefusing(StoreUnavailable):
     """The store answers, but refuses writes for now: out of memory (``OOM``),
     a replica (``READONLY``), a failed RDB save (``MISCONF``).  Reads still
     work; writes wait in the WAL until it takes them again."""
+
+    kind: ClassVar[FailureKind] = "refusing"
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -35,15 +54,15 @@ class StoreMisconfigured(StoreUnavailable):
     permission.  Waiting does not cure it; at start it stops the daemon, at
     run time it raises an alert (writes wait in the WAL meanwhile)."""
 
-
-class StoreError(MemorydError):
-    """The store answered, but with an error that retrying will not fix."""
+    kind: ClassVar[FailureKind] = "misconfigured"
 
 
-# What a store call may fail with: caught together wherever a caller falls
-# back (an answer from the backlog, a batch tried again), reported to Health
-# once by memoryd.stores.monitored.
-STORE_FAILURES = (StoreUnavailable, StoreError)
+class StoreError(StoreFailure):
+    """The store answered, but with an error that retrying will not fix by
+    itself (a script error, a key of the wrong type): the store is reachable,
+    and writes wait in the WAL until a batch applies again."""
+
+    kind: ClassVar[FailureKind] = "error"
 
 
 @dataclass(slots=True)
@@ -64,6 +83,48 @@ class AgentStats:
             "oldest": self.oldest,
             "newest": self.newest,
         }
+
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class Found(Generic[_T]):
+    """What a read answered, and whether the store removed stale index entries
+    of the agent while answering (expired records, entries whose record was
+    gone).
+
+    The agent's live records are the same, but a read paging through its
+    index meanwhile may have missed some, so the read cache must not learn
+    from reads that overlapped: memoryd.cache.ReadCache.stale_removed.  A
+    store whose reads are one atomic step never repairs.
+    """
+
+    value: _T
+    repaired: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Swept:
+    """What a sweep did: how many records it removed, the agents whose index
+    entries it removed (see ``Found``), and the agents whose live records it
+    changed (the Redis store indexing again records whose index entries Redis
+    evicted, or trimming the agent after that): views of those are no longer
+    exact."""
+
+    removed: int = 0
+    stale: frozenset[str] = frozenset()
+    changed: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class WriterLease:
+    """This daemon's lease among the writers of a store (memoryd.writers): a
+    store that can renew it in the round trip of a write does, so that no
+    daemon writes without holding a fresh lease."""
+
+    daemon_id: str
+    lease_s: float
 
 
 # The only maxmemory-policy under which Redis never drops a key to make room.
@@ -116,29 +177,16 @@ class Store(Protocol):
         """Which dataset this store is (its address, never a password, and key
         prefix): the store marker is remembered under it."""
 
-    # Called with an agent id whenever a store removes expired records or
-    # dangling index entries of that agent outside apply() (read repairs, the
-    # sweep).  The live records are the same, but a read that paged through
-    # the agent's index meanwhile may have missed some, so the read cache must
-    # not learn from it.  Set by the daemon; a store whose reads are one
-    # atomic step never calls it.
-    stale_removed: Callable[[str], None]
-    # Called with an agent id whose live records a store changed outside
-    # apply(): the Redis store indexing again records whose index entries
-    # Redis evicted, or trimming the agent after that.  Views of that agent
-    # are no longer exact.  Set by the daemon.
-    records_changed: Callable[[str], None]
-    # (daemon id, lease in seconds) to renew with every write, so that no
-    # daemon writes without holding a fresh writer lease (memoryd.writers).
-    writer_lease: tuple[str, float] | None
-
     async def open(self) -> None:
         """Connect or open files.  Raises StoreUnavailable if not reachable."""
 
     async def close(self) -> None: ...
 
-    async def apply(self, ops: Sequence[Op], now_s: float) -> None:
-        """Apply ``ops`` in order, each idempotently (see memoryd.ops).
+    async def apply(
+        self, ops: Sequence[Op], now_s: float, lease: WriterLease | None = None
+    ) -> None:
+        """Apply ``ops`` in order, each idempotently (see memoryd.ops), renewing
+        ``lease`` on the way unless it was renewed a moment ago.
 
         Operations of one agent must take effect in the given order; those of
         different agents are independent.  When this returns, the effects are
@@ -147,14 +195,14 @@ class Store(Protocol):
         Puts whose expiry is at or before ``now_s`` are skipped.
         """
 
-    async def get(self, agent_id: str, record_id: str, now_s: float) -> Record | None:
+    async def get(self, agent_id: str, record_id: str, now_s: float) -> Found[Record | None]:
         """The record, or None if absent or expired."""
 
-    async def query(self, agent_id: str, query: Query, now_s: float) -> list[Record]:
+    async def query(self, agent_id: str, query: Query, now_s: float) -> Found[list[Record]]:
         """Records of one agent that match ``query`` (memoryd.records.matches),
         in its order, at most ``query.limit``."""
 
-    async def stats(self, agent_id: str, now_s: float) -> AgentStats: ...
+    async def stats(self, agent_id: str, now_s: float) -> Found[AgentStats]: ...
 
     async def agents(self, prefix: str, limit: int) -> list[str]:
         """Agent ids that have at least one record, sorted, starting with ``prefix``."""
@@ -182,8 +230,9 @@ class Store(Protocol):
         process's own files never breaks it and never returns.
         """
 
-    async def sweep(self, now_s: float) -> int:
-        """Remove expired records with their index entries; the number removed.
+    async def sweep(self, now_s: float, lease: WriterLease | None = None) -> Swept:
+        """Remove expired records with their index entries (renewing ``lease``
+        as ``apply`` does).
 
         A store whose server may have dropped some of its keys (Redis
         eviction) also repairs what that left behind: index entries without

@@ -23,7 +23,15 @@ import msgpack
 from memoryd.ops import Clear, Delete, Op, Put, Replace
 from memoryd.permissions import make_private_dir, open_private
 from memoryd.records import Query, Record, decode_record, is_expired, matches
-from memoryd.stores.base import AgentStats, Eviction, StoreError, StoreUnavailable
+from memoryd.stores.base import (
+    AgentStats,
+    Eviction,
+    Found,
+    StoreError,
+    StoreUnavailable,
+    Swept,
+    WriterLease,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -177,9 +185,6 @@ class LocalStore:
     def __init__(self, data_dir: Path, *, max_memories: int = 1000) -> None:
         self._path = Path(data_dir) / FILENAME
         self._max_memories = max_memories
-        self.stale_removed: Callable[[str], None] = lambda agent_id: None  # reads are atomic
-        self.records_changed: Callable[[str], None] = lambda agent_id: None  # nothing evicts
-        self.writer_lease: tuple[str, float] | None = None  # the data_dir lock is the lease
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # only used on the worker thread
 
@@ -282,7 +287,10 @@ class LocalStore:
 
     # -- writes -------------------------------------------------------------
 
-    async def apply(self, ops: Sequence[Op], now_s: float) -> None:
+    async def apply(
+        self, ops: Sequence[Op], now_s: float, lease: WriterLease | None = None
+    ) -> None:
+        # No lease to renew: the data_dir lock is the lease (renew_writer_lease).
         if ops:
             await self._run("apply", lambda: self._apply_sync(ops, now_s))
 
@@ -308,11 +316,11 @@ class LocalStore:
     async def watch(self) -> None:
         await asyncio.Event().wait()  # nothing between this process and its file
 
-    async def sweep(self, now_s: float) -> int:
+    async def sweep(self, now_s: float, lease: WriterLease | None = None) -> Swept:
         removed = await self._run("sweep", lambda: self._sweep_sync(now_s))
         if removed:
             logger.info("sweep removed %d expired records", removed)
-        return removed
+        return Swept(removed)  # no index to leave stale, nothing evicts
 
     def _sweep_sync(self, now_s: float) -> int:
         cursor = self._db().execute(
@@ -322,8 +330,10 @@ class LocalStore:
 
     # -- reads --------------------------------------------------------------
 
-    async def get(self, agent_id: str, record_id: str, now_s: float) -> Record | None:
-        return await self._run("get", lambda: self._get_sync(agent_id, record_id, now_s))
+    # Reads are one SQL statement each: they never repair.
+
+    async def get(self, agent_id: str, record_id: str, now_s: float) -> Found[Record | None]:
+        return Found(await self._run("get", lambda: self._get_sync(agent_id, record_id, now_s)))
 
     def _get_sync(self, agent_id: str, record_id: str, now_s: float) -> Record | None:
         row = (
@@ -341,10 +351,10 @@ class LocalStore:
             return None
         return record
 
-    async def query(self, agent_id: str, query: Query, now_s: float) -> list[Record]:
+    async def query(self, agent_id: str, query: Query, now_s: float) -> Found[list[Record]]:
         if query.limit <= 0 or (query.types is not None and not query.types):
-            return []
-        return await self._run("query", lambda: self._query_sync(agent_id, query, now_s))
+            return Found([])
+        return Found(await self._run("query", lambda: self._query_sync(agent_id, query, now_s)))
 
     def _query_sync(self, agent_id: str, query: Query, now_s: float) -> list[Record]:
         sql, params = _select_sql(agent_id, query, now_s)
@@ -358,8 +368,8 @@ class LocalStore:
                     break
         return found
 
-    async def stats(self, agent_id: str, now_s: float) -> AgentStats:
-        return await self._run("stats", lambda: self._stats_sync(agent_id, now_s))
+    async def stats(self, agent_id: str, now_s: float) -> Found[AgentStats]:
+        return Found(await self._run("stats", lambda: self._stats_sync(agent_id, now_s)))
 
     def _stats_sync(self, agent_id: str, now_s: float) -> AgentStats:
         rows = self._db().execute(

@@ -11,13 +11,21 @@ real stores do, so no caller can change a stored record through a reference.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from memoryd import __version__
 from memoryd.ops import Clear, Delete, Op, Put, Replace
 from memoryd.records import Query, Record, decode_record, is_expired, select, sort_key
-from memoryd.stores.base import AgentStats, Eviction
+from memoryd.stores.base import (
+    AgentStats,
+    Eviction,
+    Found,
+    StoreError,
+    StoreUnavailable,
+    Swept,
+    WriterLease,
+)
 
 
 class MemoryStore:
@@ -28,9 +36,17 @@ class MemoryStore:
         # agent id -> record id -> (the record, its encoding as stored)
         self._agents: dict[str, dict[str, tuple[Record, bytes]]] = {}
         self._marker: str | None = None
-        self.stale_removed: Callable[[str], None] = lambda agent_id: None
-        self.records_changed: Callable[[str], None] = lambda agent_id: None
-        self.writer_lease: tuple[str, float] | None = None
+        self._failure: StoreUnavailable | StoreError | None = None
+
+    def fail_with(self, failure: StoreUnavailable | StoreError | None) -> None:
+        """Make every call that reaches the records raise ``failure``, until it is
+        None again: how unit tests see the layers above fall back.  How Redis
+        really fails is tested on real servers, never through this."""
+        self._failure = failure
+
+    def _check(self) -> None:
+        if self._failure is not None:
+            raise self._failure
 
     @property
     def identity(self) -> str:
@@ -42,7 +58,10 @@ class MemoryStore:
     async def close(self) -> None:
         return None
 
-    async def apply(self, ops: Sequence[Op], now_s: float) -> None:
+    async def apply(
+        self, ops: Sequence[Op], now_s: float, lease: WriterLease | None = None
+    ) -> None:
+        self._check()
         for agent_id in dict.fromkeys(op.agent_id for op in ops):
             self._expire(agent_id, now_s)
         for op in ops:
@@ -87,18 +106,23 @@ class MemoryStore:
             if not is_expired(record, now_s)
         ]
 
-    async def get(self, agent_id: str, record_id: str, now_s: float) -> Record | None:
+    # Reads are one step of this process: they never repair.
+
+    async def get(self, agent_id: str, record_id: str, now_s: float) -> Found[Record | None]:
+        self._check()
         stored = self._agents.get(agent_id, {}).get(record_id)
         if stored is None or is_expired(stored[0], now_s):
-            return None
-        return decode_record(stored[1])
+            return Found(None)
+        return Found(decode_record(stored[1]))
 
-    async def query(self, agent_id: str, query: Query, now_s: float) -> list[Record]:
+    async def query(self, agent_id: str, query: Query, now_s: float) -> Found[list[Record]]:
+        self._check()
         if query.limit <= 0:
-            return []
-        return select((record for record, _ in self._live(agent_id, now_s)), query, now_s)
+            return Found([])
+        return Found(select((record for record, _ in self._live(agent_id, now_s)), query, now_s))
 
-    async def stats(self, agent_id: str, now_s: float) -> AgentStats:
+    async def stats(self, agent_id: str, now_s: float) -> Found[AgentStats]:
+        self._check()
         stats = AgentStats()
         for record, data in self._live(agent_id, now_s):
             stats.count += 1
@@ -107,33 +131,38 @@ class MemoryStore:
             created = record["created_at"]
             stats.oldest = created if stats.oldest is None else min(stats.oldest, created)
             stats.newest = created if stats.newest is None else max(stats.newest, created)
-        return stats
+        return Found(stats)
 
     async def agents(self, prefix: str, limit: int) -> list[str]:
+        self._check()
         known = sorted(a for a, records in self._agents.items() if records and a.startswith(prefix))
         return known[: max(limit, 0)]
 
     async def ping(self) -> float:
+        self._check()
         return 0.0
 
     async def marker(self, candidate: str) -> str:
+        self._check()
         if self._marker is None:
             self._marker = candidate
         return self._marker
 
     async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> tuple[int, bool]:
+        self._check()
         return 1, True  # nobody else can reach this process's memory
 
     async def watch(self) -> None:
         await asyncio.Event().wait()
 
-    async def sweep(self, now_s: float) -> int:
+    async def sweep(self, now_s: float, lease: WriterLease | None = None) -> Swept:
+        self._check()
         removed = 0
         for agent_id, records in self._agents.items():
             before = len(records)
             self._expire(agent_id, now_s)
             removed += before - len(records)
-        return removed
+        return Swept(removed)
 
     async def eviction(self) -> Eviction | None:
         return None

@@ -2,7 +2,7 @@
 
 Every request path (the service's reads, the flusher's batches, the sweep)
 goes through this wrapper: a call that fails with a store failure
-(``STORE_FAILURES``) is reported to ``Health`` once, here, and raised on for
+(``StoreFailure``) is reported to ``Health`` once, here, and raised on for
 the caller to fall back as it must.  Health's own probes, the data-loss check
 it runs and the writer lease use the bare store: they report, or ignore,
 their failures themselves.
@@ -10,13 +10,21 @@ their failures themselves.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Any, TypeVar
 
 from memoryd.health import Health
 from memoryd.ops import Op
 from memoryd.records import Query, Record
-from memoryd.stores.base import STORE_FAILURES, AgentStats, Eviction, Store
+from memoryd.stores.base import (
+    AgentStats,
+    Eviction,
+    Found,
+    Store,
+    StoreFailure,
+    Swept,
+    WriterLease,
+)
 
 _T = TypeVar("_T")
 
@@ -30,7 +38,7 @@ class MonitoredStore:
     async def _reported(self, call: Awaitable[_T]) -> _T:
         try:
             return await call
-        except STORE_FAILURES as exc:
+        except StoreFailure as exc:
             self._health.store_failed(exc)
             raise
 
@@ -38,46 +46,24 @@ class MonitoredStore:
     def identity(self) -> str:
         return self._store.identity
 
-    @property
-    def stale_removed(self) -> Callable[[str], None]:
-        return self._store.stale_removed
-
-    @stale_removed.setter
-    def stale_removed(self, notice: Callable[[str], None]) -> None:
-        self._store.stale_removed = notice
-
-    @property
-    def records_changed(self) -> Callable[[str], None]:
-        return self._store.records_changed
-
-    @records_changed.setter
-    def records_changed(self, notice: Callable[[str], None]) -> None:
-        self._store.records_changed = notice
-
-    @property
-    def writer_lease(self) -> tuple[str, float] | None:
-        return self._store.writer_lease
-
-    @writer_lease.setter
-    def writer_lease(self, lease: tuple[str, float] | None) -> None:
-        self._store.writer_lease = lease
-
     async def open(self) -> None:
         await self._store.open()
 
     async def close(self) -> None:
         await self._store.close()
 
-    async def apply(self, ops: Sequence[Op], now_s: float) -> None:
-        await self._reported(self._store.apply(ops, now_s))
+    async def apply(
+        self, ops: Sequence[Op], now_s: float, lease: WriterLease | None = None
+    ) -> None:
+        await self._reported(self._store.apply(ops, now_s, lease))
 
-    async def get(self, agent_id: str, record_id: str, now_s: float) -> Record | None:
+    async def get(self, agent_id: str, record_id: str, now_s: float) -> Found[Record | None]:
         return await self._reported(self._store.get(agent_id, record_id, now_s))
 
-    async def query(self, agent_id: str, query: Query, now_s: float) -> list[Record]:
+    async def query(self, agent_id: str, query: Query, now_s: float) -> Found[list[Record]]:
         return await self._reported(self._store.query(agent_id, query, now_s))
 
-    async def stats(self, agent_id: str, now_s: float) -> AgentStats:
+    async def stats(self, agent_id: str, now_s: float) -> Found[AgentStats]:
         return await self._reported(self._store.stats(agent_id, now_s))
 
     async def agents(self, prefix: str, limit: int) -> list[str]:
@@ -95,8 +81,8 @@ class MonitoredStore:
     async def watch(self) -> None:
         await self._store.watch()
 
-    async def sweep(self, now_s: float) -> int:
-        return await self._reported(self._store.sweep(now_s))
+    async def sweep(self, now_s: float, lease: WriterLease | None = None) -> Swept:
+        return await self._reported(self._store.sweep(now_s, lease))
 
     async def eviction(self) -> Eviction | None:
         return await self._store.eviction()

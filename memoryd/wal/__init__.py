@@ -22,7 +22,7 @@ from memoryd.wal.format import (
     segment_name,
     write_checkpoint,
 )
-from memoryd.wal.log import FsyncPolicy, Wal
+from memoryd.wal.log import FsyncPolicy, Wal, WalSettings
 from memoryd.wal.recovery import Recovery, inspect_wal, recover
 
 __all__ = [
@@ -36,6 +36,7 @@ __all__ = [
     "WalError",
     "WalFatalError",
     "WalFullError",
+    "WalSettings",
     "inspect_wal",
     "list_segments",
     "read_checkpoint",

@@ -14,13 +14,14 @@ import contextlib
 import errno
 import logging
 import os
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from memoryd.atomicfile import fsync_directory
+from memoryd.clock import SYSTEM_CLOCK, Clock
+from memoryd.config import Settings
 from memoryd.ops import Entry, Op, encode_op
 from memoryd.permissions import open_private
 from memoryd.wal.errors import WalError, WalFatalError, WalFullError, write_error
@@ -51,10 +52,30 @@ class _Segment:
 class _Waiter:
     seq: int
     future: asyncio.Future[None]
-    since: float = field(default_factory=time.monotonic)
+    since: float  # the clock's monotonic time of the append
 
 
 OnDurable = Callable[[Sequence[Entry]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class WalSettings:
+    """What the log takes from the settings (``wal_fsync``, ``wal_max_bytes``,
+    ``wal_segment_bytes``, ``min_free_disk_bytes``)."""
+
+    fsync: FsyncPolicy
+    max_bytes: int
+    segment_bytes: int
+    min_free_disk_bytes: int = 0
+
+    @classmethod
+    def of(cls, settings: Settings) -> WalSettings:
+        return cls(
+            fsync=settings.wal_fsync,
+            max_bytes=settings.wal_max_bytes,
+            segment_bytes=settings.wal_segment_bytes,
+            min_free_disk_bytes=settings.min_free_disk_bytes,
+        )
 
 
 class Wal:
@@ -63,19 +84,15 @@ class Wal:
     def __init__(
         self,
         wal_dir: Path,
+        settings: WalSettings,
         *,
-        fsync: FsyncPolicy,
-        max_bytes: int,
-        segment_bytes: int,
         on_durable: OnDurable,
-        min_free_disk_bytes: int = 0,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         # Long on purpose: the log's whole state, set in one place.
         self.wal_dir = wal_dir
-        self.fsync_policy: FsyncPolicy = fsync
-        self.max_bytes = max_bytes
-        self.segment_bytes = segment_bytes
-        self.min_free_disk_bytes = min_free_disk_bytes
+        self.settings = settings
+        self._clock = clock
         self._free_disk_bytes = 0
         self._free_disk_checked_at = -1.0
         self._on_durable = on_durable
@@ -105,9 +122,10 @@ class Wal:
 
     # ----------------------------------------------------------- lifecycle
 
-    def reconfigure(self, *, max_bytes: int, min_free_disk_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.min_free_disk_bytes = min_free_disk_bytes
+    def reconfigure(self, settings: WalSettings) -> None:
+        """New limits (SIGHUP hands the fsync policy and the segment size on unchanged:
+        they take a restart)."""
+        self.settings = settings
 
     def open(self) -> Recovery:
         """Recover the directory and get ready to append (blocking; call at start)."""
@@ -127,7 +145,7 @@ class Wal:
             # and the first write that finds room opens the segment.
             self.open_error = write_error(exc)
             logger.warning("WAL: no segment to append to yet (%s)", self.open_error)
-        if self.fsync_policy == "everysec":
+        if self.settings.fsync == "everysec":
             self._everysec_task = asyncio.get_running_loop().create_task(self._sync_every_second())
         return self.recovery
 
@@ -172,24 +190,18 @@ class Wal:
         frames = [encode_frame(self._next_seq + i, p) for i, p in enumerate(payloads)]
         new_bytes = sum(len(f) for f in frames)
         size = new_bytes + self._frames_bytes
-        if self._segment is not None and self._segment.size >= self.segment_bytes:
+        if self._segment is not None and self._segment.size >= self.settings.segment_bytes:
             size += len(MAGIC)  # the header of the segment this write will start
-        if self.total_bytes + size > self.max_bytes:
-            raise WalFullError(
-                f"the WAL holds {self.total_bytes} bytes; wal_max_bytes is {self.max_bytes}"
-            )
-        if self.free_disk_bytes() - size < self.min_free_disk_bytes:
-            raise WalFullError(
-                f"{self.free_disk_bytes()} bytes free under {self.wal_dir}; "
-                f"min_free_disk_bytes is {self.min_free_disk_bytes}"
-            )
+        problem = self._room_problem(size, disk_margin_bytes=0)
+        if problem is not None:
+            raise WalFullError(problem)
         seqs = list(range(self._next_seq, self._next_seq + len(ops)))
         self._next_seq += len(ops)
         self._buffer.extend(Entry(seq, op) for seq, op in zip(seqs, ops, strict=True))
         self._frames.extend(frames)
         self._frames_bytes += new_bytes
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(_Waiter(seqs[-1], future))
+        self._waiters.append(_Waiter(seqs[-1], future, self._clock.monotonic()))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -213,7 +225,7 @@ class Wal:
             self._fail_waiters(entries[0].seq, entries[-1].seq, write_error(exc))
             return
         self.written_seq = entries[-1].seq
-        if self.fsync_policy != "always":
+        if self.settings.fsync != "always":
             self._deliver(entries)
             return
         self._awaiting_sync.extend(entries)
@@ -225,7 +237,7 @@ class Wal:
             self._open_segment(first_seq)
             self.open_error = None
         assert self._segment is not None
-        if self._segment.size >= self.segment_bytes:
+        if self._segment.size >= self.settings.segment_bytes:
             self._rotate(first_seq)
         segment = self._segment
         data = b"".join(frames)
@@ -248,19 +260,24 @@ class Wal:
 
     def room_problem(self) -> str | None:
         """Why a small write would not pass the bounds now, or None."""
-        if self.total_bytes >= self.max_bytes:
-            return f"the WAL holds {self.total_bytes} bytes; wal_max_bytes is {self.max_bytes}"
+        return self._room_problem(1, disk_margin_bytes=64 * 1024)
+
+    def _room_problem(self, size: int, *, disk_margin_bytes: int) -> str | None:
+        """Why ``size`` more bytes would not pass the bounds, or None."""
+        max_bytes = self.settings.max_bytes
+        if self.total_bytes + size > max_bytes:
+            return f"the WAL holds {self.total_bytes} bytes; wal_max_bytes is {max_bytes}"
         free_bytes = self.free_disk_bytes()
-        if free_bytes < self.min_free_disk_bytes + 64 * 1024:
+        if free_bytes - size < self.settings.min_free_disk_bytes + disk_margin_bytes:
             return (
                 f"{free_bytes} bytes free under {self.wal_dir}; "
-                f"min_free_disk_bytes is {self.min_free_disk_bytes}"
+                f"min_free_disk_bytes is {self.settings.min_free_disk_bytes}"
             )
         return None
 
     def free_disk_bytes(self) -> int:
         """Free space for the WAL, looked up at most twice a second."""
-        now = time.monotonic()
+        now = self._clock.monotonic()
         if now - self._free_disk_checked_at >= 0.5:
             stat = os.statvfs(self.wal_dir)
             self._free_disk_bytes = stat.f_bavail * stat.f_frsize
@@ -271,7 +288,7 @@ class Wal:
         """How long the oldest unacknowledged append has waited (0 if none)."""
         if not self._waiters:
             return 0.0
-        return time.monotonic() - self._waiters[0].since
+        return self._clock.monotonic() - self._waiters[0].since
 
     def _deliver(self, entries: Sequence[Entry]) -> None:
         """The entries are durable: hand them on, then release their appenders."""
@@ -320,15 +337,15 @@ class Wal:
             for fd in retired:
                 os.close(fd)
         self.synced_seq = max(self.synced_seq, upto_seq)
-        if entries and self.fsync_policy == "always":
+        if entries and self.settings.fsync == "always":
             self._deliver(entries)
         self._sync_task = None
-        if self._awaiting_sync and self.fsync_policy == "always":
+        if self._awaiting_sync and self.settings.fsync == "always":
             self._start_sync()
 
     async def _sync_every_second(self) -> None:
         while True:
-            await asyncio.sleep(1.0)
+            await self._clock.sleep(1.0)
             unsynced = self.written_seq > self.synced_seq or self._retired_fds
             if unsynced and self._sync_task is None:
                 self._start_sync()
@@ -354,7 +371,11 @@ class Wal:
     def _open_segment(self, first_seq: int) -> None:
         path = self.wal_dir / segment_name(first_seq)
         existing = list_segments(self.wal_dir)
-        if self._reuse_newest and existing and existing[-1].stat().st_size < self.segment_bytes:
+        if (
+            self._reuse_newest
+            and existing
+            and existing[-1].stat().st_size < self.settings.segment_bytes
+        ):
             # Keep appending to the newest segment rather than starting a file per start.
             path = existing[-1]
             first_seq = int(path.name.removesuffix(SEGMENT_SUFFIX))
@@ -394,7 +415,7 @@ class Wal:
                 path.unlink()
             raise
         old = self._segment
-        if self.fsync_policy == "no":
+        if self.settings.fsync == "no":
             os.close(old.fd)
         else:
             # Closed only after the sync that covers its last frames.
@@ -435,10 +456,10 @@ class Wal:
 
     def describe(self) -> dict[str, object]:
         return {
-            "fsync": self.fsync_policy,
+            "fsync": self.settings.fsync,
             "segments": len(self._closed_segments) + (1 if self._segment else 0),
             "bytes": self.total_bytes,
-            "max_bytes": self.max_bytes,
+            "max_bytes": self.settings.max_bytes,
             "written_seq": self.written_seq,
             "synced_seq": self.synced_seq,
             "checkpointed_seq": self.checkpointed_seq,

@@ -1,0 +1,126 @@
+"""What the Redis store's scripts take and give: operations as ARGV words,
+replies as values.  Pure functions, no I/O (memoryd.stores.redis_link does that)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import msgpack
+
+from memoryd.ops import Clear, Delete, Op, Put, Replace
+from memoryd.records import Query, Record, decode_record, is_expired
+from memoryd.stores.base import AgentStats, Eviction
+
+logger = logging.getLogger(__name__)
+
+# A record's HASH outlives its expires_at by this much.  Reads stop returning
+# the record at expires_at (its expiry index entry and the record itself say
+# so); during the grace the HASH still tells the record's type and size, so
+# the sweep or a read repair removes its index entries and subtracts its bytes
+# exactly.  Past the grace Redis drops the HASH on its own, and a repair falls
+# back to finding the type in the type ZSETs and recounting the bytes.
+EXPIRY_GRACE_S = 3600.0
+
+MIN_PAGE = 32
+MAX_PAGE = 1000
+
+
+def score(value: float) -> str:
+    # repr() is the shortest string that parses back to the same double, so
+    # Redis stores exactly the float the record holds.
+    return repr(float(value))
+
+
+def index_fields(record: Record) -> list[str | bytes]:
+    """Type, created_at, expires_at|"" and the HASH's pexpireat_ms|"", as the scripts take them."""
+    expires_at = record["expires_at"]
+    if expires_at is None:
+        expiry, pexpireat_ms = "", ""
+    else:
+        expiry = score(expires_at)
+        pexpireat_ms = str(math.ceil((expires_at + EXPIRY_GRACE_S) * 1000))
+    return [record["type"], score(record["created_at"]), expiry, pexpireat_ms]
+
+
+def _record_args(tag: str, record: Record, data: bytes) -> list[str | bytes]:
+    return [tag, record["id"], *index_fields(record), data]
+
+
+def _op_args(op: Op, now_s: float) -> list[str | bytes]:
+    """One operation as the apply script's flat ARGV words."""
+    match op:
+        case Put(record=record, data=data):
+            return [] if is_expired(record, now_s) else _record_args("P", record, data)
+        case Replace(record=record, data=data):
+            # A replacement that has already expired leaves the record gone.
+            if is_expired(record, now_s):
+                return ["D", record["id"]]
+            return _record_args("R", record, data)
+        case Delete(record_id=record_id):
+            return ["D", record_id]
+        case Clear():
+            return ["C"]
+
+
+def group_by_agent(ops: Sequence[Op], now_s: float) -> dict[str, list[str | bytes]]:
+    """Each agent's operations as ARGV words, in order; agents in order of first appearance."""
+    grouped: dict[str, list[str | bytes]] = {}
+    for op in ops:
+        words = _op_args(op, now_s)
+        if words:
+            grouped.setdefault(op.agent_id, []).extend(words)
+    return grouped
+
+
+def pairs(flat: Sequence[Any]) -> Iterator[tuple[Any, Any]]:
+    return zip(flat[0::2], flat[1::2], strict=True)
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def parse_stats(stats_pairs: Sequence[Any], types_pairs: Sequence[Any]) -> AgentStats:
+    fields = {text(name): text(value) for name, value in pairs(stats_pairs)}
+    count = int(fields.get("count", "0"))
+    if count == 0:
+        return AgentStats()
+    return AgentStats(
+        count=count,
+        by_type={text(name): int(value) for name, value in pairs(types_pairs)},
+        bytes=int(fields.get("bytes", "0")),
+        oldest=float(fields["oldest"]) if "oldest" in fields else None,
+        newest=float(fields["newest"]) if "newest" in fields else None,
+    )
+
+
+def info_eviction(
+    server: dict[str, Any], memory: dict[str, Any], stats: dict[str, Any]
+) -> Eviction:
+    return Eviction(
+        # A server that does not say (a proxy, a look-alike) is taken to evict.
+        policy=str(memory.get("maxmemory_policy") or "unknown"),
+        maxmemory_bytes=int(memory.get("maxmemory", 0)),
+        evicted_keys=int(stats.get("evicted_keys", 0)),
+        server_run_id=str(server.get("run_id", "")),
+    )
+
+
+def page_size(query: Query) -> int:
+    # Without filters beyond type and time nearly every entry matches, so a
+    # page of about `limit` suffices; otherwise read ahead more per trip.
+    wanted = query.limit * 4 if query.needs_record else query.limit + 8
+    return max(MIN_PAGE, min(MAX_PAGE, wanted))
+
+
+def decoded(agent_id: str, record_id: str, data: bytes) -> Record | None:
+    """The record stored as ``data``; None (and a warning) if it does not decode."""
+    try:
+        return decode_record(data)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        # Never log the content itself; the key is enough to look at it.
+        logger.warning("undecodable record %s of agent %s skipped", record_id, agent_id)
+        return None

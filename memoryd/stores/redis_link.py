@@ -1,0 +1,275 @@
+"""The Redis store's boundary: one connection pool, the Lua scripts, round
+trips of packed commands, and redis-py's exceptions turned into the store's.
+
+Everything that speaks to a Redis server goes through here, so that the
+store (memoryd.stores.redis) and its eviction repair
+(memoryd.stores.redis_repair) deal in replies and the store's own failures
+(memoryd.stores.base) only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from importlib import resources
+from typing import Any, cast
+
+import hiredis
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    NoPermissionError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from memoryd import redis_url
+from memoryd.stores.base import StoreError, StoreMisconfigured, StoreRefusing, StoreUnavailable
+
+logger = logging.getLogger(__name__)
+
+# Backoff between the library's retries of a command whose connection broke.
+BACKOFF_BASE_S = 0.05
+BACKOFF_CAP_S = 1.0
+
+SCRIPTS = ("apply", "page", "writers", "repair")
+
+# Replies that mean "not now" rather than "never": a Redis still loading its
+# dataset, busy in a script, or a replica promoted/demoted mid-failover.
+_TRANSIENT_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
+# Replies of a Redis that answers but will not take writes for now.
+_REFUSING_REPLIES = ("OOM", "READONLY", "MISCONF")
+# Replies of a Redis that refuses memoryd itself (credentials, ACL).
+_MISCONFIGURED_REPLIES = ("NOAUTH", "WRONGPASS", "NOPERM")
+
+
+@contextlib.contextmanager
+def translated(action: str) -> Iterator[None]:
+    """Turn redis-py's exceptions into the store's own, at the boundary."""
+    try:
+        yield
+    except (AuthenticationError, NoPermissionError) as exc:
+        raise StoreMisconfigured(f"redis {action}: {exc}") from exc
+    except ReadOnlyError as exc:
+        raise StoreRefusing("READONLY", f"redis {action}: {exc}") from exc
+    except OutOfMemoryError as exc:
+        raise StoreRefusing("OOM", f"redis {action}: {exc}") from exc
+    except (
+        BusyLoadingError,
+        RedisConnectionError,
+        RedisTimeoutError,
+        TimeoutError,
+        OSError,
+    ) as exc:
+        raise StoreUnavailable(f"redis {action}: {exc}") from exc
+    except ResponseError as exc:
+        raise _reply_error(action, exc) from exc
+    except RedisError as exc:
+        raise StoreError(f"redis {action}: {exc}") from exc
+
+
+def _reply_error(action: str, exc: ResponseError) -> Exception:
+    """The store's exception for an error reply (a script's error included)."""
+    text = str(exc)
+    message = f"redis {action}: {text}"
+    if text.startswith(_REFUSING_REPLIES):
+        return StoreRefusing(text.split(" ", 1)[0], message)
+    if text.startswith(_MISCONFIGURED_REPLIES):
+        return StoreMisconfigured(message)
+    if text.startswith(_TRANSIENT_REPLIES):
+        return StoreUnavailable(message)
+    return StoreError(message)
+
+
+def pack(*arguments: str | bytes | int) -> bytes:
+    """One command in the wire format, ready for ``RedisLink.round_trip``."""
+    # hiredis's stub types its argument as a 1-tuple and its result as Any.
+    return cast(bytes, hiredis.pack_command(arguments))  # type: ignore[arg-type]
+
+
+def _script_text(name: str) -> str:
+    return resources.files("memoryd.stores").joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _connection_arguments(url: redis_url.RedisUrl) -> dict[str, Any]:
+    """redis-py's connection arguments for a parsed URL."""
+    common: dict[str, Any] = {"db": url.db, "username": url.username, "password": url.password}
+    if url.scheme == "unix":
+        return {**common, "connection_class": aioredis.UnixDomainSocketConnection, "path": url.path}
+    common.update(host=url.host, port=url.port)
+    if url.scheme == "rediss":
+        common["connection_class"] = aioredis.SSLConnection
+        for name, value in url.tls_options.items():
+            is_flag = name == "ssl_check_hostname"
+            common[name] = value.lower() in ("1", "true", "yes") if is_flag else value
+    return common
+
+
+class RedisLink:
+    """A pool of connections to one Redis server, and the scripts loaded on it."""
+
+    def __init__(
+        self,
+        url: redis_url.RedisUrl,
+        *,
+        pool_size: int,
+        socket_timeout_s: float,
+        connect_timeout_s: float,
+        retries: int,
+    ) -> None:
+        self._url = url
+        self._pool_size = pool_size
+        self._socket_timeout_s = socket_timeout_s
+        self._connect_timeout_s = connect_timeout_s
+        self._retries = retries
+        self._client: aioredis.Redis | None = None
+        self._scripts: dict[str, AsyncScript] = {}
+
+    def connect(self) -> None:
+        """Make the pool (no connection yet: they are made as commands need them)."""
+        if self._client is not None:
+            return
+        # Library retries (resending a command after a broken connection or a
+        # timeout) are safe here: every apply is idempotent, and the only
+        # effects of reads are repairs, which are idempotent too.
+        retry = Retry(
+            ExponentialWithJitterBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S), self._retries
+        )
+        # Built from the parsed parts, never from the text: redis-py reads a
+        # malformed URL loosely (a missing host as localhost, db "zz" as 0).
+        pool = aioredis.BlockingConnectionPool(
+            **_connection_arguments(self._url),
+            max_connections=self._pool_size,
+            # Waiting longer than one command may take for a free connection
+            # only hides an overload; better to fail and let the caller back off.
+            timeout=self._connect_timeout_s + self._socket_timeout_s,
+            socket_timeout=self._socket_timeout_s,
+            socket_connect_timeout=self._connect_timeout_s,
+            retry=retry,
+            decode_responses=False,
+        )
+        client = aioredis.Redis(connection_pool=pool)
+        self._scripts = {name: client.register_script(_script_text(name)) for name in SCRIPTS}
+        self._client = client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose(close_connection_pool=True)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """redis-py's client, for the commands it runs well on its own (SCAN, INFO, SET)."""
+        if self._client is None:
+            raise StoreUnavailable("redis store is not open")
+        return self._client
+
+    def script(self, name: str) -> AsyncScript:
+        """A Lua script by name (``SCRIPTS``), loaded at ``load_scripts``."""
+        if self._client is None:
+            raise StoreUnavailable("redis store is not open")
+        return self._scripts[name]
+
+    async def load_scripts(self) -> None:
+        for script in self._scripts.values():
+            script.sha = await self.client.script_load(script.script)
+
+    def evalsha(
+        self, name: str, keys: tuple[str, ...] | list[str], *args: str | bytes | int
+    ) -> bytes:
+        """A packed EVALSHA of the script ``name``.
+
+        Packed by hiredis: a Script object would cost a SCRIPT EXISTS round
+        trip per call; NOSCRIPT is handled in ``run_batch`` instead.
+        """
+        return pack("EVALSHA", self.script(name).sha, len(keys), *keys, *args)
+
+    async def run_batch(
+        self,
+        action: str,
+        commands: Callable[[], list[bytes]],
+        preamble: Callable[[], list[bytes]] = list,
+    ) -> list[Any]:
+        """The replies to ``commands``, sent in one write: one round trip per batch.
+
+        ``preamble``: commands sent first in the same write, whose replies are
+        dropped (a writer lease renewal).  The commands are packed again after
+        the scripts are reloaded (Redis restarted or flushed them): sending
+        them all again is safe, each script call is idempotent.
+        """
+        with translated(action):
+            for attempt in range(2):
+                first = preamble()
+                replies = (await self.round_trip(first + commands()))[len(first) :]
+                if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
+                    logger.info("redis does not know the scripts any more; loading them again")
+                    await self.load_scripts()
+                    continue
+                for reply in replies:
+                    if isinstance(reply, Exception):
+                        raise reply
+                return replies
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def round_trip(self, packed: list[bytes]) -> list[Any]:
+        """Write ``packed`` on a pooled connection and read a reply for each
+        (an error reply as its ResponseError, not raised).
+
+        redis-py's Pipeline would do the same with several times the CPU per
+        call (it runs on the event loop, between the requests of the agents).
+        A connection that failed half-way is closed, never handed on.
+        """
+        pool = self.client.connection_pool
+        connection = await pool.get_connection()  # type: ignore[no-untyped-call]
+        try:
+            await connection.send_packed_command(packed, check_health=False)
+            replies: list[Any] = []
+            for _ in packed:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            await pool.release(connection)
+
+    async def wait_broken(self, channel: str) -> None:
+        """Return when a connection of its own, subscribed to ``channel``, breaks.
+
+        Without the pool's retries (they would reconnect behind our back,
+        which is the very event to see), and without a socket timeout: it
+        waits on SUBSCRIBE until the link breaks.  RESP2: in RESP3 the
+        confirmation is a push message read_response skips.
+        """
+        arguments = _connection_arguments(self._url)
+        connection_class = arguments.pop("connection_class", aioredis.Connection)
+        connection = connection_class(
+            **arguments,
+            protocol=2,
+            socket_timeout=None,
+            socket_connect_timeout=self._connect_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            with translated("watch"):
+                await connection.connect()
+                await connection.send_command("SUBSCRIBE", channel)
+                await connection.read_response()
+            with contextlib.suppress(RedisError, OSError):
+                while True:
+                    await connection.read_response(timeout=None)
+        finally:
+            await connection.disconnect()
