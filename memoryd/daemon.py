@@ -15,6 +15,7 @@ from memoryd.alerts import Alerts
 from memoryd.backlog import Backlog
 from memoryd.cache import CacheSettings, ReadCache
 from memoryd.config import Settings
+from memoryd.connections import ConnectionRegistry
 from memoryd.eviction import EvictionWatch
 from memoryd.fdlimit import connections_that_fit
 from memoryd.flusher import Flusher, FlushSettings
@@ -29,7 +30,6 @@ from memoryd.stores import create_store
 from memoryd.stores.base import Store
 from memoryd.stores.monitored import MonitoredStore
 from memoryd.systemd import Notifier
-from memoryd.transport import ConnectionRegistry
 from memoryd.wal import Wal, WalSettings
 from memoryd.writers import SoleWriter
 from memoryd.writes import Writer, WriteSettings

@@ -28,6 +28,7 @@ from typing import Any
 from memoryd import __version__, permissions, socketpath
 from memoryd.alerts import ALERTS_NAME
 from memoryd.config import Settings
+from memoryd.connections import ConnectionLimits
 from memoryd.daemon import WAL_DIR_NAME, Components
 from memoryd.errors import ConfigError, FatalError
 from memoryd.maintenance import WatchdogFeeder
@@ -36,7 +37,7 @@ from memoryd.socketpath import LISTEN_BACKLOG
 from memoryd.stores.base import StoreError, StoreMisconfigured, StoreUnavailable
 from memoryd.stores.local import FILES as SQLITE_FILES
 from memoryd.systemd import watchdog_interval_s
-from memoryd.transport import Connection, ConnectionLimits
+from memoryd.transport import Connection
 from memoryd.wal import QUARANTINE_DIR, Recovery, WalFullError
 
 logger = logging.getLogger(__name__)

@@ -18,12 +18,12 @@ from memoryd import __version__
 from memoryd.alerts import Alerts
 from memoryd.backlog import Backlog
 from memoryd.cache import ReadCache
+from memoryd.connections import ConnectionRegistry
 from memoryd.flusher import Flusher
 from memoryd.health import Health, State
 from memoryd.metrics import Metrics
 from memoryd.stores.base import Store
 from memoryd.systemd import Notifier
-from memoryd.transport import ConnectionRegistry
 from memoryd.wal import Wal
 from memoryd.writers import SoleWriter
 

@@ -276,7 +276,7 @@ def test_one_uid_cannot_take_every_connection(closing: ExitStack) -> None:
 
 
 def test_status_answers_when_every_slot_is_taken(closing: ExitStack) -> None:
-    from memoryd.transport import PRIVILEGED_RESERVE_CONNECTIONS
+    from memoryd.connections import PRIVILEGED_RESERVE_CONNECTIONS
 
     uid, gid = nobody()
     daemon = shared_daemon(
@@ -304,7 +304,7 @@ def test_status_answers_when_every_slot_is_taken(closing: ExitStack) -> None:
 
 
 def test_protocol_errors_are_logged_at_a_bounded_rate(closing: ExitStack) -> None:
-    from memoryd.transport import PROTOCOL_LOG_MAX_LINES
+    from memoryd.connections import PROTOCOL_LOG_MAX_LINES
 
     daemon = Daemon(env_overrides={"MEMORYD_LOG_LEVEL": "INFO"}).start()
     closing.callback(daemon.cleanup)
@@ -333,7 +333,7 @@ def test_throttled_log_writes_at_most_its_lines_then_says_how_many_it_left_out(
 ) -> None:
     import logging
 
-    from memoryd.transport import ThrottledLog
+    from memoryd.connections import ThrottledLog
 
     log = logging.getLogger("tests.throttled")
 
@@ -360,13 +360,12 @@ def test_root_and_the_daemons_own_user_have_a_reserve_others_do_not() -> None:
     from dataclasses import dataclass
     from typing import cast
 
-    from memoryd.transport import (
+    from memoryd.connections import (
         PRIVILEGED_RESERVE_CONNECTIONS,
-        Connection,
         ConnectionLimits,
         ConnectionRegistry,
-        Peer,
     )
+    from memoryd.transport import Connection, Peer
 
     limits = ConnectionLimits(
         max_message_bytes=4096,

@@ -214,7 +214,7 @@ ROTATION_OUT_OF_FILES = textwrap.dedent(
                   on_durable=lambda entries: None)
         wal.open()
         n = 0
-        while wal._segment.size < 4096:
+        while wal.segments.current.size < 4096:
             n += 1
             await wal.append([Put.of(record(n))])
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

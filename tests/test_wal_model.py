@@ -202,7 +202,7 @@ class WalMachine(RuleBasedStateMachine):
             if len(list_segments(self.wal_dir)) < before:
                 event("checkpoint deleted segments")
 
-    @precondition(lambda self: self.wal._segment is not None)
+    @precondition(lambda self: self.wal.segments.current is not None)
     @rule(
         data=st.data(),
         inflight=st.integers(0, 3),
@@ -211,8 +211,8 @@ class WalMachine(RuleBasedStateMachine):
     def crash(self, data: st.DataObject, inflight: int, keep: float) -> None:
         """Power loss: fds abandoned, the unsynced end of the newest segment torn."""
         wal = self.wal
-        assert wal._segment is not None
-        newest = wal._segment.path
+        assert wal.segments.current is not None
+        newest = wal.segments.current.path
         # With fsync=always every frame written so far is acknowledged and
         # covered by an fdatasync; a group in flight (written, not yet synced)
         # is what may survive whole, in part, or not at all.
@@ -220,7 +220,7 @@ class WalMachine(RuleBasedStateMachine):
         next_seq = wal._next_seq
         ops: list[Op] = []
         frames: list[bytes] = []
-        budget = MAX_BYTES - wal.total_bytes
+        budget = MAX_BYTES - wal.segments.total_bytes
         for op in self.draw_ops(data, inflight):
             # Only what the WAL would have admitted (wal_max_bytes) is in flight.
             frame = encode_frame(next_seq + len(ops), encode_op(op))
@@ -229,10 +229,7 @@ class WalMachine(RuleBasedStateMachine):
             budget -= len(frame)
             ops.append(op)
             frames.append(frame)
-        for fd in [wal._segment.fd, *wal._retired_fds]:
-            os.close(fd)
-        wal._segment = None
-        wal._retired_fds = []
+        wal.abandon()  # the descriptors go, nothing more is written or synced
         with newest.open("ab") as file:
             file.write(b"".join(frames))
         cut = synced_size + round(keep * sum(len(frame) for frame in frames))
@@ -314,7 +311,7 @@ class WalMachine(RuleBasedStateMachine):
     def wal_bytes_within_max_bytes(self) -> None:
         on_disk = sum(path.stat().st_size for path in list_segments(self.wal_dir))
         assert on_disk <= MAX_BYTES
-        assert self.wal.total_bytes == on_disk
+        assert self.wal.segments.total_bytes == on_disk
         for path in list_segments(self.wal_dir):
             assert path.read_bytes()[: len(MAGIC)] == MAGIC
 

@@ -834,14 +834,14 @@ async def test_write_fault_acknowledges_nothing_and_truncates_back(
     try:
         for n in range(1, 3):  # two frames, still inside the first segment
             acked += await wal.append([Put.of(record(n))])
-        assert wal._segment is not None
-        size_before = wal._segment.size
-        segment = wal._segment.path
+        assert wal.segments.current is not None
+        size_before = wal.segments.current.size
+        segment = wal.segments.current.path
         if where == "rotation":
             # Fill the segment so that the next write starts a new one: the
             # failing write is then the new segment's magic.
             acked += await wal.append([Put.of(record(3))])
-            assert wal._segment.size >= SEGMENT_BYTES
+            assert wal.segments.current.size >= SEGMENT_BYTES
         faulty = FaultyWrite(wal_dir, 1, mode)
         monkeypatch.setattr(os, "write", faulty)
         with pytest.raises(error):
@@ -850,7 +850,7 @@ async def test_write_fault_acknowledges_nothing_and_truncates_back(
         monkeypatch.undo()
         if where == "data":
             assert segment.stat().st_size == size_before, "the partial frame was not cut off"
-            assert wal._segment.size == size_before
+            assert wal.segments.current.size == size_before
         # The WAL goes on: later writes are taken, acknowledged, and numbered
         # right after the last good one (the failed group's numbers are given back).
         for n in range(4, 7):

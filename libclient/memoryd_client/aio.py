@@ -7,6 +7,11 @@ fails with ``ConnectionLost`` and retries on its own deadline; the first to
 retry reconnects, under a lock, and the others reuse its connection.
 """
 
+# Longer than the other modules on purpose: one method per protocol method,
+# each with the signature and docstring help() shows.  The arguments and
+# results themselves are built once, in memoryd_client.calls;
+# tests/test_client_unit.py holds these methods equal to memoryd_client.client.Client's.
+
 from __future__ import annotations
 
 import asyncio

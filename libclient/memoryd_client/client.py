@@ -6,6 +6,11 @@ daemon restart or after the daemon closed an idle connection, and retry within
 their deadline (see ``memoryd_client.retry``).
 """
 
+# Longer than the other modules on purpose: one method per protocol method,
+# each with the signature and docstring help() shows.  The arguments and
+# results themselves are built once, in memoryd_client.calls;
+# tests/test_client_unit.py holds these methods equal to memoryd_client.aio.AsyncClient's.
+
 from __future__ import annotations
 
 import contextlib

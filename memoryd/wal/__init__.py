@@ -6,7 +6,8 @@ recovery could not make sense of, kept for an operator.
 
 - ``format``: the bytes on disk (frames, segments, the checkpoint), an on-disk contract;
 - ``recovery``: what start-up does with what it finds, and ``wal inspect``'s report;
-- ``log``: ``Wal``, appends with group commit, rotation, checkpoints;
+- ``log``: ``Wal``, appends with group commit, syncing, checkpoints;
+- ``segments``: the segment files, the one appended to and those behind it;
 - ``errors``: what it raises, retryable or fatal.
 """
 

@@ -11,41 +11,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from memoryd.atomicfile import fsync_directory
 from memoryd.clock import SYSTEM_CLOCK, Clock
 from memoryd.config import Settings
 from memoryd.ops import Entry, Op, encode_op
-from memoryd.permissions import open_private
 from memoryd.wal.errors import WalError, WalFatalError, WalFullError, write_error
 from memoryd.wal.format import (
     MAGIC,
-    SEGMENT_SUFFIX,
     encode_frame,
-    list_segments,
-    segment_name,
     write_checkpoint,
 )
 from memoryd.wal.recovery import Recovery, recover
+from memoryd.wal.segments import Segments
 
 logger = logging.getLogger(__name__)
 
 FsyncPolicy = Literal["always", "everysec", "no"]
-
-
-@dataclass(slots=True)
-class _Segment:
-    path: Path
-    first_seq: int
-    fd: int
-    size: int
 
 
 @dataclass(slots=True)
@@ -96,15 +83,14 @@ class Wal:
         self._free_disk_bytes = 0
         self._free_disk_checked_at = -1.0
         self._on_durable = on_durable
-        self._segment: _Segment | None = None
-        self._closed_segments: dict[Path, int] = {}  # path -> first seq, oldest first
-        self._retired_fds: list[int] = []
+        self.segments = Segments(
+            wal_dir, segment_bytes=settings.segment_bytes, synced=settings.fsync != "no"
+        )
         self._next_seq = 1
         self.written_seq = 0
         self.synced_seq = 0
         # The highest seq the checkpoint on disk says the store applied.
         self.checkpointed_seq = 0
-        self.total_bytes = 0
         self._buffer: list[Entry] = []
         self._frames: list[bytes] = []
         self._frames_bytes = 0  # sum of len(self._frames), kept so appends stay O(1)
@@ -118,7 +104,6 @@ class Wal:
         self.recovery = Recovery()
         # Why the WAL could not open a segment at start (None once it has one).
         self.open_error: WalError | None = None
-        self._reuse_newest = True
 
     # ----------------------------------------------------------- lifecycle
 
@@ -133,13 +118,9 @@ class Wal:
         self.checkpointed_seq = self.recovery.applied_seq
         self._next_seq = self.recovery.last_seq + 1
         self.written_seq = self.synced_seq = self.recovery.last_seq
-        segments = list_segments(self.wal_dir)
-        for path in segments:
-            self._closed_segments[path] = int(path.name.removesuffix(SEGMENT_SUFFIX))
-            self.total_bytes += path.stat().st_size
-        self._reuse_newest = not self.recovery.newest_keeps_damage
+        self.segments.load(reuse_newest=not self.recovery.newest_keeps_damage)
         try:
-            self._open_segment(self._next_seq)
+            self.segments.open(self._next_seq)
         except OSError as exc:
             # A full disk must not keep the daemon from starting: reads go on,
             # and the first write that finds room opens the segment.
@@ -172,12 +153,7 @@ class Wal:
         self._close_files()
 
     def _close_files(self) -> None:
-        if self._segment is not None:
-            os.close(self._segment.fd)
-            self._segment = None
-        for fd in self._retired_fds:
-            os.close(fd)
-        self._retired_fds.clear()
+        self.segments.close()
 
     # ----------------------------------------------------------- appending
 
@@ -190,7 +166,7 @@ class Wal:
         frames = [encode_frame(self._next_seq + i, p) for i, p in enumerate(payloads)]
         new_bytes = sum(len(f) for f in frames)
         size = new_bytes + self._frames_bytes
-        if self._segment is not None and self._segment.size >= self.settings.segment_bytes:
+        if self.segments.next_write_starts_one():
             size += len(MAGIC)  # the header of the segment this write will start
         problem = self._room_problem(size, disk_margin_bytes=0)
         if problem is not None:
@@ -233,26 +209,10 @@ class Wal:
             self._start_sync()
 
     def _write(self, frames: list[bytes], first_seq: int) -> None:
-        if self._segment is None:
-            self._open_segment(first_seq)
+        if self.segments.current is None:
+            self.segments.open(first_seq)
             self.open_error = None
-        assert self._segment is not None
-        if self._segment.size >= self.settings.segment_bytes:
-            self._rotate(first_seq)
-        segment = self._segment
-        data = b"".join(frames)
-        try:
-            written = os.write(segment.fd, data)
-            if written != len(data):
-                raise OSError(errno.ENOSPC, "short write to the WAL")
-        except OSError:
-            # Cut the partial frame off so recovery never sees half a write.
-            with contextlib.suppress(OSError):
-                os.ftruncate(segment.fd, segment.size)
-                os.lseek(segment.fd, segment.size, os.SEEK_SET)
-            raise
-        segment.size += len(data)
-        self.total_bytes += len(data)
+        self.segments.write(b"".join(frames), first_seq)
 
     def has_room(self) -> bool:
         """Whether a small write would pass both bounds now."""
@@ -265,8 +225,9 @@ class Wal:
     def _room_problem(self, size: int, *, disk_margin_bytes: int) -> str | None:
         """Why ``size`` more bytes would not pass the bounds, or None."""
         max_bytes = self.settings.max_bytes
-        if self.total_bytes + size > max_bytes:
-            return f"the WAL holds {self.total_bytes} bytes; wal_max_bytes is {max_bytes}"
+        held_bytes = self.segments.total_bytes
+        if held_bytes + size > max_bytes:
+            return f"the WAL holds {held_bytes} bytes; wal_max_bytes is {max_bytes}"
         free_bytes = self.free_disk_bytes()
         if free_bytes - size < self.settings.min_free_disk_bytes + disk_margin_bytes:
             return (
@@ -318,10 +279,7 @@ class Wal:
     def _start_sync(self) -> None:
         """Sync everything written so far: it is all in the files already."""
         entries, self._awaiting_sync = self._awaiting_sync, []
-        fds = [*self._retired_fds]
-        retired, self._retired_fds = self._retired_fds, []
-        if self._segment is not None:
-            fds.append(self._segment.fd)
+        fds, retired = self.segments.take_sync_fds()
         loop = asyncio.get_running_loop()
         self._sync_task = loop.create_task(self._sync(fds, retired, entries, self.written_seq))
 
@@ -346,7 +304,7 @@ class Wal:
     async def _sync_every_second(self) -> None:
         while True:
             await self._clock.sleep(1.0)
-            unsynced = self.written_seq > self.synced_seq or self._retired_fds
+            unsynced = self.written_seq > self.synced_seq or self.segments.has_retired
             if unsynced and self._sync_task is None:
                 self._start_sync()
 
@@ -366,64 +324,6 @@ class Wal:
         assert self.fatal_error is not None
         return self.fatal_error
 
-    # ----------------------------------------------------------- segments
-
-    def _open_segment(self, first_seq: int) -> None:
-        path = self.wal_dir / segment_name(first_seq)
-        existing = list_segments(self.wal_dir)
-        if (
-            self._reuse_newest
-            and existing
-            and existing[-1].stat().st_size < self.settings.segment_bytes
-        ):
-            # Keep appending to the newest segment rather than starting a file per start.
-            path = existing[-1]
-            first_seq = int(path.name.removesuffix(SEGMENT_SUFFIX))
-        fd = open_private(path, os.O_WRONLY | os.O_APPEND)
-        try:
-            size = os.fstat(fd).st_size
-            if size == 0:
-                if os.write(fd, MAGIC) != len(MAGIC):
-                    raise OSError(errno.ENOSPC, "short write of a WAL segment header")
-                os.fsync(fd)
-                fsync_directory(self.wal_dir)
-                size = len(MAGIC)
-                self.total_bytes += size
-        except OSError:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                if os.stat(path).st_size < len(MAGIC):
-                    path.unlink()  # a header cut short: recovery would take it for damage
-            raise
-        self._reuse_newest = True
-        self._closed_segments.pop(path, None)
-        self._segment = _Segment(path, first_seq, fd, size)
-
-    def _rotate(self, first_seq: int) -> None:
-        """Start the next segment; on failure nothing changes (the write that
-        wanted it fails and a later one tries again)."""
-        assert self._segment is not None
-        path = self.wal_dir / segment_name(first_seq)
-        fd = open_private(path, os.O_WRONLY | os.O_TRUNC | os.O_APPEND)
-        try:
-            if os.write(fd, MAGIC) != len(MAGIC):
-                raise OSError(errno.ENOSPC, "short write of a WAL segment header")
-            fsync_directory(self.wal_dir)
-        except OSError:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                path.unlink()
-            raise
-        old = self._segment
-        if self.settings.fsync == "no":
-            os.close(old.fd)
-        else:
-            # Closed only after the sync that covers its last frames.
-            self._retired_fds.append(old.fd)
-        self._closed_segments[old.path] = old.first_seq
-        self._segment = _Segment(path, first_seq, fd, len(MAGIC))
-        self.total_bytes += len(MAGIC)
-
     # ----------------------------------------------------------- checkpoint
 
     async def checkpoint(self, applied_seq: int) -> None:
@@ -436,29 +336,15 @@ class Wal:
             None, write_checkpoint, self.wal_dir, applied_seq, self.synced_seq
         )
         self.checkpointed_seq = applied_seq
-        for path in list(self._deletable_segments(applied_seq)):
-            size = path.stat().st_size
-            path.unlink()
-            self._closed_segments.pop(path, None)
-            self.total_bytes -= size
-
-    def _deletable_segments(self, applied_seq: int) -> Iterator[Path]:
-        """Closed segments whose successor starts at or below applied_seq + 1."""
-        closed = sorted(self._closed_segments.items(), key=lambda item: item[1])
-        starts = [first for _, first in closed]
-        if self._segment is not None:
-            starts.append(self._segment.first_seq)
-        for (path, _), next_first in zip(closed, starts[1:], strict=False):
-            if next_first - 1 <= applied_seq:
-                yield path
+        self.segments.delete_through(applied_seq)
 
     # ----------------------------------------------------------- status
 
     def describe(self) -> dict[str, object]:
         return {
             "fsync": self.settings.fsync,
-            "segments": len(self._closed_segments) + (1 if self._segment else 0),
-            "bytes": self.total_bytes,
+            "segments": len(self.segments),
+            "bytes": self.segments.total_bytes,
             "max_bytes": self.settings.max_bytes,
             "written_seq": self.written_seq,
             "synced_seq": self.synced_seq,
