@@ -20,7 +20,7 @@ from memoryd.cache import ReadCache
 from memoryd.clock import SYSTEM_CLOCK, Clock
 from memoryd.config import Settings
 from memoryd.health import Health
-from memoryd.stores.base import Store, StoreFailure, WriterLease
+from memoryd.stores.base import Sequenced, Store, StoreFailure, WriterLease
 from memoryd.wal import Wal
 
 logger = logging.getLogger(__name__)
@@ -105,7 +105,8 @@ class Flusher:
         started_s = self._clock.monotonic()
         now_s = self._clock.time()
         try:
-            await self.store.apply(ops, now_s, self._lease())
+            numbers = Sequenced(self.wal.wal_id, [entry.seq for entry in batch])
+            await self.store.apply(ops, now_s, self._lease(), numbers)
         except StoreFailure:
             self.cache.failed(ops)  # Health heard of it from the store (MonitoredStore)
             return False

@@ -84,6 +84,15 @@ class Env:
         """Every key of ``agent_id`` in Redis, found with SCAN."""
         return {key.decode() for key in self._conn.scan_iter(match=f"*{{{agent_id}}}*", count=1000)}
 
+    def record_keys(self, agent_id: str) -> set[str]:
+        """The keys of ``agent_id`` that hold its records (all but its applied numbers,
+        which outlive them for APPLIED_KEPT_S: memoryd.stores.base.Sequenced)."""
+        return self.redis_keys(agent_id) - {f"agent:{{{agent_id}}}:applied"}
+
+    def applied_ttl_s(self, agent_id: str) -> float:
+        """How long the agent's applied numbers are kept still; negative: no such key."""
+        return float(self._conn.pttl(f"agent:{{{agent_id}}}:applied")) / 1000
+
     def sqlite_rows(self, agent_id: str) -> list[tuple[Any, ...]]:
         """The local store's rows of ``agent_id``, read through a separate connection."""
         if not self.sqlite_path.exists():

@@ -16,7 +16,7 @@ from memoryd.flusher import Flusher, FlushSettings
 from memoryd.health import Health, State
 from memoryd.ops import Op
 from memoryd.records import Query
-from memoryd.stores.base import StoreRefusing, WriterLease
+from memoryd.stores.base import Sequenced, StoreRefusing, WriterLease
 from memoryd.stores.memory import MemoryStore
 from memoryd.stores.monitored import MonitoredStore
 from memoryd.wal import Wal, WalSettings
@@ -122,10 +122,14 @@ class LeaseRecordingStore(MemoryStore):
         self.leases: list[WriterLease | None] = []
 
     async def apply(
-        self, ops: Sequence[Op], now_s: float, lease: WriterLease | None = None
+        self,
+        ops: Sequence[Op],
+        now_s: float,
+        lease: WriterLease | None = None,
+        sequenced: Sequenced | None = None,
     ) -> None:
         self.leases.append(lease)
-        await super().apply(ops, now_s, lease)
+        await super().apply(ops, now_s, lease, sequenced)
 
 
 async def test_each_batch_renews_the_lease_it_is_given(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from memoryd.config import Settings
 from memoryd.ops import Clear, Delete, Op, Put, Replace
 from memoryd.records import Query, Record, select
 from memoryd.stores import LocalStore, RedisStore, Store, create_store
+from memoryd.stores.base import APPLIED_KEPT_S, Sequenced, numbered
 from memoryd.stores.memory import MemoryStore
 
 # Real time, not a fixed date: Redis expires record HASHes on its own clock
@@ -134,6 +135,49 @@ async def test_put_get_round_trip(store: Store) -> None:
     assert (await store.get("consumer_1", "1", NOW)).value is None
     assert await everything(store, "craftsman_1") == [record]
     await assert_stats_match(store, "craftsman_1")
+
+
+async def test_a_numbered_batch_applied_again_changes_nothing_the_first_changed(
+    store_factory: StoreFactory,
+) -> None:
+    """The flusher applies a batch again when its reply was lost, or after a restart
+    before the checkpoint.  Each operation is idempotent on its own, but not the batch:
+    with max_memories=2, [Put X, Put Z, Delete W] over {W} trims X and leaves {Z};
+    applied again, Put X finds no X and brings it back, {X, Z}.  Numbered, it is skipped."""
+    store = await store_factory(2)
+    agent = "craftsman_1"
+    await store.apply([put("20", created_at=NOW - 50)], NOW, sequenced=Sequenced("wal-a", [1]))
+    batch: list[Op] = [put("10", created_at=NOW - 100), put("30"), Delete(agent, "20")]
+    numbers = Sequenced("wal-a", [2, 3, 4])
+    await store.apply(batch, NOW, sequenced=numbers)
+    assert await ids(store, agent) == ["30"]
+
+    await store.apply(batch, NOW, sequenced=numbers)  # the reply was lost: applied again
+    await store.apply(batch[1:], NOW, sequenced=Sequenced("wal-a", [3, 4]))  # a replay's tail
+
+    assert await ids(store, agent) == ["30"]
+    await assert_stats_match(store, agent)
+    # Another source's numbers are its own, and a later number of this one applies.
+    await store.apply([put("40")], NOW, sequenced=Sequenced("wal-b", [2]))
+    await store.apply([put("50")], NOW, sequenced=Sequenced("wal-a", [5]))
+    assert await ids(store, agent) == ["40", "50"]
+
+
+async def test_the_applied_numbers_outlive_the_agent_s_records(store_factory: StoreFactory) -> None:
+    store = await store_factory(5)
+    agent = "craftsman_1"
+    batch: list[Op] = [put("1"), Clear(agent)]
+    await store.apply(batch, NOW, sequenced=Sequenced("wal-a", [7, 8]))
+    assert await ids(store, agent) == []
+    await store.apply(batch[:1], NOW, sequenced=Sequenced("wal-a", [7]))
+    assert await ids(store, agent) == [], "an emptied agent forgot what it had applied"
+
+
+def test_numbers_must_match_the_operations() -> None:
+    with pytest.raises(ValueError, match="2 operations but 1 sequence numbers"):
+        list(numbered([put("1"), put("2")], Sequenced("wal-a", [1])))
+    with pytest.raises(ValueError, match="needs a source"):
+        Sequenced("", [1])
 
 
 async def test_reapplying_the_same_ops_changes_nothing(store: Store) -> None:
@@ -567,3 +611,22 @@ async def test_create_store_follows_the_settings(
         assert await ids(store, "craftsman_1") == ["2", "3"]
     finally:
         await store.close()
+
+
+async def test_the_sweep_forgets_applied_numbers_after_applied_kept_s(tmp_path: Path) -> None:
+    """Redis lets them expire (PEXPIRE, tests/test_methods.py); the stores in this
+    process's files and memory forget them at the sweep."""
+    for store in (LocalStore(tmp_path, max_memories=5), MemoryStore(max_memories=5)):
+        await store.open()
+        try:
+            numbers = Sequenced("wal-a", [1])
+            await store.apply([put("1")], NOW, sequenced=numbers)
+            await store.apply([Delete("craftsman_1", "1")], NOW)
+            await store.sweep(NOW + APPLIED_KEPT_S - 1)
+            await store.apply([put("1")], NOW, sequenced=numbers)
+            assert await ids(store, "craftsman_1") == [], "forgotten too early"
+            await store.sweep(NOW + APPLIED_KEPT_S + 1)
+            await store.apply([put("1")], NOW, sequenced=numbers)
+            assert await ids(store, "craftsman_1") == ["1"], "never forgotten"
+        finally:
+            await store.close()

@@ -1,24 +1,34 @@
 -- Apply one agent's operations of a batch as one atomic step.
 --
--- KEYS: 1 list ZSET, 2 types HASH, 3 stats HASH, 4 expiry ZSET (memoryd/stores/keys.py).
+-- KEYS: 1 list ZSET, 2 types HASH, 3 stats HASH, 4 expiry ZSET, 5 applied HASH
+--       (memoryd/stores/keys.py).
 -- ARGV: 1 memory key prefix (+ id = a record HASH), 2 type key prefix (+ type =
---       a type ZSET), 3 now_s, 4 max_memories, then the operations, flat:
---         P id type created_at expires_at|"" pexpireat_ms|"" data   store unless present
---         R id type created_at expires_at|"" pexpireat_ms|"" data   overwrite if present
---         D id                                                   remove
---         E id                                                   remove if its HASH is gone
---         C                                                      remove everything
+--       a type ZSET), 3 now_s, 4 max_memories, 5 source ("" when the operations
+--       are not numbered), 6 how long the applied HASH is kept, in ms, then the
+--       operations, flat, each after its number (0 when not numbered):
+--         seq P id type created_at expires_at|"" pexpireat_ms|"" data   store unless present
+--         seq R id type created_at expires_at|"" pexpireat_ms|"" data   overwrite if present
+--         seq D id                                                   remove
+--         seq E id                                                   remove if its HASH is gone
+--         seq C                                                      remove everything
 -- Before the operations, every record due at now_s is removed (the expire step),
 -- so that counts, trimming and existence checks only ever see live records.
+-- With a source, an operation numbered at or below the applied HASH's number for
+-- that source is skipped, and the HASH is raised to the highest number applied
+-- and kept ARGV[6] ms more: a batch applied again changes nothing the first
+-- apply changed.
 -- Returns {expired removed, stats HASH as pairs, types HASH as pairs}.
 --
 -- Record HASHes and type ZSETs are named from prefixes passed in ARGV; they all
 -- carry the agent's hash tag, so they live on the same shard as KEYS.
 
 local list_key, types_key, stats_key, expiry_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local applied_key = KEYS[5]
 local memory_prefix, type_prefix = ARGV[1], ARGV[2]
 local now_s = ARGV[3]
 local max_memories = tonumber(ARGV[4])
+local source = ARGV[5]
+local applied_kept_ms = ARGV[6]
 
 local bytes_exact = true -- false once a listed record vanished without telling its size
 local changed = false -- indexes changed: oldest/newest/count need refreshing
@@ -198,26 +208,51 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', expiry_key, '-inf', now_s)) do
   expired = expired + 1
 end
 
-local i = 5
+local applied = 0
+if source ~= '' then
+  applied = tonumber(redis.call('HGET', applied_key, source) or '0')
+end
+local newest = applied
+
+local i = 7
 while i <= #ARGV do
-  local op = ARGV[i]
+  local seq, op = tonumber(ARGV[i]), ARGV[i + 1]
+  local skip = source ~= '' and seq <= applied
+  if not skip and seq > newest then
+    newest = seq
+  end
+  i = i + 1
   if op == 'P' or op == 'R' then
-    local apply_op = op == 'P' and put or replace
-    apply_op(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
+    if not skip then
+      local apply_op = op == 'P' and put or replace
+      apply_op(ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6])
+    end
     i = i + 7
   elseif op == 'D' then
-    wrote = remove_record(ARGV[i + 1]) or wrote
+    if not skip then
+      wrote = remove_record(ARGV[i + 1]) or wrote
+    end
     i = i + 2
   elseif op == 'E' then
-    if redis.call('EXISTS', memory_prefix .. ARGV[i + 1]) == 0 then
+    if not skip and redis.call('EXISTS', memory_prefix .. ARGV[i + 1]) == 0 then
       remove_record(ARGV[i + 1])
     end
     i = i + 2
   elseif op == 'C' then
-    clear()
+    if not skip then
+      clear()
+    end
     i = i + 1
   else
     return redis.error_reply('memoryd apply: unknown operation ' .. tostring(op))
+  end
+end
+if source ~= '' then
+  if newest > applied then
+    redis.call('HSET', applied_key, source, newest)
+  end
+  if newest > 0 then
+    redis.call('PEXPIRE', applied_key, applied_kept_ms)
   end
 end
 

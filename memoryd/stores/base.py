@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, Protocol, TypeVar
 
@@ -118,6 +118,44 @@ class Swept:
 
 
 @dataclass(frozen=True, slots=True)
+class Sequenced:
+    """Where a batch of operations comes from: ``source`` names the log that
+    numbered them (the WAL's id), ``seqs`` holds one number per operation, in
+    the order of the operations and increasing.
+
+    A store keeps, per agent and source, the highest number it applied, in
+    the same atomic step as the operations, and skips an operation numbered
+    at or below it.  So a batch applied again (its reply was lost, or the
+    daemon restarted before its checkpoint) changes nothing the first apply
+    changed: idempotence per operation is not enough once a trim has removed
+    a record that a Put applied again would bring back.
+    """
+
+    source: str
+    seqs: Sequence[int]
+
+    def __post_init__(self) -> None:
+        if not self.source:
+            raise ValueError("a Sequenced batch needs a source")
+
+
+# How long a store keeps an agent's applied numbers after its last numbered
+# write from that source: far longer than a lost reply's retry or a restart's
+# replay takes; an agent whose records are all gone leaves only this behind,
+# and not for longer.
+APPLIED_KEPT_S = 86_400.0
+
+
+def numbered(ops: Sequence[Op], sequenced: Sequenced | None) -> Iterator[tuple[Op, int | None]]:
+    """Each operation with its number (None when the batch is not ``Sequenced``)."""
+    if sequenced is None:
+        return ((op, None) for op in ops)
+    if len(sequenced.seqs) != len(ops):
+        raise ValueError(f"{len(ops)} operations but {len(sequenced.seqs)} sequence numbers")
+    return zip(ops, sequenced.seqs, strict=True)
+
+
+@dataclass(frozen=True, slots=True)
 class WriterLease:
     """This daemon's lease among the writers of a store (memoryd.writers): a
     store that can renew it in the round trip of a write does, so that no
@@ -183,10 +221,16 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def apply(
-        self, ops: Sequence[Op], now_s: float, lease: WriterLease | None = None
+        self,
+        ops: Sequence[Op],
+        now_s: float,
+        lease: WriterLease | None = None,
+        sequenced: Sequenced | None = None,
     ) -> None:
         """Apply ``ops`` in order, each idempotently (see memoryd.ops), renewing
-        ``lease`` on the way unless it was renewed a moment ago.
+        ``lease`` on the way unless it was renewed a moment ago, and skipping
+        those that ``sequenced`` numbers at or below what the store applied
+        from its source (see ``Sequenced``).
 
         Operations of one agent must take effect in the given order; those of
         different agents are independent.  When this returns, the effects are

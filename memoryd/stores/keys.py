@@ -32,6 +32,7 @@ _TYPES = "memories:types"
 _TYPE_PREFIX = "memories:type:"
 _STATS_REST = "stats"
 _EXPIRY_REST = "memories:expiry"
+_APPLIED_REST = "applied"
 
 
 def glob_escape(text: str) -> str:
@@ -87,9 +88,20 @@ class AgentKeys:
         return self.base + _EXPIRY_REST
 
     @property
-    def script_keys(self) -> tuple[str, str, str, str]:
-        """The fixed keys the apply script takes, in its KEYS order."""
+    def applied(self) -> str:
+        """HASH source (a WAL's id) -> the highest sequence number applied from it
+        (memoryd.stores.base.Sequenced); kept when the agent's records go."""
+        return self.base + _APPLIED_REST
+
+    @property
+    def repair_keys(self) -> tuple[str, str, str, str]:
+        """The fixed keys the repair script takes, in its KEYS order."""
         return (self.list, self.types, self.stats, self.expiry)
+
+    @property
+    def apply_keys(self) -> tuple[str, str, str, str, str]:
+        """The fixed keys the apply script takes, in its KEYS order."""
+        return (*self.repair_keys, self.applied)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +109,8 @@ class AgentKey:
     """One key of an agent, parsed back from its name (as SCAN finds it)."""
 
     agent_id: str
-    # "memory" (a record HASH), "type" (a type ZSET), "list", "types", "stats" or "expiry"
+    # "memory" (a record HASH), "type" (a type ZSET), "list", "types", "stats", "expiry"
+    # or "applied"
     kind: str
     # The record id of a "memory" key, the type of a "type" key, else "".
     name: str = ""
@@ -149,7 +162,13 @@ class KeySpace:
         agent_id, separator, rest = key[len(head) :].partition("}:")
         if not separator or not _AGENT_ID.fullmatch(agent_id):
             return None
-        fixed = {_LIST: "list", _TYPES: "types", _STATS_REST: "stats", _EXPIRY_REST: "expiry"}
+        fixed = {
+            _LIST: "list",
+            _TYPES: "types",
+            _STATS_REST: "stats",
+            _EXPIRY_REST: "expiry",
+            _APPLIED_REST: "applied",
+        }
         if rest in fixed:
             return AgentKey(agent_id, fixed[rest])
         if rest.startswith(_MEMORY) and _RECORD_ID.fullmatch(rest[len(_MEMORY) :]):

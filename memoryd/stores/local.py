@@ -24,13 +24,16 @@ from memoryd.ops import Clear, Delete, Op, Put, Replace
 from memoryd.permissions import make_private_dir, open_private
 from memoryd.records import Query, Record, decode_record, is_expired, matches
 from memoryd.stores.base import (
+    APPLIED_KEPT_S,
     AgentStats,
     Eviction,
     Found,
+    Sequenced,
     StoreError,
     StoreUnavailable,
     Swept,
     WriterLease,
+    numbered,
 )
 
 logger = logging.getLogger(__name__)
@@ -61,6 +64,16 @@ CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+-- Per agent and source (a WAL's id), the highest sequence number applied:
+-- memoryd.stores.base.Sequenced.  Kept when the agent's records go, until the
+-- sweep finds it older than APPLIED_KEPT_S.
+CREATE TABLE IF NOT EXISTS applied (
+    agent_id   TEXT NOT NULL,
+    source     TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    applied_at REAL NOT NULL,
+    PRIMARY KEY (agent_id, source)
+) WITHOUT ROWID;
 """
 
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
@@ -288,25 +301,61 @@ class LocalStore:
     # -- writes -------------------------------------------------------------
 
     async def apply(
-        self, ops: Sequence[Op], now_s: float, lease: WriterLease | None = None
+        self,
+        ops: Sequence[Op],
+        now_s: float,
+        lease: WriterLease | None = None,
+        sequenced: Sequenced | None = None,
     ) -> None:
         # No lease to renew: the data_dir lock is the lease (renew_writer_lease).
         if ops:
-            await self._run("apply", lambda: self._apply_sync(ops, now_s))
+            numbers = list(numbered(ops, sequenced))  # checked before the transaction
+            source = None if sequenced is None else sequenced.source
+            await self._run("apply", lambda: self._apply_sync(numbers, source, now_s))
 
-    def _apply_sync(self, ops: Sequence[Op], now_s: float) -> None:
+    def _apply_sync(
+        self, numbers: Sequence[tuple[Op, int | None]], source: str | None, now_s: float
+    ) -> None:
         conn = self._db()
         writer = _Writer(conn, self._max_memories, now_s)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for agent_id in dict.fromkeys(op.agent_id for op in ops):
+            agent_ids = list(dict.fromkeys(op.agent_id for op, _ in numbers))
+            for agent_id in agent_ids:
                 writer.expire(agent_id)
-            for op in ops:
+            applied = {} if source is None else self._applied_seqs(agent_ids, source)
+            for op, seq in numbers:
+                if seq is not None:
+                    if seq <= applied.get(op.agent_id, 0):
+                        continue
+                    applied[op.agent_id] = seq
                 writer.apply(op)
+            conn.executemany(
+                "INSERT INTO applied (agent_id, source, seq, applied_at) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (agent_id, source)"
+                " DO UPDATE SET seq = max(seq, excluded.seq), applied_at = excluded.applied_at",
+                [(agent_id, source, seq, now_s) for agent_id, seq in applied.items()],
+            )
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def _applied_seqs(self, agent_ids: Sequence[str], source: str) -> dict[str, int]:
+        """The highest number applied from ``source``, of those agents that have one."""
+        found: dict[str, int] = {}
+        for agent_id in agent_ids:
+            row = (
+                self._db()
+                .execute(
+                    "SELECT seq FROM applied WHERE agent_id = ? AND source = ?",
+                    (agent_id, source),
+                )
+                .fetchone()
+            )
+            if row is not None:
+                found[agent_id] = int(row[0])
+        return found
 
     async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> tuple[int, bool]:
         # The database lives in data_dir, which one daemon at a time holds
@@ -323,7 +372,9 @@ class LocalStore:
         return Swept(removed)  # no index to leave stale, nothing evicts
 
     def _sweep_sync(self, now_s: float) -> int:
-        cursor = self._db().execute(
+        conn = self._db()
+        conn.execute("DELETE FROM applied WHERE applied_at <= ?", (now_s - APPLIED_KEPT_S,))
+        cursor = conn.execute(
             "DELETE FROM records WHERE expires_at IS NOT NULL AND expires_at <= ?", (now_s,)
         )
         return cursor.rowcount

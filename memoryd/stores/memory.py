@@ -18,13 +18,16 @@ from memoryd import __version__
 from memoryd.ops import Clear, Delete, Op, Put, Replace
 from memoryd.records import Query, Record, decode_record, is_expired, select, sort_key
 from memoryd.stores.base import (
+    APPLIED_KEPT_S,
     AgentStats,
     Eviction,
     Found,
+    Sequenced,
     StoreError,
     StoreUnavailable,
     Swept,
     WriterLease,
+    numbered,
 )
 
 
@@ -36,6 +39,8 @@ class MemoryStore:
         # agent id -> record id -> (the record, its encoding as stored)
         self._agents: dict[str, dict[str, tuple[Record, bytes]]] = {}
         self._marker: str | None = None
+        # (agent id, source) -> (the highest sequence number applied, when)
+        self._applied: dict[tuple[str, str], tuple[int, float]] = {}
         self._failure: StoreUnavailable | StoreError | None = None
 
     def fail_with(self, failure: StoreUnavailable | StoreError | None) -> None:
@@ -59,12 +64,21 @@ class MemoryStore:
         return None
 
     async def apply(
-        self, ops: Sequence[Op], now_s: float, lease: WriterLease | None = None
+        self,
+        ops: Sequence[Op],
+        now_s: float,
+        lease: WriterLease | None = None,
+        sequenced: Sequenced | None = None,
     ) -> None:
         self._check()
         for agent_id in dict.fromkeys(op.agent_id for op in ops):
             self._expire(agent_id, now_s)
-        for op in ops:
+        for op, seq in numbered(ops, sequenced):
+            if seq is not None and sequenced is not None:
+                guard = (op.agent_id, sequenced.source)
+                if seq <= self._applied.get(guard, (0, 0.0))[0]:
+                    continue
+                self._applied[guard] = (seq, now_s)
             self._apply(op, now_s)
 
     def _apply(self, op: Op, now_s: float) -> None:
@@ -162,6 +176,9 @@ class MemoryStore:
             before = len(records)
             self._expire(agent_id, now_s)
             removed += before - len(records)
+        for guard, (_, applied_at) in list(self._applied.items()):
+            if applied_at <= now_s - APPLIED_KEPT_S:
+                del self._applied[guard]
         return Swept(removed)
 
     async def eviction(self) -> Eviction | None:

@@ -20,6 +20,7 @@ from memoryd.stores.base import (
     AgentStats,
     Eviction,
     Found,
+    Sequenced,
     Store,
     StoreFailure,
     Swept,
@@ -53,9 +54,13 @@ class MonitoredStore:
         await self._store.close()
 
     async def apply(
-        self, ops: Sequence[Op], now_s: float, lease: WriterLease | None = None
+        self,
+        ops: Sequence[Op],
+        now_s: float,
+        lease: WriterLease | None = None,
+        sequenced: Sequenced | None = None,
     ) -> None:
-        await self._reported(self._store.apply(ops, now_s, lease))
+        await self._reported(self._store.apply(ops, now_s, lease, sequenced))
 
     async def get(self, agent_id: str, record_id: str, now_s: float) -> Found[Record | None]:
         return await self._reported(self._store.get(agent_id, record_id, now_s))

@@ -22,7 +22,16 @@ from typing import Any
 from memoryd import redis_url
 from memoryd.ops import Op
 from memoryd.records import Query, Record, is_expired, matches
-from memoryd.stores.base import AgentStats, Eviction, Found, Swept, WriterLease
+from memoryd.stores.base import (
+    APPLIED_KEPT_S,
+    AgentStats,
+    Eviction,
+    Found,
+    Sequenced,
+    Swept,
+    WriterLease,
+    numbered,
+)
 from memoryd.stores.keys import AgentKeys, KeySpace
 from memoryd.stores.redis_commands import (
     EXPIRY_GRACE_S,
@@ -162,15 +171,20 @@ class RedisStore:
     # -- writes -------------------------------------------------------------
 
     async def apply(
-        self, ops: Sequence[Op], now_s: float, lease: WriterLease | None = None
+        self,
+        ops: Sequence[Op],
+        now_s: float,
+        lease: WriterLease | None = None,
+        sequenced: Sequenced | None = None,
     ) -> None:
-        grouped = group_by_agent(ops, now_s)
+        grouped = group_by_agent(numbered(ops, sequenced), now_s)
         if not grouped:
             return
+        source = "" if sequenced is None else sequenced.source
 
         def commands() -> list[bytes]:
             return [
-                self._apply_command(self._keys.agent(agent_id), now_s, words)
+                self._apply_command(self._keys.agent(agent_id), now_s, words, source)
                 for agent_id, words in grouped.items()
             ]
 
@@ -236,26 +250,35 @@ class RedisStore:
 
         return renewal
 
-    def _apply_command(self, keys: AgentKeys, now_s: float, words: list[str | bytes]) -> bytes:
-        return self._link.evalsha("apply", keys.script_keys, *self._apply_args(keys, now_s), *words)
+    def _apply_command(
+        self, keys: AgentKeys, now_s: float, words: list[str | bytes], source: str = ""
+    ) -> bytes:
+        arguments = self._apply_args(keys, now_s, source)
+        return self._link.evalsha("apply", keys.apply_keys, *arguments, *words)
 
-    def _apply_args(self, keys: AgentKeys, now_s: float) -> list[str | bytes]:
-        return [keys.memory_prefix, keys.type_prefix, score(now_s), str(self._max_memories)]
+    def _apply_args(self, keys: AgentKeys, now_s: float, source: str = "") -> list[str | bytes]:
+        """The apply script's ARGV before the operations (``source`` "": not numbered)."""
+        return [
+            keys.memory_prefix,
+            keys.type_prefix,
+            score(now_s),
+            str(self._max_memories),
+            source,
+            str(int(APPLIED_KEPT_S * 1000)),
+        ]
 
     async def _call_apply(self, agent_id: str, words: list[str | bytes], now_s: float) -> Any:
         keys = self._keys.agent(agent_id)
         script = self._link.script("apply")
         with translated("apply"):
-            return await script(
-                keys=keys.script_keys, args=[*self._apply_args(keys, now_s), *words]
-            )
+            return await script(keys=keys.apply_keys, args=[*self._apply_args(keys, now_s), *words])
 
     async def _repair(self, agent_id: str, stale_ids: Sequence[str], now_s: float) -> bool:
         """Remove what a read found stale (expired records, index entries without
         a HASH) and every expired record of the agent; whether anything was."""
         words: list[str | bytes] = []
         for record_id in stale_ids:
-            words += ["E", record_id]
+            words += ["0", "E", record_id]
         result = await self._call_apply(agent_id, words, now_s)
         logger.debug("repaired %d stale entries of agent %s", len(stale_ids), agent_id)
         return bool(stale_ids) or bool(int(result[0]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import msgpack
@@ -65,13 +65,16 @@ def _op_args(op: Op, now_s: float) -> list[str | bytes]:
             return ["C"]
 
 
-def group_by_agent(ops: Sequence[Op], now_s: float) -> dict[str, list[str | bytes]]:
-    """Each agent's operations as ARGV words, in order; agents in order of first appearance."""
+def group_by_agent(
+    numbers: Iterable[tuple[Op, int | None]], now_s: float
+) -> dict[str, list[str | bytes]]:
+    """Each agent's operations as the apply script's ARGV words, each after its
+    number (0: not numbered), in order; agents in order of first appearance."""
     grouped: dict[str, list[str | bytes]] = {}
-    for op in ops:
+    for op, seq in numbers:
         words = _op_args(op, now_s)
         if words:
-            grouped.setdefault(op.agent_id, []).extend(words)
+            grouped.setdefault(op.agent_id, []).extend([str(seq or 0), *words])
     return grouped
 
 

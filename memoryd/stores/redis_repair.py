@@ -200,7 +200,7 @@ class EvictionRepair:
                 packed.append(
                     self._link.evalsha(
                         "repair",
-                        keys.script_keys,
+                        keys.repair_keys,
                         keys.memory_prefix,
                         keys.type_prefix,
                         str(self._max_memories),

@@ -177,27 +177,51 @@ def list_segments(wal_dir: Path) -> list[Path]:
 def read_checkpoint(wal_dir: Path) -> int:
     """The applied sequence number on disk; 0 when missing or unreadable
     (replaying everything again is safe: every apply is idempotent)."""
-    return checkpoint_fields(wal_dir)[0]
+    return checkpoint_fields(wal_dir).applied_seq
 
 
-def checkpoint_fields(wal_dir: Path) -> tuple[int, int, bool]:
-    """(applied_seq, synced_seq, whether a checkpoint was read); zeros when none."""
+@dataclass(frozen=True, slots=True)
+class CheckpointFields:
+    """What the checkpoint file says; zeros and None when there is none."""
+
+    applied_seq: int = 0
+    synced_seq: int = 0
+    found: bool = False
+    # The log's id, the source its batches are numbered by in the stores
+    # (memoryd.stores.base.Sequenced); None in a checkpoint written before ids.
+    wal_id: str | None = None
+
+
+def checkpoint_fields(wal_dir: Path) -> CheckpointFields:
     try:
         data = json.loads((wal_dir / CHECKPOINT_NAME).read_text())
         applied = int(data["applied_seq"])
         synced = int(data.get("synced_seq", 0))
+        wal_id = data.get("wal_id")
     except FileNotFoundError:
-        return 0, 0, False
+        return CheckpointFields()
     except (ValueError, KeyError, TypeError, AttributeError, OSError) as exc:
         logger.warning("WAL checkpoint unreadable (%s); replaying every segment", exc)
-        return 0, 0, False
-    return max(applied, 0), max(synced, 0), True
+        return CheckpointFields()
+    if not isinstance(wal_id, str) or not wal_id:
+        wal_id = None
+    return CheckpointFields(max(applied, 0), max(synced, 0), True, wal_id)
 
 
-def write_checkpoint(wal_dir: Path, applied_seq: int, synced_seq: int = 0) -> None:
+def write_checkpoint(
+    wal_dir: Path, applied_seq: int, synced_seq: int = 0, wal_id: str | None = None
+) -> None:
     """Record what the store applied, and how far the log was synced then:
-    a later start that finds less on disk knows segments went missing."""
-    body = json.dumps(
-        {"applied_seq": applied_seq, "synced_seq": synced_seq, "written_at": time.time()}
-    )
-    write_atomically(wal_dir / CHECKPOINT_NAME, body.encode())
+    a later start that finds less on disk knows segments went missing.
+
+    ``wal_id`` lives here because it must go when the numbers start over: a
+    log without its checkpoint and segments numbers from 1 again, under a new id.
+    """
+    fields: dict[str, object] = {
+        "applied_seq": applied_seq,
+        "synced_seq": synced_seq,
+        "written_at": time.time(),
+    }
+    if wal_id is not None:
+        fields["wal_id"] = wal_id
+    write_atomically(wal_dir / CHECKPOINT_NAME, json.dumps(fields).encode())

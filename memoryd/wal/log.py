@@ -29,6 +29,7 @@ from memoryd.wal.format import (
 )
 from memoryd.wal.recovery import Recovery, recover
 from memoryd.wal.segments import Segments
+from memoryd_client.ids import new_id
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +92,8 @@ class Wal:
         self.synced_seq = 0
         # The highest seq the checkpoint on disk says the store applied.
         self.checkpointed_seq = 0
+        # What the stores know this log's numbers by (Sequenced); set by open().
+        self.wal_id = ""
         self._buffer: list[Entry] = []
         self._frames: list[bytes] = []
         self._frames_bytes = 0  # sum of len(self._frames), kept so appends stay O(1)
@@ -118,6 +121,7 @@ class Wal:
         self.checkpointed_seq = self.recovery.applied_seq
         self._next_seq = self.recovery.last_seq + 1
         self.written_seq = self.synced_seq = self.recovery.last_seq
+        self._take_id()
         self.segments.load(reuse_newest=not self.recovery.newest_keeps_damage)
         try:
             self.segments.open(self._next_seq)
@@ -129,6 +133,20 @@ class Wal:
         if self.settings.fsync == "everysec":
             self._everysec_task = asyncio.get_running_loop().create_task(self._sync_every_second())
         return self.recovery
+
+    def _take_id(self) -> None:
+        """The id from the checkpoint, or a new one written into it at once, so
+        that a restart numbers its replay under the same id as the first apply."""
+        if self.recovery.wal_id is not None:
+            self.wal_id = self.recovery.wal_id
+            return
+        self.wal_id = new_id()
+        try:
+            write_checkpoint(self.wal_dir, self.checkpointed_seq, self.synced_seq, self.wal_id)
+        except OSError as exc:
+            # A full disk: the next checkpoint writes it.  Until then a replay
+            # after a crash is applied again as it was before ids existed.
+            logger.warning("WAL: could not write its id into the checkpoint yet (%s)", exc)
 
     async def close(self) -> None:
         """Write and sync what is buffered, then release the files."""
@@ -333,7 +351,7 @@ class Wal:
             return
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(
-            None, write_checkpoint, self.wal_dir, applied_seq, self.synced_seq
+            None, write_checkpoint, self.wal_dir, applied_seq, self.synced_seq, self.wal_id
         )
         self.checkpointed_seq = applied_seq
         self.segments.delete_through(applied_seq)

@@ -113,6 +113,8 @@ class Recovery:
     # Damage in the newest segment could not be moved away (a full disk):
     # appends go to a new segment, never after the damage.
     newest_keeps_damage: bool = False
+    # The log's id from the checkpoint; None: none yet (Wal.open makes one).
+    wal_id: str | None = None
 
     @property
     def damaged(self) -> bool:
@@ -176,8 +178,9 @@ def recover(wal_dir: Path) -> Recovery:
     make_private_dir(wal_dir)
     with contextlib.suppress(FileNotFoundError):
         (wal_dir / (CHECKPOINT_NAME + ".tmp")).unlink()
-    applied_seq, synced_seq, checkpoint_read = checkpoint_fields(wal_dir)
-    result = Recovery(applied_seq=applied_seq)
+    checkpoint = checkpoint_fields(wal_dir)
+    checkpoint_read, synced_seq = checkpoint.found, checkpoint.synced_seq
+    result = Recovery(applied_seq=checkpoint.applied_seq, wal_id=checkpoint.wal_id)
     result.last_seq = result.applied_seq
     newest_on_disk = 0
     segments = list_segments(wal_dir)
