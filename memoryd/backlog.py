@@ -28,7 +28,8 @@ class _Queued:
     queued_at: float
 
 
-def _size_of(entry: Entry) -> int:
+def entry_bytes(entry: Entry) -> int:
+    """About what an entry costs to hold and to send: its record's bytes."""
     op = entry.op
     return len(op.data) if isinstance(op, Put | Replace) else 64
 
@@ -63,7 +64,7 @@ class Backlog:
     def extend(self, entries: Iterable[Entry]) -> None:
         now = time.monotonic()
         for entry in entries:
-            queued = _Queued(entry, _size_of(entry), now)
+            queued = _Queued(entry, entry_bytes(entry), now)
             self._queue.append(queued)
             self._by_agent.setdefault(entry.op.agent_id, deque()).append(entry)
             self.bytes += queued.size_bytes
@@ -84,25 +85,59 @@ class Backlog:
             size += queued.size_bytes
         return batch
 
-    def mark_applied(self, count: int) -> None:
-        """Drop the ``count`` oldest entries: the store has applied them."""
-        for _ in range(count):
-            queued = self._queue.popleft()
-            agent_id = queued.entry.op.agent_id
-            agent_entries = self._by_agent[agent_id]
-            agent_entries.popleft()
+    def mark_applied(self, batch: Sequence[Entry]) -> None:
+        """The store has applied ``batch`` (what ``head`` gave): drop it.
+
+        Usually the oldest entries still; but entries put back meanwhile
+        (``put_back``, while the batch was in flight) now come before it.
+        """
+        for entry in batch:
+            if self._queue and self._queue[0].entry is entry:
+                queued = self._queue.popleft()
+            else:
+                queued = self._remove(entry)
+            agent_entries = self._by_agent[entry.op.agent_id]
+            if agent_entries[0] is entry:
+                agent_entries.popleft()
+            else:
+                agent_entries.remove(entry)
             if not agent_entries:
-                del self._by_agent[agent_id]
+                del self._by_agent[entry.op.agent_id]
             self.bytes -= queued.size_bytes
-            self.applied_seq = queued.entry.seq
+        if batch:
+            self.applied_seq = batch[-1].seq
         if not self._queue:
             self._nonempty.clear()
+
+    def _remove(self, entry: Entry) -> _Queued:
+        for queued in self._queue:
+            if queued.entry is entry:
+                self._queue.remove(queued)
+                return queued
+        raise ValueError(f"entry {entry.seq} is not in the backlog")
+
+    def put_back(self, entries: Sequence[Entry], *, applied_seq: int) -> None:
+        """Entries the store may have lost, applied again before everything queued
+        (they are older): the store holds what was applied up to ``applied_seq``."""
+        now = time.monotonic()
+        for entry in reversed(entries):
+            queued = _Queued(entry, entry_bytes(entry), now)
+            self._queue.appendleft(queued)
+            self._by_agent.setdefault(entry.op.agent_id, deque()).appendleft(entry)
+            self.bytes += queued.size_bytes
+        self.applied_seq = applied_seq
+        if self._queue:
+            self._nonempty.set()
 
     def for_agent(self, agent_id: str) -> Sequence[Entry]:
         return self._by_agent.get(agent_id, ())
 
     def agent_ids(self) -> Iterable[str]:
         return self._by_agent.keys()
+
+    def oldest_seq(self) -> int:
+        """The oldest entry not yet applied; 0 if none."""
+        return self._queue[0].entry.seq if self._queue else 0
 
     def newest_seq(self) -> int:
         return self._queue[-1].entry.seq if self._queue else 0

@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     flush_batch_max: int = Field(default=512, ge=1, le=100_000)
     # Bounded in bytes too, so one batch never outlasts redis_socket_timeout_s.
     flush_batch_max_bytes: int = Field(default=4 * MiB, ge=64 * KiB, le=256 * MiB)
+    # Applied writes the store has not confirmed durable (no persistence, AOF
+    # once a second) stay in the WAL within these bounds, to be applied again if
+    # the store loses them (memoryd.durability).  At most a day: the stores keep
+    # the numbers that make applying again safe that long (APPLIED_KEPT_S).
+    wal_retain_bytes: int = Field(default=256 * MiB, ge=0)
+    wal_retain_s: float = Field(default=3600.0, ge=0, le=86_400)
 
     # The read cache (memoryd.cache): answers reads from memory where it is
     # exact, and anything it holds while the store is down.
@@ -266,11 +272,12 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             {"model_config": {**Settings.model_config, "toml_file": config_file}},
         )
     try:
-        return settings_cls(**{k: v for k, v in overrides.items() if v is not None})
+        settings = settings_cls(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from exc
     except ValueError as exc:  # TOML syntax errors
         raise ConfigError(f"config file {config_file}: {exc}") from exc
+    return settings
 
 
 def _describe(exc: ValidationError) -> str:

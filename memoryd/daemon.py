@@ -16,6 +16,7 @@ from memoryd.backlog import Backlog
 from memoryd.cache import CacheSettings, ReadCache
 from memoryd.config import Settings
 from memoryd.connections import ConnectionRegistry
+from memoryd.durability import DurabilityWatch, Restorer, RetainSettings, Unconfirmed
 from memoryd.eviction import EvictionWatch
 from memoryd.fdlimit import connections_that_fit
 from memoryd.flusher import Flusher, FlushSettings
@@ -57,6 +58,8 @@ class Components:
     sweep: ExpirySweep
     sole_writer: SoleWriter
     flusher: Flusher
+    unconfirmed: Unconfirmed
+    durability_watch: DurabilityWatch
     max_connections: int
     status: StatusReport
     reader: Reader
@@ -74,6 +77,7 @@ class Components:
         self.wal.reconfigure(WalSettings.of(settings))
         self.flusher.reconfigure(FlushSettings.of(settings))
         self.cache.reconfigure(CacheSettings.of(settings))
+        self.unconfirmed.reconfigure(RetainSettings.of(settings))
         self.sweep.reconfigure(interval_s=settings.sweep_interval_s)
 
 
@@ -90,8 +94,15 @@ def build(settings: Settings, *, store: Store | None = None) -> Components:
     store = create_store(settings) if store is None else store
     wal = Wal(wal_dir(settings.data_dir), WalSettings.of(settings), on_durable=backlog.extend)
     cache = ReadCache(CacheSettings.of(settings))
+    unconfirmed = Unconfirmed(RetainSettings.of(settings))
+    restorer = Restorer(unconfirmed, backlog, wal)
     data_loss_check = DataLossCheck(
-        store, StoreMarker(settings.data_dir), EvictionWatch(store, alerts, cache), cache, alerts
+        store,
+        StoreMarker(settings.data_dir),
+        EvictionWatch(store, alerts, cache),
+        cache,
+        alerts,
+        restorer,
     )
     health = Health(
         store,
@@ -110,8 +121,10 @@ def build(settings: Settings, *, store: Store | None = None) -> Components:
         wal=wal,
         health=health,
         cache=cache,
+        unconfirmed=unconfirmed,
         lease=sole_writer.lease,
     )
+    durability_watch = DurabilityWatch(store, unconfirmed, restorer, health)
     max_connections = fit_connections(settings, store.kind)
     status = StatusReport(
         socket_path=settings.socket_path,
@@ -121,6 +134,7 @@ def build(settings: Settings, *, store: Store | None = None) -> Components:
         wal=wal,
         backlog=backlog,
         flusher=flusher,
+        unconfirmed=unconfirmed,
         cache=cache,
         sole_writer=sole_writer,
         registry=registry,
@@ -161,6 +175,8 @@ def build(settings: Settings, *, store: Store | None = None) -> Components:
         ),
         sole_writer=sole_writer,
         flusher=flusher,
+        unconfirmed=unconfirmed,
+        durability_watch=durability_watch,
         max_connections=max_connections,
         status=status,
         reader=reader,

@@ -3,7 +3,7 @@
 One batch at a time, oldest first.  A batch that fails is applied again
 whole (every operation is idempotent), after a backoff, until the store takes
 it; nothing behind it overtakes it.  Progress is checkpointed in the WAL so a
-restart replays only what the store may not have.
+restart replays only what the store has not confirmed durable.
 """
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from memoryd.backlog import Backlog
+from memoryd.backlog import Backlog, entry_bytes
 from memoryd.cache import ReadCache
 from memoryd.clock import SYSTEM_CLOCK, Clock
 from memoryd.config import Settings
+from memoryd.durability import Unconfirmed
 from memoryd.health import Health
 from memoryd.stores.base import Sequenced, Store, StoreFailure, WriterLease
 from memoryd.wal import Wal
@@ -57,6 +58,7 @@ class Flusher:
         wal: Wal,
         health: Health,
         cache: ReadCache,
+        unconfirmed: Unconfirmed,
         lease: Callable[[], WriterLease | None] = _no_lease,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
@@ -66,6 +68,7 @@ class Flusher:
         self.wal = wal
         self.health = health
         self.cache = cache
+        self.unconfirmed = unconfirmed
         # This daemon's writer lease, renewed by the batches (None once given up).
         self._lease = lease
         self._clock = clock
@@ -112,7 +115,8 @@ class Flusher:
             return False
         self.health.store_succeeded(self._clock.monotonic() - started_s)
         self.cache.applied(ops, now_s)
-        self.backlog.mark_applied(len(batch))
+        self.backlog.mark_applied(batch)
+        self.unconfirmed.applied(batch[0].seq, batch[-1].seq, sum(map(entry_bytes, batch)))
         self.applied_records += len(batch)
         self._recent_batches.append((self._clock.monotonic(), len(batch)))
         async with self._applied_changed:
@@ -148,7 +152,7 @@ class Flusher:
     async def _checkpoint_if_due(self) -> None:
         elapsed_s = self._clock.monotonic() - self._last_checkpoint_s
         due = elapsed_s >= self.settings.checkpoint_interval_s
-        if not due or self.applied_seq <= self.wal.checkpointed_seq:
+        if not due or self._checkpoint_seq() <= self.wal.checkpointed_seq:
             return
         try:
             await self.checkpoint()
@@ -161,7 +165,16 @@ class Flusher:
 
     async def checkpoint(self) -> None:
         self._last_checkpoint_s = self._clock.monotonic()
-        await self.wal.checkpoint(self.applied_seq)
+        # As far as the store has confirmed durable: the rest stays in the WAL,
+        # to be applied again if the store loses it (memoryd.durability).
+        await self.wal.checkpoint(self._checkpoint_seq())
+
+    def _checkpoint_seq(self) -> int:
+        """As far as a restart may skip: confirmed durable, and nothing older
+        still waiting to be applied (writes put back come before newer ones)."""
+        oldest_pending = self.backlog.oldest_seq()
+        confirmed = self.unconfirmed.confirmed_seq
+        return min(confirmed, oldest_pending - 1) if oldest_pending else confirmed
 
     async def drain(self, timeout_s: float, give_up: Callable[[], bool]) -> bool:
         """Apply what is left (used at shutdown); True if the backlog emptied.

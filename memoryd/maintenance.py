@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from memoryd.alerts import Alerts
 from memoryd.cache import ReadCache
+from memoryd.durability import Restorer, describe_put_back
 from memoryd.eviction import EvictionWatch
 from memoryd.health import Health
 from memoryd.marker import StoreMarker
@@ -28,9 +29,10 @@ class DataLossCheck:
     """Whether the store still holds what memoryd applied to it.
 
     A store without its marker (memoryd.marker) has been emptied, flushed or
-    swapped: the records applied to it before are gone, and the WAL no longer
-    has them.  memoryd goes on with the store as it is, but raises
-    ``store_data_lost``.  Run when the store is opened and each time it comes
+    swapped: the records applied to it before are gone.  Those it had not
+    confirmed durable are still in the WAL and are applied again
+    (memoryd.durability); ``store_data_lost`` says what was restored and what,
+    beyond the WAL's retention, could not be.  Run when the store is opened and each time it comes
     back; it also reads the eviction figures (memoryd.eviction).
     """
 
@@ -41,12 +43,14 @@ class DataLossCheck:
         eviction_watch: EvictionWatch,
         cache: ReadCache,
         alerts: Alerts,
+        restorer: Restorer,
     ) -> None:
         self._store = store
         self._marker = marker
         self._eviction_watch = eviction_watch
         self._cache = cache
         self._alerts = alerts
+        self._restorer = restorer
 
     async def run(self) -> None:
         lost = await self._marker.lost(self._store)
@@ -55,15 +59,15 @@ class DataLossCheck:
         if not lost:
             return
         self._cache.invalidate_all()  # what the views hold is gone from the store too
+        put_back = await self._restorer.put_back("the store lost memoryd's marker")
         self._alerts.raise_alert(
             "store_data_lost",
             f"the store at {self._store.describe().get('address')} lost memoryd's marker: "
             + (
                 self._eviction_watch.likely_cause(evicted_keys)
-                or "it restarted empty, was flushed, or is another server; records applied "
-                "to it before now are not in it (only writes not yet applied were still in "
-                "the WAL)"
-            ),
+                or "it restarted empty, was flushed, or is another server"
+            )
+            + f"; {describe_put_back(put_back)}",
         )
 
 

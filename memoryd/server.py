@@ -55,6 +55,8 @@ RELOADABLE = frozenset(
         "checkpoint_interval_s",
         "flush_batch_max",
         "flush_batch_max_bytes",
+        "wal_retain_bytes",
+        "wal_retain_s",
         "read_cache_per_agent",
         "read_cache_records",
         "max_message_bytes",
@@ -148,6 +150,7 @@ class Server:
         self._alert_on_damage(recovery)
         self._report_wal_room()
         self.parts.backlog.resume(recovery.applied_seq, recovery.entries)
+        self.parts.unconfirmed.resume(recovery.applied_seq)
         if recovery.entries:
             logger.info(
                 "WAL replay: %d unapplied writes (seq %d..%d) queued for the store",
@@ -163,6 +166,7 @@ class Server:
         self._spawn(self.parts.sole_writer.run, "writer lease")
         self._spawn(self.parts.sole_writer.watch, "store watch")
         self._spawn(self.parts.sweep.run, "sweep")
+        self._spawn(self.parts.durability_watch.run, "durability watch")
         interval_s = watchdog_interval_s()
         if interval_s is not None:
             watchdog = WatchdogFeeder(self.parts.wal, self.parts.notifier, interval_s=interval_s)

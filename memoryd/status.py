@@ -19,6 +19,7 @@ from memoryd.alerts import Alerts
 from memoryd.backlog import Backlog
 from memoryd.cache import ReadCache
 from memoryd.connections import ConnectionRegistry
+from memoryd.durability import Unconfirmed
 from memoryd.flusher import Flusher
 from memoryd.health import Health, State
 from memoryd.metrics import Metrics
@@ -39,6 +40,7 @@ class StatusReport:
         wal: Wal,
         backlog: Backlog,
         flusher: Flusher,
+        unconfirmed: Unconfirmed,
         cache: ReadCache,
         sole_writer: SoleWriter,
         registry: ConnectionRegistry,
@@ -53,6 +55,7 @@ class StatusReport:
         self._wal = wal
         self._backlog = backlog
         self._flusher = flusher
+        self._unconfirmed = unconfirmed
         self._cache = cache
         self._sole_writer = sole_writer
         self._registry = registry
@@ -76,7 +79,10 @@ class StatusReport:
             "uptime_s": round(time.time() - self._started_at, 3),
             "socket": str(self._socket_path),
             "store": self._store.describe() | health["store"],
-            "wal": self._wal.describe() | self._backlog.describe() | self._flusher.describe(),
+            "wal": self._wal.describe()
+            | self._backlog.describe()
+            | self._flusher.describe()
+            | self._unconfirmed.describe(),
             "limits": dict(self._limits),
             "read_cache": self._cache.describe() | {"writers": self._sole_writer.writers},
             "clients": len(self._registry.connections),

@@ -10,7 +10,7 @@ from pathlib import Path
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from memoryd.backlog import merge_is_exact, merge_query, store_fetch_limit
+from memoryd.backlog import Backlog, merge_is_exact, merge_query, store_fetch_limit
 from memoryd.ops import Delete, Entry, Op, Put, Replace
 from memoryd.records import Query, Record
 from memoryd.stores.local import LocalStore
@@ -109,3 +109,18 @@ def test_the_merge_is_exact_whenever_the_daemon_skips_the_wait(
     merged, truth = asyncio.run(merged_and_truth(stored_ops, pending, limit))
     assert [r["id"] for r in merged] == [r["id"] for r in truth]
     assert [r["content"] for r in merged] == [r["content"] for r in truth]
+
+
+def test_a_batch_in_flight_while_entries_are_put_back_drops_only_itself() -> None:
+    """The store restarted while the flusher had a batch in flight: what the store lost
+    is put back in front of the batch, and the batch's success must not drop it."""
+    backlog = Backlog()
+    lost = [Entry(seq, Delete("agent", f"r{seq}")) for seq in (1, 2)]
+    backlog.extend(Entry(seq, Delete("agent", f"r{seq}")) for seq in (3, 4))
+    in_flight = backlog.head(2, 1 << 20)
+    backlog.put_back(lost, applied_seq=0)
+    backlog.mark_applied(in_flight)
+    assert [entry.seq for entry in backlog.head(10, 1 << 20)] == [1, 2]
+    assert [entry.seq for entry in backlog.for_agent("agent")] == [1, 2]
+    backlog.mark_applied(backlog.head(10, 1 << 20))
+    assert len(backlog) == 0 and backlog.bytes == 0

@@ -4,6 +4,7 @@ batch applied again whole, checkpoints on their interval, drain's deadline."""
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from memoryd.backlog import Backlog
 from memoryd.cache import CacheSettings, ReadCache
+from memoryd.durability import RetainSettings, Unconfirmed
 from memoryd.flusher import Flusher, FlushSettings
 from memoryd.health import Health, State
 from memoryd.ops import Op
@@ -25,6 +27,7 @@ from tests.test_stores import NOW, put
 
 AGENT = "craftsman_1"
 SETTINGS = FlushSettings(batch_max=4, batch_max_bytes=1 << 20, checkpoint_interval_s=2.0)
+RETAIN = RetainSettings(max_bytes=1 << 20, max_age_s=60.0)
 
 
 @dataclass
@@ -53,6 +56,8 @@ class Parts:
             wal=self.wal,
             health=self.health,
             cache=ReadCache(CacheSettings(per_agent=8, max_records=100, max_memories=1000)),
+            # The in-memory store confirms every write as it is applied.
+            unconfirmed=Unconfirmed(RETAIN, durable_until_s=math.inf, clock=self.clock),
             lease=lambda: self.lease,
             clock=self.clock,
         )

@@ -139,10 +139,12 @@ async def test_recovery_needs_three_good_probes_and_a_deeper_look_then_ends_when
     assert probed.clock.sleeps[-1] == 1.0, "back to the normal interval"
     # New writes keep the backlog from ever being empty: that must not matter.
     probed.backlog.extend(Entry(seq, Delete("agent", f"r{seq}")) for seq in range(8, 13))
-    probed.backlog.mark_applied(2)  # up to seq 6, of the 7 queued during the outage
+    probed.backlog.mark_applied(
+        probed.backlog.head(2, 1 << 30)
+    )  # up to seq 6, of the 7 queued during the outage
     probed.health.store_succeeded(0.001)
     assert state_of(probed.health) is State.RECOVERING
-    probed.backlog.mark_applied(1)
+    probed.backlog.mark_applied(probed.backlog.head(1, 1 << 30))
     await probed.clock.advance(1.0)  # the probe sees it too, without a batch
     assert state_of(probed.health) is State.HEALTHY
 

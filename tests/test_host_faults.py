@@ -105,10 +105,11 @@ def test_a_full_disk_while_redis_is_down_degrades_and_recovers(
             time.sleep(1.0)  # several checkpoint intervals on a full disk
             assert _alive(daemon), daemon.log()
             status = client.status()
-            assert status["state"] == "failing"
-            assert "checkpoint" in status["reason"] or "WAL" in status["reason"]
-            kinds = [alert["kind"] for alert in status["alerts"]]
-            assert "store_data_lost" in kinds, daemon.log()
+            # A Redis without persistence confirms nothing: the WAL keeps what it
+            # applied, and it applied again what the empty Redis lost.
+            assert status["wal"]["unconfirmed_records"] > 0
+            lost = [alert for alert in status["alerts"] if alert["kind"] == "store_data_lost"]
+            assert lost and "applied again" in lost[0]["message"], daemon.log()
 
             filler.unlink()
             eventually(
@@ -116,8 +117,8 @@ def test_a_full_disk_while_redis_is_down_degrades_and_recovers(
             )
             after = client.add("agent-1", "note", "after")["id"]
             stored = {r["id"] for r in client.recent("agent-1", limit=1000)}
-            assert set(during + more + [after]) <= stored
-            assert not set(before) & stored  # applied before Redis came back empty: gone
+            # Applied before Redis came back empty, but never confirmed durable: put back.
+            assert set(before + during + more + [after]) <= stored
         assert daemon.stop() == 0, daemon.log()
         assert "Traceback" not in daemon.log()
     finally:

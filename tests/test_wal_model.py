@@ -194,7 +194,7 @@ class WalMachine(RuleBasedStateMachine):
         batch = self.backlog.head(count, 1 << 30)
         if batch:
             self.run(self.store.apply([entry.op for entry in batch], time.time()))
-            self.backlog.mark_applied(len(batch))
+            self.backlog.mark_applied(batch)
             self.store_applied_seq = max(self.store_applied_seq, batch[-1].seq)
         if checkpoint and batch:
             before = len(list_segments(self.wal_dir))
@@ -269,7 +269,7 @@ class WalMachine(RuleBasedStateMachine):
         """Apply everything; the store alone must then equal the model."""
         while batch := self.backlog.head(16, 1 << 30):
             self.run(self.store.apply([entry.op for entry in batch], time.time()))
-            self.backlog.mark_applied(len(batch))
+            self.backlog.mark_applied(batch)
             self.store_applied_seq = max(self.store_applied_seq, batch[-1].seq)
         assert without_empty(self.run(self.store_contents())) == self.model()
 

@@ -165,6 +165,21 @@ class WriterLease:
     lease_s: float
 
 
+@dataclass(frozen=True, slots=True)
+class Durability:
+    """What a store's server says about keeping applied writes.
+
+    ``server_run`` names this run of the server: a new one means it restarted
+    and holds only what it loaded, so nothing applied before is known to be
+    in it.  Every write applied to this run before ``until_s`` (the clock's
+    ``time()``) is durable: ``math.inf``, all of them; ``-math.inf``, none can
+    be said (no persistence).
+    """
+
+    server_run: str
+    until_s: float
+
+
 # The only maxmemory-policy under which Redis never drops a key to make room.
 NO_EVICTION = "noeviction"
 
@@ -283,6 +298,9 @@ class Store(Protocol):
         their record, records without their index entries, stats that no
         longer count what is readable.
         """
+
+    async def durability(self) -> Durability:
+        """How far applied writes are durable (memoryd.durability keeps the rest)."""
 
     async def eviction(self) -> Eviction | None:
         """What the server says about evicting keys now (also kept for

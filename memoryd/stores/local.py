@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -26,6 +27,7 @@ from memoryd.records import Query, Record, decode_record, is_expired, matches
 from memoryd.stores.base import (
     APPLIED_KEPT_S,
     AgentStats,
+    Durability,
     Eviction,
     Found,
     Sequenced,
@@ -271,6 +273,10 @@ class LocalStore:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+
+    async def durability(self) -> Durability:
+        # synchronous = FULL: a commit is on disk when apply() returns.
+        return Durability(server_run=self.identity, until_s=math.inf)
 
     async def eviction(self) -> Eviction | None:
         return None  # SQLite never drops rows on its own

@@ -11,6 +11,7 @@ real stores do, so no caller can change a stored record through a reference.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,6 +21,7 @@ from memoryd.records import Query, Record, decode_record, is_expired, select, so
 from memoryd.stores.base import (
     APPLIED_KEPT_S,
     AgentStats,
+    Durability,
     Eviction,
     Found,
     Sequenced,
@@ -180,6 +182,10 @@ class MemoryStore:
             if applied_at <= now_s - APPLIED_KEPT_S:
                 del self._applied[guard]
         return Swept(removed)
+
+    async def durability(self) -> Durability:
+        # In this process: gone with it, which is what a unit test wants.
+        return Durability(server_run=self.identity, until_s=math.inf)
 
     async def eviction(self) -> Eviction | None:
         return None

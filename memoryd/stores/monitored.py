@@ -18,6 +18,7 @@ from memoryd.ops import Op
 from memoryd.records import Query, Record
 from memoryd.stores.base import (
     AgentStats,
+    Durability,
     Eviction,
     Found,
     Sequenced,
@@ -88,6 +89,9 @@ class MonitoredStore:
 
     async def sweep(self, now_s: float, lease: WriterLease | None = None) -> Swept:
         return await self._reported(self._store.sweep(now_s, lease))
+
+    async def durability(self) -> Durability:
+        return await self._reported(self._store.durability())
 
     async def eviction(self) -> Eviction | None:
         return await self._store.eviction()

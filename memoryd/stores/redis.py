@@ -19,12 +19,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from redis.exceptions import NoPermissionError, ResponseError
+
 from memoryd import redis_url
 from memoryd.ops import Op
 from memoryd.records import Query, Record, is_expired, matches
 from memoryd.stores.base import (
     APPLIED_KEPT_S,
     AgentStats,
+    Durability,
     Eviction,
     Found,
     Sequenced,
@@ -36,6 +39,7 @@ from memoryd.stores.keys import AgentKeys, KeySpace
 from memoryd.stores.redis_commands import (
     EXPIRY_GRACE_S,
     decoded,
+    durable_until,
     group_by_agent,
     info_eviction,
     page_size,
@@ -138,6 +142,35 @@ class RedisStore:
         self._server_version = str(server.get("redis_version", "")) or None
         self._eviction = info_eviction(server, memory, stats)
         return self._eviction
+
+    async def durability(self) -> Durability:
+        """From INFO persistence, and CONFIG GET appendfsync where allowed.
+
+        AOF with ``always``: every reply comes after the fsync, so all applied
+        writes are durable.  With ``everysec``: those applied more than two
+        seconds ago, while ``aof_last_write_status`` is ok.  RDB: when no change
+        was made since the last successful save, all of them.  Otherwise none
+        can be said.  A restarted server (another ``run_id``) says nothing of
+        what was applied before it.
+        """
+        client = self._link.client
+        with translated("durability"):
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.info("server")
+                pipe.info("persistence")
+                server, persistence = await pipe.execute()
+            fsync = await self._appendfsync(client) if persistence.get("aof_enabled") else None
+        run = str(server.get("run_id", ""))
+        return Durability(run, durable_until(persistence, fsync, time.time()))
+
+    async def _appendfsync(self, client: Any) -> str | None:
+        """The AOF fsync policy; None where CONFIG is renamed away or not allowed."""
+        try:
+            reply = await client.config_get("appendfsync")
+        except (ResponseError, NoPermissionError):
+            return None
+        value = reply.get(b"appendfsync", reply.get("appendfsync"))
+        return text(value) if value is not None else None
 
     async def ping(self) -> float:
         client = self._link.client

@@ -112,6 +112,28 @@ def info_eviction(
     )
 
 
+# With appendfsync everysec a write reaches the disk within about a second
+# (two, when the disk is slow: Redis then postpones the fsync once).
+EVERYSEC_LAG_S = 2.0
+
+
+def durable_until(persistence: dict[str, Any], appendfsync: str | None, now_s: float) -> float:
+    """Before when applied writes are durable, from INFO persistence (see
+    RedisStore.durability); -inf when nothing can be said."""
+    until = -math.inf
+    if int(persistence.get("aof_enabled", 0)) and persistence.get("aof_last_write_status") == "ok":
+        if appendfsync == "always":
+            return math.inf
+        if appendfsync == "everysec":
+            until = now_s - EVERYSEC_LAG_S
+    rdb_saved_all = (
+        persistence.get("rdb_last_bgsave_status") == "ok"
+        and int(persistence.get("rdb_changes_since_last_save", 1)) == 0
+        and not int(persistence.get("rdb_bgsave_in_progress", 0))
+    )
+    return max(until, now_s) if rdb_saved_all else until
+
+
 def page_size(query: Query) -> int:
     # Without filters beyond type and time nearly every entry matches, so a
     # page of about `limit` suffices; otherwise read ahead more per trip.

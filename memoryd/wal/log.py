@@ -24,7 +24,10 @@ from memoryd.ops import Entry, Op, encode_op
 from memoryd.wal.errors import WalError, WalFatalError, WalFullError, write_error
 from memoryd.wal.format import (
     MAGIC,
+    SEGMENT_SUFFIX,
     encode_frame,
+    list_segments,
+    scan_segment,
     write_checkpoint,
 )
 from memoryd.wal.recovery import Recovery, recover
@@ -147,6 +150,20 @@ class Wal:
             # A full disk: the next checkpoint writes it.  Until then a replay
             # after a crash is applied again as it was before ids existed.
             logger.warning("WAL: could not write its id into the checkpoint yet (%s)", exc)
+
+    def renew_id(self) -> None:
+        """Number what is applied from now on under a new id, written into the
+        checkpoint at once (blocking).
+
+        Before writes the store lost are applied again: the store may already
+        hold writes applied after it lost the rest, whose numbers under the
+        old id are higher, and would have the store skip the ones put back.
+        """
+        self.wal_id = new_id()
+        try:
+            write_checkpoint(self.wal_dir, self.checkpointed_seq, self.synced_seq, self.wal_id)
+        except OSError as exc:
+            logger.warning("WAL: could not write its new id into the checkpoint yet (%s)", exc)
 
     async def close(self) -> None:
         """Write and sync what is buffered, then release the files."""
@@ -341,6 +358,21 @@ class Wal:
         await self._fatal_seen.wait()
         assert self.fatal_error is not None
         return self.fatal_error
+
+    def read_back(self, first_seq: int, last_seq: int) -> list[Entry]:
+        """The entries numbered ``first_seq`` to ``last_seq`` from the files
+        (blocking: run it in a thread).  The checkpoint stays behind everything
+        the store has not confirmed, so their segments are all still here."""
+        found: list[Entry] = []
+        segments = list_segments(self.wal_dir)
+        starts = [int(path.name.removesuffix(SEGMENT_SUFFIX)) for path in segments]
+        for index, path in enumerate(segments):
+            next_start = starts[index + 1] if index + 1 < len(starts) else None
+            if starts[index] > last_seq or (next_start is not None and next_start <= first_seq):
+                continue
+            scan = scan_segment(path, first_seq - 1, newest=next_start is None)
+            found.extend(entry for entry in scan.entries if entry.seq <= last_seq)
+        return found
 
     # ----------------------------------------------------------- checkpoint
 

@@ -1,0 +1,270 @@
+"""Applied is not yet safe: what the store has applied but not confirmed durable.
+
+A write Redis has applied can still be lost: persistence may be off, or once a
+second; a server that restarts empty has lost it.  So the WAL keeps every
+applied write until the store confirms it durable (``Store.durable_until``),
+and only then lets the checkpoint pass it and the segments holding it go.  If
+the store comes back without memoryd's marker (it lost its data), the writes
+not yet confirmed are read back from the WAL and applied again (``put_back``):
+the store is healed, not only reported.
+
+When the store cannot confirm at all (no persistence), applied writes are kept
+within a bound, ``wal_retain_bytes`` and ``wal_retain_s``; past it they are let
+go (``released``) and a loss beyond it can only be reported.
+
+Only a few numbers per applied batch are held in memory; the writes themselves
+stay in the WAL's files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any
+
+from memoryd.backlog import Backlog
+from memoryd.clock import SYSTEM_CLOCK, Clock
+from memoryd.config import Settings
+from memoryd.health import Health
+from memoryd.stores.base import Store, StoreFailure
+from memoryd.wal import Wal
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class RetainSettings:
+    """How much applied but unconfirmed WAL is kept when the store cannot confirm."""
+
+    max_bytes: int  # wal_retain_bytes
+    max_age_s: float  # wal_retain_s
+
+    @classmethod
+    def of(cls, settings: Settings) -> RetainSettings:
+        # Held to half the WAL: unconfirmed writes must never fill it, or new
+        # writes would be refused while the store cannot confirm the old ones.
+        max_bytes = min(settings.wal_retain_bytes, settings.wal_max_bytes // 2)
+        return cls(max_bytes=max_bytes, max_age_s=settings.wal_retain_s)
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    first_seq: int
+    last_seq: int
+    size_bytes: int
+    applied_at_s: float  # the clock's time(), as the store's durability is told in it
+
+
+@dataclass(frozen=True, slots=True)
+class PutBack:
+    """The writes to apply again: sequence numbers ``first_seq`` to ``last_seq``,
+    applied since ``since_s``; and what was let go before (``released``, the
+    newest of them applied at ``released_until_s``)."""
+
+    first_seq: int
+    last_seq: int
+    since_s: float | None
+    released: int
+    released_until_s: float | None
+
+    @property
+    def count(self) -> int:
+        return max(0, self.last_seq - self.first_seq + 1)
+
+
+class Unconfirmed:
+    def __init__(
+        self,
+        settings: RetainSettings,
+        *,
+        durable_until_s: float = -math.inf,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
+        self.settings = settings
+        self._clock = clock
+        # What the store said last (DurabilityWatch): math.inf confirms each
+        # batch as it is applied.
+        self.durable_until_s = durable_until_s
+        self._batches: deque[_Batch] = deque()
+        self.bytes = 0
+        self._confirmed_up_to = 0  # the newest confirmed or let go
+        self.released = 0  # writes let go unconfirmed, since start
+        self._released_until_s: float | None = None
+
+    def reconfigure(self, settings: RetainSettings) -> None:
+        self.settings = settings
+
+    def resume(self, checkpointed_seq: int) -> None:
+        """Start from the checkpoint: everything after it is applied (again) from the WAL."""
+        self._confirmed_up_to = checkpointed_seq
+
+    @property
+    def confirmed_seq(self) -> int:
+        """Everything at or below is confirmed durable or let go past retention.
+
+        Never past a batch still unconfirmed: after a put-back, a batch that
+        was in flight may be confirmed before the older ones put back.
+        """
+        if not self._batches:
+            return self._confirmed_up_to
+        oldest_unconfirmed = min(batch.first_seq for batch in self._batches)
+        return min(self._confirmed_up_to, oldest_unconfirmed - 1)
+
+    def __len__(self) -> int:
+        return sum(batch.last_seq - batch.first_seq + 1 for batch in self._batches)
+
+    def applied(self, first_seq: int, last_seq: int, size_bytes: int) -> None:
+        """The store applied this batch (consecutive sequence numbers)."""
+        batch = _Batch(first_seq, last_seq, size_bytes, self._clock.time())
+        self._batches.append(batch)
+        self.bytes += size_bytes
+        if self.durable_until_s == math.inf:
+            self._pop()
+
+    def confirm(self, durable_until_s: float) -> None:
+        """The store says everything applied before ``durable_until_s`` is durable."""
+        self.durable_until_s = durable_until_s
+        while self._batches and self._batches[0].applied_at_s < durable_until_s:
+            self._pop()
+
+    def release_beyond_retention(self) -> None:
+        """Let go of what is older or more than the retention allows."""
+        oldest_kept_s = self._clock.time() - self.settings.max_age_s
+        released = 0
+        while self._batches and (
+            self.bytes > self.settings.max_bytes or self._batches[0].applied_at_s < oldest_kept_s
+        ):
+            batch = self._pop()
+            released += batch.last_seq - batch.first_seq + 1
+            self._released_until_s = batch.applied_at_s
+        if released:
+            self.released += released
+            logger.info(
+                "%d applied writes the store has not confirmed durable left the WAL's retention "
+                "(wal_retain_bytes %d, wal_retain_s %.0f): a store that loses them now cannot "
+                "get them back",
+                released,
+                self.settings.max_bytes,
+                self.settings.max_age_s,
+            )
+
+    def put_back(self, applied_seq: int) -> PutBack:
+        """Forget what is unconfirmed, to be applied again: everything after
+        ``confirmed_seq`` up to ``applied_seq`` (the newest applied)."""
+        since_s = self._batches[0].applied_at_s if self._batches else None
+        put_back = PutBack(
+            self.confirmed_seq + 1, applied_seq, since_s, self.released, self._released_until_s
+        )
+        self._batches.clear()
+        self.bytes = 0
+        return put_back
+
+    def oldest_age_s(self) -> float:
+        if not self._batches:
+            return 0.0
+        return max(0.0, self._clock.time() - self._batches[0].applied_at_s)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "unconfirmed_records": len(self),
+            "unconfirmed_bytes": self.bytes,
+            "unconfirmed_oldest_age_s": round(self.oldest_age_s(), 3),
+            "confirmed_seq": self.confirmed_seq,
+            "released_unconfirmed": self.released,
+        }
+
+    def _pop(self) -> _Batch:
+        batch = self._batches.popleft()
+        self.bytes -= batch.size_bytes
+        self._confirmed_up_to = max(self._confirmed_up_to, batch.last_seq)
+        return batch
+
+
+class Restorer:
+    """Applies again, before anything newer, every write the store has not
+    confirmed durable: read back from the WAL, queued first in the backlog."""
+
+    def __init__(self, unconfirmed: Unconfirmed, backlog: Backlog, wal: Wal) -> None:
+        self._unconfirmed = unconfirmed
+        self._backlog = backlog
+        self._wal = wal
+
+    async def put_back(self, why: str) -> PutBack:
+        put_back = self._unconfirmed.put_back(self._backlog.applied_seq)
+        if put_back.count:
+            loop = asyncio.get_running_loop()
+            entries = await loop.run_in_executor(
+                None, self._wal.read_back, put_back.first_seq, put_back.last_seq
+            )
+            # On the loop, with no await before the entries are queued: a batch
+            # numbered under the new id must never precede them.  An fsync,
+            # once per put-back.
+            self._wal.renew_id()
+            self._backlog.put_back(entries, applied_seq=put_back.first_seq - 1)
+            logger.warning(
+                "%s: %d writes it had not confirmed durable are applied again from the WAL",
+                why,
+                len(entries),
+            )
+        return put_back
+
+
+class DurabilityWatch:
+    """Asks the store how far applied writes are durable, every ``interval_s``,
+    and puts back what a store whose server restarted may miss."""
+
+    def __init__(
+        self,
+        store: Store,
+        unconfirmed: Unconfirmed,
+        restorer: Restorer,
+        health: Health,
+        *,
+        interval_s: float = 1.0,
+    ) -> None:
+        self._store = store
+        self._unconfirmed = unconfirmed
+        self._restorer = restorer
+        self._health = health
+        self._interval_s = interval_s
+        self._server_run: str | None = None
+
+    async def run(self) -> None:
+        while True:
+            if not self._health.store_down:
+                with contextlib.suppress(StoreFailure):  # the health probe reports the store
+                    await self.check()
+            await asyncio.sleep(self._interval_s)
+
+    async def check(self) -> None:
+        durability = await self._store.durability()
+        previous, self._server_run = self._server_run, durability.server_run
+        if previous is not None and durability.server_run != previous:
+            # Whatever it loaded, nothing applied to the old run is known to be in it.
+            await self._restorer.put_back("the store's server restarted")
+            return
+        self._unconfirmed.confirm(durability.until_s)
+        self._unconfirmed.release_beyond_retention()
+
+
+def describe_put_back(put_back: PutBack) -> str:
+    """What an alert says was restored, and what could not be."""
+    restored = f"{put_back.count} writes not yet confirmed durable were applied again"
+    if put_back.since_s is not None:
+        restored += f" (applied since {_when(put_back.since_s)})"
+    if put_back.released and put_back.released_until_s is not None:
+        return (
+            f"{restored}; {put_back.released} writes applied up to "
+            f"{_when(put_back.released_until_s)} had left the WAL's retention "
+            "(wal_retain_bytes, wal_retain_s) unconfirmed and may be lost"
+        )
+    return restored + "; nothing older had left the WAL unconfirmed"
+
+
+def _when(time_s: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(time_s))

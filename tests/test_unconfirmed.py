@@ -1,0 +1,72 @@
+"""What the store applied but has not confirmed durable, on a fake clock."""
+
+from __future__ import annotations
+
+import math
+
+from memoryd.durability import PutBack, RetainSettings, Unconfirmed, describe_put_back
+from tests.fakeclock import FakeClock
+
+RETAIN = RetainSettings(max_bytes=1000, max_age_s=60.0)
+
+
+async def test_writes_are_confirmed_by_the_time_the_store_says() -> None:
+    clock = FakeClock()
+    unconfirmed = Unconfirmed(RETAIN, clock=clock)
+    unconfirmed.applied(1, 3, 30)
+    applied_at = clock.time()
+    await clock.advance(1.0)
+    unconfirmed.applied(4, 4, 10)
+    assert unconfirmed.confirmed_seq == 0 and len(unconfirmed) == 4
+    unconfirmed.confirm(applied_at)  # "durable before the moment 1-3 were applied": not them
+    assert unconfirmed.confirmed_seq == 0
+    unconfirmed.confirm(applied_at + 0.001)
+    assert unconfirmed.confirmed_seq == 3 and len(unconfirmed) == 1 and unconfirmed.bytes == 10
+    unconfirmed.confirm(math.inf)
+    unconfirmed.applied(5, 6, 10)  # a store that confirms at once: nothing waits
+    assert unconfirmed.confirmed_seq == 6 and len(unconfirmed) == 0
+
+
+async def test_retention_lets_the_oldest_go_by_age_and_by_bytes() -> None:
+    clock = FakeClock()
+    unconfirmed = Unconfirmed(RETAIN, clock=clock)
+    unconfirmed.applied(1, 1, 100)
+    await clock.advance(30)
+    unconfirmed.applied(2, 2, 950)  # over max_bytes together: the oldest goes
+    unconfirmed.release_beyond_retention()
+    assert (unconfirmed.confirmed_seq, unconfirmed.released) == (1, 1)
+    await clock.advance(61)
+    unconfirmed.release_beyond_retention()
+    assert (unconfirmed.confirmed_seq, unconfirmed.released, len(unconfirmed)) == (2, 2, 0)
+
+
+def test_put_back_takes_everything_after_the_confirmed_point() -> None:
+    clock = FakeClock()
+    unconfirmed = Unconfirmed(RETAIN, clock=clock)
+    unconfirmed.resume(10)
+    unconfirmed.applied(11, 20, 100)
+    unconfirmed.applied(21, 25, 50)
+    put_back = unconfirmed.put_back(applied_seq=25)
+    assert (put_back.first_seq, put_back.last_seq, put_back.count) == (11, 25, 15)
+    assert len(unconfirmed) == 0 and unconfirmed.confirmed_seq == 10
+    assert "15 writes not yet confirmed durable were applied again" in describe_put_back(put_back)
+
+
+async def test_the_confirmed_point_never_passes_a_batch_still_unconfirmed() -> None:
+    """After a put-back the batch that was in flight is recorded before the older
+    writes put back: confirming it must not move the checkpoint past them."""
+    clock = FakeClock()
+    unconfirmed = Unconfirmed(RETAIN, clock=clock)
+    unconfirmed.applied(30, 40, 10)  # in flight during the put-back of 1-29
+    when = clock.time()
+    await clock.advance(1.0)
+    unconfirmed.applied(1, 29, 10)
+    unconfirmed.confirm(when + 0.0001)  # only the first is confirmed
+    assert unconfirmed.confirmed_seq == 0
+
+
+def test_what_the_alert_says_of_writes_past_retention() -> None:
+    put_back = PutBack(5, 9, 1_700_000_000.0, released=3, released_until_s=1_699_999_000.0)
+    text = describe_put_back(put_back)
+    assert "5 writes not yet confirmed durable were applied again" in text
+    assert "3 writes applied up to" in text and "may be lost" in text
