@@ -135,6 +135,11 @@ class Backlog:
     def agent_ids(self) -> Iterable[str]:
         return self._by_agent.keys()
 
+    def applied_through(self, seq: int) -> bool:
+        """Whether nothing numbered ``seq`` or lower waits any more.  Not
+        ``applied_seq >= seq``: writes put back are applied after newer ones."""
+        return not self._queue or self._queue[0].entry.seq > seq
+
     def oldest_seq(self) -> int:
         """The oldest entry not yet applied; 0 if none."""
         return self._queue[0].entry.seq if self._queue else 0

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     redis_connect_timeout_s: float = Field(default=1.0, gt=0, le=300)
     redis_retries: int = Field(default=2, ge=0, le=20)
     key_prefix: str = Field(default="", max_length=64)
+    # Replicas a write must reach (WAIT) before the WAL lets it go; None: every
+    # replica the master reports (memoryd.durability).
+    redis_min_replicas: int | None = Field(default=None, ge=0, le=100)
 
     # Records.
     max_memories: int = Field(default=1000, ge=1, le=10_000_000)
@@ -130,8 +133,11 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _whole_url(cls, value: str) -> str:
-        if value:
-            parse_url(value)  # RedisUrlError is a ValueError: pydantic reports it
+        if value and parse_url(value).topology == "cluster":  # a RedisUrlError is a ValueError
+            raise ValueError(
+                "redis+cluster:// is not supported by this version yet; use redis://, rediss:// "
+                "or redis+sentinel://"
+            )
         return value
 
     @field_validator("data_dir")

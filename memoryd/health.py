@@ -207,7 +207,7 @@ class Health:
             self.last_error = None
             draining = "; draining the backlog" if self._draining else ""
             self._update("the store takes writes again" + draining)
-        if self._draining and self._backlog.applied_seq >= self._recovered_at_seq:
+        if self._draining and self._backlog.applied_through(self._recovered_at_seq):
             self._draining = False
             self._update("what queued up during the outage is applied")
 
@@ -286,7 +286,7 @@ class Health:
                 await self._reconnected()
         elif self.store_refuses_writes:
             await self._probe_writes()
-        elif self._draining and self._backlog.applied_seq >= self._recovered_at_seq:
+        elif self._draining and self._backlog.applied_through(self._recovered_at_seq):
             self._draining = False
             self._update("what queued up during the outage is applied")
         elif self._deep_check_due or self._probes % self.check_store_every == 0:

@@ -16,8 +16,17 @@ from dataclasses import dataclass, field
 from typing import Final
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-SCHEMES: Final = ("redis", "rediss", "unix")
+SCHEMES: Final = (
+    "redis",
+    "rediss",
+    "unix",
+    "redis+sentinel",
+    "rediss+sentinel",
+    "redis+cluster",
+    "rediss+cluster",
+)
 DEFAULT_PORT: Final = 6379
+DEFAULT_SENTINEL_PORT: Final = 26379
 MAX_DB: Final = 1_000_000
 MASK: Final = "***"
 # Query options memoryd passes on; anything else is a typo until proven otherwise.
@@ -25,7 +34,9 @@ _TLS_OPTIONS: Final = frozenset(
     {"ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname"}
 )
 _OPTIONS: Final = frozenset({"db", "username", "password"})
-_SECRET_OPTIONS: Final = frozenset({"password"})
+# The credentials of the sentinels themselves, when they have their own.
+_SENTINEL_OPTIONS: Final = frozenset({"sentinel_username", "sentinel_password"})
+_SECRET_OPTIONS: Final = frozenset({"password", "sentinel_password"})
 
 
 class RedisUrlError(ValueError):
@@ -42,14 +53,36 @@ class RedisUrl:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     tls_options: dict[str, str] = field(default_factory=dict)
+    # Every host:port given; for redis+sentinel, the sentinels.
+    hosts: tuple[tuple[str, int], ...] = ()
+    service_name: str | None = None  # redis+sentinel only: the master's name
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+
+    @property
+    def topology(self) -> str:
+        """ "standalone", "sentinel" or "cluster"."""
+        return self.scheme.partition("+")[2] or "standalone"
+
+    @property
+    def tls(self) -> bool:
+        return self.scheme.startswith("rediss")
 
     @property
     def address(self) -> str:
         """Where the server is, without credentials: what names this store."""
         if self.scheme == "unix":
             return f"unix://{self.path}?db={self.db}"
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}/{self.db}"
+        hosts = ",".join(f"{_bracketed(host)}:{port}" for host, port in self.hosts)
+        if self.topology == "sentinel":
+            return f"{self.scheme}://{hosts}/{self.service_name}/{self.db}"
+        if self.topology == "cluster":
+            return f"{self.scheme}://{hosts}"
+        return f"{self.scheme}://{hosts}/{self.db}"
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def parse(url: str) -> RedisUrl:
@@ -63,33 +96,82 @@ def parse(url: str) -> RedisUrl:
     except ValueError:
         raise RedisUrlError("is not a URL") from None
     if parts.scheme not in SCHEMES:
-        raise RedisUrlError("must start with redis://, rediss:// or unix://")
+        raise RedisUrlError(
+            "must start with redis://, rediss://, unix://, redis+sentinel://, redis+cluster:// "
+            "or rediss+sentinel:// / rediss+cluster://"
+        )
     if "@" in parts.path or "@" in parts.query:
         # A raw / or ? inside the credentials ended them early: what follows
         # would be taken for a path or a query, so refuse it whole.
         raise RedisUrlError("a / ? # or @ in a user name, password or path must be %-encoded")
-    options = _options(parts.query, tls=parts.scheme == "rediss")
+    scheme = parts.scheme
+    topology = scheme.partition("+")[2]
+    options = _options(
+        parts.query, tls=scheme.startswith("rediss"), sentinel=topology == "sentinel"
+    )
     username, password = _credentials(parts.netloc, options)
-    db = _db(parts.path if parts.scheme != "unix" else "", options.get("db"))
     tls = {name: value for name, value in options.items() if name in _TLS_OPTIONS}
-    if parts.scheme == "unix":
+    if scheme == "unix":
+        db = _db("", options.get("db"))
         if _host_part(parts.netloc):
             raise RedisUrlError("unix:// takes a socket path, not a host (unix:///run/redis.sock)")
         if not parts.path:
             raise RedisUrlError("unix:// needs the socket's path (unix:///run/redis.sock)")
         path = unquote(parts.path)
         return RedisUrl("unix", path=path, db=db, username=username, password=password)
-    host, port = _host_and_port(parts.netloc)
-    return RedisUrl(parts.scheme, host, port, None, db, username, password, tls)
+    default_port = DEFAULT_SENTINEL_PORT if topology == "sentinel" else DEFAULT_PORT
+    hosts = _hosts(parts.netloc, default_port, several=bool(topology))
+    service_name = None
+    if topology == "sentinel":
+        service_name, db_path = _service_and_db(parts.path)
+        db = _db(db_path, options.get("db"))
+    elif topology == "cluster":
+        if parts.path.strip("/") or "db" in options:
+            raise RedisUrlError("a cluster has one database, 0: redis+cluster:// takes no /db")
+        db = 0
+    else:
+        db = _db(parts.path, options.get("db"))
+    host, port = hosts[0]
+    return RedisUrl(
+        scheme,
+        host,
+        port,
+        None,
+        db,
+        username,
+        password,
+        tls,
+        hosts,
+        service_name,
+        options.get("sentinel_username") or None,
+        options.get("sentinel_password") or None,
+    )
 
 
-def _options(query: str, *, tls: bool) -> dict[str, str]:
+def _service_and_db(path: str) -> tuple[str, str]:
+    """``/service_name[/db]`` of a redis+sentinel:// URL."""
+    service, _, db = path.strip("/").partition("/")
+    service = unquote(service)
+    if not service:
+        raise RedisUrlError(
+            "redis+sentinel:// needs the master's name: redis+sentinel://HOST:PORT/SERVICE[/DB]"
+        )
+    if any(char in service for char in "/ "):
+        raise RedisUrlError("the master's name must not hold '/' or spaces")
+    return service, db
+
+
+def _options(query: str, *, tls: bool, sentinel: bool) -> dict[str, str]:
     try:
         pairs = parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
     except ValueError:
         raise RedisUrlError("its query string is not name=value pairs") from None
     options: dict[str, str] = {}
-    allowed = _OPTIONS | (_TLS_OPTIONS if tls else frozenset())
+    allowed = (
+        _OPTIONS
+        | (_TLS_OPTIONS if tls else frozenset())
+        | (_SENTINEL_OPTIONS if sentinel else frozenset())
+    )
     for name, value in pairs:
         if name not in allowed:
             known = ", ".join(sorted(allowed))
@@ -122,8 +204,16 @@ def _host_part(netloc: str) -> str:
     return netloc.rsplit("@", 1)[-1]
 
 
-def _host_and_port(netloc: str) -> tuple[str, int]:
-    hostport = _host_part(netloc)
+def _hosts(netloc: str, default_port: int, *, several: bool) -> tuple[tuple[str, int], ...]:
+    items = _host_part(netloc).split(",")
+    if len(items) > 1 and not several:
+        raise RedisUrlError(
+            "one host only; several are for redis+sentinel:// (the sentinels) and redis+cluster://"
+        )
+    return tuple(_host_and_port(item, default_port) for item in items)
+
+
+def _host_and_port(hostport: str, default_port: int) -> tuple[str, int]:
     parts = urlsplit(f"//{hostport}")
     if not parts.hostname:
         raise RedisUrlError("needs a host (redis://HOST:PORT/DB); there is no default host")
@@ -133,7 +223,7 @@ def _host_and_port(netloc: str) -> tuple[str, int]:
         raise RedisUrlError("the port must be a number from 1 to 65535") from None
     if port == 0:
         raise RedisUrlError("the port must be a number from 1 to 65535")
-    return parts.hostname, DEFAULT_PORT if port is None else port
+    return parts.hostname, default_port if port is None else port
 
 
 def _db(path: str, option: str | None) -> int:

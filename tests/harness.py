@@ -17,9 +17,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import redis
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 LOOPBACK = "127.0.0.1"
@@ -153,6 +155,94 @@ class RedisServer:
     def cleanup(self) -> None:
         self.kill()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+@dataclass
+class SentinelSet:
+    """A master with ``replicas`` replicas and ``sentinels`` sentinels, all on free
+    TCP ports, watching the master as ``SERVICE``; quick to fail over (a master
+    down for 500 ms is replaced)."""
+
+    replicas: int = 2
+    sentinels: int = 3
+    directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="rsent-")))
+    servers: list[RedisServer] = field(default_factory=list)
+    sentinel_ports: list[int] = field(default_factory=list)
+    _sentinel_processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    SERVICE = "memoryd-test"
+
+    def start(self) -> SentinelSet:
+        master = RedisServer(tcp=True).start()
+        self.servers.append(master)
+        host, port = master.tcp_address
+        for _ in range(self.replicas):
+            self.servers.append(RedisServer(tcp=True).start("--replicaof", host, str(port)))
+        for n in range(self.sentinels):
+            self._start_sentinel(n, port)
+        self.wait(lambda: all(self._replica_linked(s) for s in self.servers[1:]), "replication")
+        self.wait(lambda: self.master_port() == port, "the sentinels to agree")
+        return self
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"{LOOPBACK}:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.SERVICE}/0"
+
+    def master_port(self) -> int | None:
+        """The master's port as the first sentinel that answers names it."""
+        for port in self.sentinel_ports:
+            with (
+                contextlib.suppress(redis.exceptions.RedisError),
+                redis.Redis(LOOPBACK, port, socket_timeout=1) as conn,
+            ):
+                address = conn.sentinel_get_master_addr_by_name(self.SERVICE)
+                if address:
+                    return int(address[1])
+        return None
+
+    def server_on(self, port: int) -> RedisServer:
+        return next(server for server in self.servers if server.port == port)
+
+    def wait(self, condition: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            time.sleep(0.1)
+
+    def cleanup(self) -> None:
+        for process in self._sentinel_processes:
+            process.kill()
+            process.wait(10)
+        for server in self.servers:
+            server.cleanup()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _start_sentinel(self, n: int, master_port: int) -> None:
+        port = free_tcp_port()
+        config = self.directory / f"sentinel-{n}.conf"
+        config.write_text(
+            f"port {port}\nbind {LOOPBACK}\ndir {self.directory}\n"
+            f"sentinel monitor {self.SERVICE} {LOOPBACK} {master_port} 2\n"
+            f"sentinel down-after-milliseconds {self.SERVICE} 500\n"
+            f"sentinel failover-timeout {self.SERVICE} 2000\n"
+            f"sentinel parallel-syncs {self.SERVICE} 1\n"
+        )
+        self._sentinel_processes.append(
+            subprocess.Popen(
+                [REDIS_SERVER, str(config), "--sentinel", "--logfile", f"{config}.log"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        self.sentinel_ports.append(port)
+        self.wait(lambda: _can_connect_tcp(port), f"sentinel {n}")
+
+    @staticmethod
+    def _replica_linked(server: RedisServer) -> bool:
+        with redis.Redis(unix_socket_path=str(server.socket_path)) as conn:
+            return bool(conn.info("replication").get("master_link_status") == "up")
 
 
 class NotifyListener:

@@ -39,6 +39,9 @@ BAD_URLS = {
     "slash-in-password": f"redis://u:{SECRET}/x@127.0.0.1:{DEAD_PORT}/0",
     "unix-without-path": "unix://",
     "scheme": f"http://127.0.0.1:{DEAD_PORT}/0",
+    "sentinel-without-service": f"redis+sentinel://:{SECRET}@127.0.0.1:{DEAD_PORT}",
+    "several-hosts-standalone": f"redis://:{SECRET}@127.0.0.1:{DEAD_PORT},127.0.0.1:1/0",
+    "cluster-for-now": f"redis+cluster://:{SECRET}@127.0.0.1:{DEAD_PORT}",
 }
 
 

@@ -7,12 +7,15 @@ variables > TOML file > defaults.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
 from memoryd.config import Settings, load_settings, mask_url
 from memoryd.errors import ConfigError
+from memoryd.redis_url import RedisUrlError
+from memoryd.redis_url import parse as parse_url
 
 
 @pytest.fixture(autouse=True)
@@ -246,6 +249,10 @@ def test_store_kind_resolution(
         ("redis://u:sec@ret@h:1/0", "redis://u:***@h:1/0"),
         ("redis://u@h:1/0", "redis://u@h:1/0"),
         ("unix://:secret@/run/redis.sock?db=1", "unix://:***@/run/redis.sock?db=1"),
+        (
+            "redis+sentinel://:secret@s1:26379,s2:26380/mymaster/2?sentinel_password=secret",
+            "redis+sentinel://:***@s1:26379,s2:26380/mymaster/2?sentinel_password=***",
+        ),
         # Not a URL memoryd takes: nothing of it shows but a scheme of ours.
         ("redis://:secret@h:abc/0", "redis://***"),
         ("secret:whatever@h:1/0", "***"),
@@ -316,3 +323,66 @@ def test_bad_toml_files_are_refused(tmp_path: Path) -> None:
     wrong.write_text('max_memories = "many"\n')
     with pytest.raises(ConfigError, match="max_memories"):
         load_settings(wrong)
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "redis+sentinel://u:pw@s1,s2:26380/mymaster/3?sentinel_username=su&sentinel_password=sp",
+            {
+                "topology": "sentinel",
+                "hosts": (("s1", 26379), ("s2", 26380)),
+                "service_name": "mymaster",
+                "db": 3,
+                "username": "u",
+                "password": "pw",
+                "sentinel_username": "su",
+                "sentinel_password": "sp",
+                "tls": False,
+            },
+        ),
+        (
+            "rediss+sentinel://s1:5000/m?ssl_ca_certs=/etc/ca.pem&ssl_certfile=/c&ssl_keyfile=/k",
+            {
+                "topology": "sentinel",
+                "db": 0,
+                "tls": True,
+                "tls_options": {
+                    "ssl_ca_certs": "/etc/ca.pem",
+                    "ssl_certfile": "/c",
+                    "ssl_keyfile": "/k",
+                },
+            },
+        ),
+        ("rediss://h:1/0?ssl_ca_certs=/ca", {"topology": "standalone", "tls": True}),
+        ("redis://h/4", {"topology": "standalone", "hosts": (("h", 6379),), "db": 4}),
+    ],
+)
+def test_redis_urls_of_every_topology_parse_whole(url: str, expected: dict[str, object]) -> None:
+    parsed = parse_url(url)
+    for name, value in expected.items():
+        assert getattr(parsed, name) == value, name
+
+
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("redis+sentinel://s1:26379", "needs the master's name"),
+        ("redis+sentinel://s1:26379/m/x", "the db must be a whole number"),
+        ("redis://h1:1,h2:2/0", "one host only"),
+        ("redis+sentinel://s1/m?ssl_ca_certs=/ca", "unknown option 'ssl_ca_certs'"),
+        ("redis://h:1/0?sentinel_password=x", "unknown option 'sentinel_password'"),
+        ("redis+cluster://h1:1,h2:2/3", "takes no /db"),
+        ("redis+sentinel://s1,:26379/m", "needs a host"),
+    ],
+)
+def test_a_wrong_url_of_any_topology_names_its_problem(url: str, problem: str) -> None:
+    with pytest.raises(RedisUrlError, match=re.escape(problem)):
+        parse_url(url)
+
+
+def test_a_cluster_url_is_refused_at_start_for_now(environ: pytest.MonkeyPatch) -> None:
+    environ.setenv("MEMORYD_REDIS_URL", "redis+cluster://h1:7000,h2:7001")
+    with pytest.raises(ConfigError, match="redis_url .*redis\\+cluster:// is not supported"):
+        load_settings()

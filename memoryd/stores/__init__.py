@@ -60,6 +60,7 @@ def create_store(settings: Settings) -> Store:
             socket_timeout_s=settings.redis_socket_timeout_s,
             connect_timeout_s=settings.redis_connect_timeout_s,
             retries=settings.redis_retries,
+            min_replicas=settings.redis_min_replicas,
         )
     from memoryd.stores.local import LocalStore
 

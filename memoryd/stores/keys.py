@@ -131,6 +131,12 @@ class KeySpace:
         return f"{self.prefix}memoryd:marker"
 
     @property
+    def confirm(self) -> str:
+        """STRING written before each WAIT: the replicas that acknowledge it have
+        every write applied before it (memoryd.stores.redis durability)."""
+        return f"{self.prefix}memoryd:confirm"
+
+    @property
     def writers(self) -> str:
         """ZSET daemon id -> lease end: the daemons writing under this prefix."""
         return f"{self.prefix}memoryd:writers"

@@ -48,7 +48,7 @@ from memoryd.stores.redis_commands import (
     score,
     text,
 )
-from memoryd.stores.redis_link import RedisLink, translated
+from memoryd.stores.redis_link import RedisLink, pack, translated
 from memoryd.stores.redis_repair import AGENTS_PER_PIPELINE, SCAN_COUNT, EvictionRepair
 
 __all__ = ["EXPIRY_GRACE_S", "RedisStore"]
@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 # A write renews the writer lease itself only when no renewal was sent this
 # recently: a lease lasts seconds, and a renewal per batch costs Redis a script.
 LEASE_FRESH_S = 0.5
+# How long a WAIT for replicas may take before the writes stay unconfirmed for now.
+WAIT_TIMEOUT_S = 0.5
 
 
 class RedisStore:
@@ -75,11 +77,13 @@ class RedisStore:
         socket_timeout_s: float = 1.0,
         connect_timeout_s: float = 1.0,
         retries: int = 2,
+        min_replicas: int | None = None,
     ) -> None:
         self._url = redis_url.parse(url)  # checked already when the settings were read
         self._masked_url = redis_url.masked(url)
         self._keys = KeySpace(key_prefix)
         self._max_memories = max_memories
+        self._min_replicas = min_replicas  # None: every replica the master reports
         self._link = RedisLink(
             self._url,
             pool_size=pool_size,
@@ -91,6 +95,8 @@ class RedisStore:
         self._lease_renewed_at = -math.inf
         self._server_version: str | None = None
         self._eviction: Eviction | None = None  # as last read, for describe()
+        # The master a Sentinel set named, and since when (time.time()).
+        self._master: tuple[str | None, float] = (None, time.time())
 
     # -- life cycle ---------------------------------------------------------
 
@@ -99,6 +105,7 @@ class RedisStore:
         eviction = await self._read_eviction("open")
         with translated("open"):
             await self._link.load_scripts()
+        self._note_master()
         logger.info(
             "redis store at %s (server %s, key prefix %r, maxmemory-policy %s, maxmemory %d)",
             self._masked_url,
@@ -120,7 +127,23 @@ class RedisStore:
             "maxmemory_policy": None if eviction is None else eviction.policy,
             "maxmemory_bytes": None if eviction is None else eviction.maxmemory_bytes,
             "evicted_keys": None if eviction is None else eviction.evicted_keys,
-        }
+        } | self._master_description()
+
+    def _master_description(self) -> dict[str, Any]:
+        if self._url.topology != "sentinel":
+            return {}
+        self._note_master()
+        master, since_s = self._master
+        return {"master": master, "master_since": since_s}
+
+    def _note_master(self) -> None:
+        master = self._link.master_address
+        if master != self._master[0]:
+            if self._master[0] is not None:
+                logger.warning(
+                    "the sentinels name a new master: %s (was %s)", master, self._master[0]
+                )
+            self._master = (master, time.time())
 
     @property
     def identity(self) -> str:
@@ -144,24 +167,46 @@ class RedisStore:
         return self._eviction
 
     async def durability(self) -> Durability:
-        """From INFO persistence, and CONFIG GET appendfsync where allowed.
+        """How far applied writes are durable: replicated, else persisted.
 
-        AOF with ``always``: every reply comes after the fsync, so all applied
-        writes are durable.  With ``everysec``: those applied more than two
-        seconds ago, while ``aof_last_write_status`` is ok.  RDB: when no change
-        was made since the last successful save, all of them.  Otherwise none
-        can be said.  A restarted server (another ``run_id``) says nothing of
-        what was applied before it.
+        With replicas (as many as ``min_replicas``, else every one the master
+        reports), a write is durable once they have it: a small write, then
+        ``WAIT``, confirms everything applied before that write.  A ``WAIT``
+        that times out confirms nothing and fails nothing.  Without replicas,
+        persistence decides (redis_commands.durable_until).  A restarted server
+        (another ``run_id``) says nothing of what was applied before it.
         """
         client = self._link.client
         with translated("durability"):
             async with client.pipeline(transaction=False) as pipe:
                 pipe.info("server")
                 pipe.info("persistence")
-                server, persistence = await pipe.execute()
+                pipe.info("replication")
+                server, persistence, replication = await pipe.execute()
+            run = str(server.get("run_id", ""))
+            self._note_master()
+            replicas = int(replication.get("connected_slaves", 0))
+            wanted = replicas if self._min_replicas is None else self._min_replicas
+            if wanted > 0:
+                return Durability(run, await self._replicated_until(wanted))
             fsync = await self._appendfsync(client) if persistence.get("aof_enabled") else None
-        run = str(server.get("run_id", ""))
         return Durability(run, durable_until(persistence, fsync, time.time()))
+
+    async def _replicated_until(self, replicas: int) -> float:
+        """The time before which every applied write has reached ``replicas``."""
+        asked_at = time.time()
+        # One connection: WAIT counts the replicas that have this connection's
+        # last write, and replication is in order, so all writes before it too.
+        replies = await self._link.round_trip(
+            [
+                pack("SET", self._keys.confirm, repr(asked_at)),
+                pack("WAIT", replicas, int(WAIT_TIMEOUT_S * 1000)),
+            ]
+        )
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+        return asked_at if int(replies[1]) >= replicas else -math.inf
 
     async def _appendfsync(self, client: Any) -> str | None:
         """The AOF fsync policy; None where CONFIG is renamed away or not allowed."""

@@ -18,6 +18,7 @@ from typing import Any, cast
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
@@ -102,17 +103,23 @@ def _script_text(name: str) -> str:
 
 
 def _connection_arguments(url: redis_url.RedisUrl) -> dict[str, Any]:
-    """redis-py's connection arguments for a parsed URL."""
+    """redis-py's connection arguments for a parsed URL (standalone: its one server)."""
     common: dict[str, Any] = {"db": url.db, "username": url.username, "password": url.password}
     if url.scheme == "unix":
         return {**common, "connection_class": aioredis.UnixDomainSocketConnection, "path": url.path}
     common.update(host=url.host, port=url.port)
-    if url.scheme == "rediss":
+    if url.tls:
         common["connection_class"] = aioredis.SSLConnection
-        for name, value in url.tls_options.items():
-            is_flag = name == "ssl_check_hostname"
-            common[name] = value.lower() in ("1", "true", "yes") if is_flag else value
+        common.update(_tls_arguments(url))
     return common
+
+
+def _tls_arguments(url: redis_url.RedisUrl) -> dict[str, Any]:
+    arguments: dict[str, Any] = {}
+    for name, value in url.tls_options.items():
+        is_flag = name == "ssl_check_hostname"
+        arguments[name] = value.lower() in ("1", "true", "yes") if is_flag else value
+    return arguments
 
 
 class RedisLink:
@@ -133,6 +140,7 @@ class RedisLink:
         self._connect_timeout_s = connect_timeout_s
         self._retries = retries
         self._client: aioredis.Redis | None = None
+        self._sentinel: Sentinel | None = None
         self._scripts: dict[str, AsyncScript] = {}
 
     def connect(self) -> None:
@@ -145,22 +153,66 @@ class RedisLink:
         retry = Retry(
             ExponentialWithJitterBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S), self._retries
         )
-        # Built from the parsed parts, never from the text: redis-py reads a
-        # malformed URL loosely (a missing host as localhost, db "zz" as 0).
-        pool = aioredis.BlockingConnectionPool(
-            **_connection_arguments(self._url),
-            max_connections=self._pool_size,
-            # Waiting longer than one command may take for a free connection
-            # only hides an overload; better to fail and let the caller back off.
-            timeout=self._connect_timeout_s + self._socket_timeout_s,
-            socket_timeout=self._socket_timeout_s,
-            socket_connect_timeout=self._connect_timeout_s,
-            retry=retry,
-            decode_responses=False,
-        )
-        client = aioredis.Redis(connection_pool=pool)
+        client = self._sentinel_client(retry) if self._url.topology == "sentinel" else None
+        if client is None:
+            # Built from the parsed parts, never from the text: redis-py reads a
+            # malformed URL loosely (a missing host as localhost, db "zz" as 0).
+            pool = aioredis.BlockingConnectionPool(
+                **_connection_arguments(self._url),
+                max_connections=self._pool_size,
+                # Waiting longer than one command may take for a free connection
+                # only hides an overload; better to fail and let the caller back off.
+                timeout=self._connect_timeout_s + self._socket_timeout_s,
+                socket_timeout=self._socket_timeout_s,
+                socket_connect_timeout=self._connect_timeout_s,
+                retry=retry,
+                decode_responses=False,
+            )
+            client = aioredis.Redis(connection_pool=pool)
         self._scripts = {name: client.register_script(_script_text(name)) for name in SCRIPTS}
         self._client = client
+
+    def _sentinel_client(self, retry: Retry) -> aioredis.Redis:
+        """A client of the master the sentinels name: redis-py's pool asks them
+        on every new connection, and drops a connection that finds itself on a
+        demoted master (READONLY), so that the next one goes to the new master."""
+        url = self._url
+        timeouts = {
+            "socket_timeout": self._socket_timeout_s,
+            "socket_connect_timeout": self._connect_timeout_s,
+        }
+        tls = {"ssl": True, **_tls_arguments(url)} if url.tls else {}
+        sentinel_kwargs = {
+            "username": url.sentinel_username,
+            "password": url.sentinel_password,
+            **timeouts,
+            **tls,
+        }
+        # redis-py's Sentinel is not annotated.
+        self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            list(url.hosts),
+            sentinel_kwargs=sentinel_kwargs,
+            db=url.db,
+            username=url.username,
+            password=url.password,
+            retry=retry,
+            decode_responses=False,
+            **timeouts,
+            **tls,
+        )
+        assert url.service_name is not None  # redis_url.parse makes sure
+        master = self._sentinel.master_for(
+            url.service_name, redis_class=aioredis.Redis, max_connections=self._pool_size
+        )
+        return cast(aioredis.Redis, master)
+
+    @property
+    def master_address(self) -> str | None:
+        """The master a Sentinel set named last ("host:port"); None for one server."""
+        if self._client is None or self._sentinel is None:
+            return None
+        address = getattr(self._client.connection_pool, "master_address", None)
+        return None if address is None else f"{address[0]}:{address[1]}"
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -255,6 +307,10 @@ class RedisLink:
         confirmation is a push message read_response skips.
         """
         arguments = _connection_arguments(self._url)
+        if self._sentinel is not None and self._url.service_name is not None:
+            with translated("watch"):
+                host, port = await self._sentinel.discover_master(self._url.service_name)
+            arguments.update(host=host, port=port)
         connection_class = arguments.pop("connection_class", aioredis.Connection)
         connection = connection_class(
             **arguments,
