@@ -193,6 +193,16 @@ class Restorer:
         self._unconfirmed = unconfirmed
         self._backlog = backlog
         self._wal = wal
+        self._server_run: str | None = None  # the store's, as last seen
+
+    async def note_server_run(self, server_run: str) -> PutBack | None:
+        """Put back what is unconfirmed if the store's server is another one than
+        last seen (restarted, promoted, resynced); what was put back, if it was."""
+        previous, self._server_run = self._server_run, server_run
+        if previous is None or previous == server_run:
+            return None
+        # Whatever it holds, nothing applied to the one before is known to be in it.
+        return await self.put_back("the store's server is another one (restarted or failed over)")
 
     async def put_back(self, why: str) -> PutBack:
         put_back = self._unconfirmed.put_back(self._backlog.applied_seq)
@@ -216,7 +226,8 @@ class Restorer:
 
 class DurabilityWatch:
     """Asks the store how far applied writes are durable, every ``interval_s``,
-    and puts back what a store whose server restarted may miss."""
+    and puts back what a store whose server is another one may miss (the
+    data-loss check does the same each time the store comes back)."""
 
     def __init__(
         self,
@@ -232,7 +243,6 @@ class DurabilityWatch:
         self._restorer = restorer
         self._health = health
         self._interval_s = interval_s
-        self._server_run: str | None = None
 
     async def run(self) -> None:
         while True:
@@ -243,10 +253,7 @@ class DurabilityWatch:
 
     async def check(self) -> None:
         durability = await self._store.durability()
-        previous, self._server_run = self._server_run, durability.server_run
-        if previous is not None and durability.server_run != previous:
-            # Whatever it loaded, nothing applied to the old run is known to be in it.
-            await self._restorer.put_back("the store's server restarted")
+        if await self._restorer.note_server_run(durability.server_run) is not None:
             return
         self._unconfirmed.confirm(durability.until_s)
         self._unconfirmed.release_beyond_retention()

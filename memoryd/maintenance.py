@@ -53,13 +53,17 @@ class DataLossCheck:
         self._restorer = restorer
 
     async def run(self) -> None:
+        # Before the store is used again: a server that is another one (a failover,
+        # a restart that loaded an older file) gets what it may miss first.
+        put_back = await self._restorer.note_server_run(await self._store.server_run())
         lost = await self._marker.lost(self._store)
         # Read after the marker: evictions that took the marker are counted.
         evicted_keys = await self._eviction_watch.check()
         if not lost:
             return
         self._cache.invalidate_all()  # what the views hold is gone from the store too
-        put_back = await self._restorer.put_back("the store lost memoryd's marker")
+        if put_back is None:
+            put_back = await self._restorer.put_back("the store lost memoryd's marker")
         self._alerts.raise_alert(
             "store_data_lost",
             f"the store at {self._store.describe().get('address')} lost memoryd's marker: "

@@ -33,8 +33,9 @@ def stored(server: RedisServer, agent_id: str) -> list[str]:
 class Writers:
     """Agents writing without pause, each id kept once the daemon acknowledged it."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    def __init__(self, daemon: Daemon, *, payload_bytes: int = 0) -> None:
         self.daemon = daemon
+        self.payload = "x" * payload_bytes
         self.acked: dict[str, list[str]] = {f"writer-{n}": [] for n in range(WRITERS)}
         self.refused = 0
         self._stop = threading.Event()
@@ -60,7 +61,8 @@ class Writers:
             n = 0
             while not self._stop.is_set():
                 try:
-                    self.acked[agent].append(client.add(agent, "note", f"{agent} {n}")["id"])
+                    content = f"{agent} {n} {self.payload}"
+                    self.acked[agent].append(client.add(agent, "note", content)["id"])
                 except errors.MemorydError:
                     self.refused += 1
                 n += 1

@@ -169,9 +169,10 @@ class WriterLease:
 class Durability:
     """What a store's server says about keeping applied writes.
 
-    ``server_run`` names this run of the server: a new one means it restarted
-    and holds only what it loaded, so nothing applied before is known to be
-    in it.  Every write applied to this run before ``until_s`` (the clock's
+    ``server_run`` names this run of the server and of its data (Redis: its
+    ``run_id`` and replication id): a new one means it restarted, resynced
+    from a master or took over from one, so nothing applied before is known
+    to be in it.  Every write applied to this run before ``until_s`` (the clock's
     ``time()``) is durable: ``math.inf``, all of them; ``-math.inf``, none can
     be said (no persistence).
     """
@@ -301,6 +302,10 @@ class Store(Protocol):
 
     async def durability(self) -> Durability:
         """How far applied writes are durable (memoryd.durability keeps the rest)."""
+
+    async def server_run(self) -> str:
+        """``Durability.server_run`` alone, cheaply: checked each time the store
+        comes back, before it is used again."""
 
     async def eviction(self) -> Eviction | None:
         """What the server says about evicting keys now (also kept for

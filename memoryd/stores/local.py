@@ -278,6 +278,9 @@ class LocalStore:
         # synchronous = FULL: a commit is on disk when apply() returns.
         return Durability(server_run=self.identity, until_s=math.inf)
 
+    async def server_run(self) -> str:
+        return self.identity
+
     async def eviction(self) -> Eviction | None:
         return None  # SQLite never drops rows on its own
 

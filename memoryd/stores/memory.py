@@ -187,6 +187,9 @@ class MemoryStore:
         # In this process: gone with it, which is what a unit test wants.
         return Durability(server_run=self.identity, until_s=math.inf)
 
+    async def server_run(self) -> str:
+        return self.identity
+
     async def eviction(self) -> Eviction | None:
         return None
 

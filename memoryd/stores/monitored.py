@@ -93,6 +93,9 @@ class MonitoredStore:
     async def durability(self) -> Durability:
         return await self._reported(self._store.durability())
 
+    async def server_run(self) -> str:
+        return await self._reported(self._store.server_run())
+
     async def eviction(self) -> Eviction | None:
         return await self._store.eviction()
 

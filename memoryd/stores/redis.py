@@ -62,6 +62,12 @@ LEASE_FRESH_S = 0.5
 WAIT_TIMEOUT_S = 0.5
 
 
+def _server_run(server: dict[str, Any], replication: dict[str, Any]) -> str:
+    # A replica that resynced, or was promoted, has another replication id:
+    # what it holds is not what this run of it held before.
+    return f"{server.get('run_id', '')} {replication.get('master_replid', '')}"
+
+
 class RedisStore:
     """A Store on one Redis server (standalone, via a URL)."""
 
@@ -174,7 +180,8 @@ class RedisStore:
         ``WAIT``, confirms everything applied before that write.  A ``WAIT``
         that times out confirms nothing and fails nothing.  Without replicas,
         persistence decides (redis_commands.durable_until).  A restarted server
-        (another ``run_id``) says nothing of what was applied before it.
+        (another ``run_id``), or one whose data was replaced or that was promoted
+        (another ``master_replid``), says nothing of what was applied before.
         """
         client = self._link.client
         with translated("durability"):
@@ -183,7 +190,7 @@ class RedisStore:
                 pipe.info("persistence")
                 pipe.info("replication")
                 server, persistence, replication = await pipe.execute()
-            run = str(server.get("run_id", ""))
+            run = _server_run(server, replication)
             self._note_master()
             replicas = int(replication.get("connected_slaves", 0))
             wanted = replicas if self._min_replicas is None else self._min_replicas
@@ -191,6 +198,16 @@ class RedisStore:
                 return Durability(run, await self._replicated_until(wanted))
             fsync = await self._appendfsync(client) if persistence.get("aof_enabled") else None
         return Durability(run, durable_until(persistence, fsync, time.time()))
+
+    async def server_run(self) -> str:
+        client = self._link.client
+        with translated("durability"):
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.info("server")
+                pipe.info("replication")
+                server, replication = await pipe.execute()
+        self._note_master()
+        return _server_run(server, replication)
 
     async def _replicated_until(self, replicas: int) -> float:
         """The time before which every applied write has reached ``replicas``."""
