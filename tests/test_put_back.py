@@ -53,6 +53,16 @@ class Writers:
         for thread in self._threads:
             thread.join(30)
 
+    def assert_kept_in(self, server: RedisServer, client: Client) -> None:
+        """The oracle: every acknowledged write in ``server`` itself, exactly once."""
+        for agent, ids in self.acked.items():
+            kept = stored(server, agent)
+            missing = len(set(ids) - set(kept))
+            assert not missing, (
+                f"{missing} of {agent} lost; the daemon's log:\n{self.daemon.log()[-3000:]}"
+            )
+            assert len(kept) == len(set(kept)) == client.stats(agent)["count"]
+
     def count(self) -> int:
         return sum(len(ids) for ids in self.acked.values())
 
@@ -87,10 +97,7 @@ def test_a_redis_restarted_empty_gets_every_acknowledged_write_back(
         wait(lambda: client.status()["wal"]["backlog_records"] == 0, "the backlog applied")
         status = client.status()
         assert status["state"] == "healthy", status["reason"]
-        for agent, ids in writers.acked.items():
-            kept = stored(private_redis, agent)
-            assert set(ids) <= set(kept), f"{len(set(ids) - set(kept))} of {agent} lost"
-            assert len(kept) == len(set(kept)) == client.stats(agent)["count"]
+        writers.assert_kept_in(private_redis, client)
         lost = [a for a in status["alerts"] if a["kind"] == "store_data_lost"]
         assert lost, status["alerts"]
         assert "were applied again" in lost[0]["message"]

@@ -12,7 +12,7 @@ import pytest
 from memoryd_client import Client
 from tests.daemons import eventually
 from tests.harness import Daemon, SentinelSet
-from tests.test_put_back import Writers, stored
+from tests.test_put_back import Writers
 
 
 @pytest.fixture
@@ -58,13 +58,7 @@ def test_a_master_killed_is_replaced_and_no_acknowledged_write_is_lost(
             what="healthy",
         )
         master = sentinels.server_on(new_port)
-        for agent, ids in writers.acked.items():
-            kept = stored(master, agent)
-            missing = len(set(ids) - set(kept))
-            assert not missing, (
-                f"{missing} of {agent} lost; the daemon's log:\n{daemon.log()[-3000:]}"
-            )
-            assert len(kept) == len(set(kept)) == client.stats(agent)["count"]
+        writers.assert_kept_in(master, client)
     assert daemon.stop() == 0
 
 
@@ -117,11 +111,5 @@ def test_writes_only_the_dead_master_had_come_back_on_the_promoted_replica(
         new_port = sentinels.master_port()
         assert new_port is not None
         master = sentinels.server_on(new_port)
-        for agent, ids in writers.acked.items():
-            kept = stored(master, agent)
-            missing = len(set(ids) - set(kept))
-            assert not missing, (
-                f"{missing} of {agent} lost; the daemon's log:\n{daemon.log()[-3000:]}"
-            )
-            assert len(kept) == len(set(kept)) == client.stats(agent)["count"]
+        writers.assert_kept_in(master, client)
     assert daemon.stop() == 0
