@@ -113,3 +113,40 @@ def test_writes_only_the_dead_master_had_come_back_on_the_promoted_replica(
         master = sentinels.server_on(new_port)
         writers.assert_kept_in(master, client)
     assert daemon.stop() == 0
+
+
+def test_a_master_frozen_longer_than_the_socket_timeout_is_failed_over_without_loss(
+    sentinels: SentinelSet, daemon_dir: Daemon
+) -> None:
+    """SIGSTOP, not kill: the sentinels promote a replica while the old master still
+    holds connections.  The batches in flight time out and are applied again on the
+    new master (the old one, resumed, finds itself demoted and resyncs, dropping what
+    it ran of them late); writes are acknowledged throughout, none lost or doubled."""
+    daemon_dir.env_overrides = {"MEMORYD_REDIS_URL": sentinels.url}
+    daemon = daemon_dir.start()
+    old_port = sentinels.master_port()
+    assert old_port is not None
+    old_master = sentinels.server_on(old_port)
+    assert old_master.process is not None
+    with Client(daemon.socket_path, timeout_s=20) as client, Writers(daemon) as writers:
+        eventually(lambda: writers.count() > 100, timeout_s=30, what="writes before")
+        os.kill(old_master.process.pid, signal.SIGSTOP)  # longer than the 1 s socket timeout
+        try:
+            sentinels.wait(
+                lambda: sentinels.master_port() not in (None, old_port), "a replica promoted"
+            )
+        finally:
+            os.kill(old_master.process.pid, signal.SIGCONT)
+        resumed_at = writers.count()
+        eventually(lambda: writers.count() > resumed_at + 150, timeout_s=60, what="writes after")
+    with Client(daemon.socket_path, timeout_s=20) as client:
+        eventually(
+            client.status,
+            lambda s: s["state"] == "healthy" and s["wal"]["backlog_records"] == 0,
+            timeout_s=60,
+            what="healthy, the backlog applied",
+        )
+        new_port = sentinels.master_port()
+        assert new_port is not None and new_port != old_port
+        writers.assert_kept_in(sentinels.server_on(new_port), client)
+    assert daemon.stop() == 0
