@@ -141,8 +141,11 @@ pytest: $(STAMP_TEST) redis-server
 	$(BIN)/python -m coverage report
 
 # The fault drill: real Redis and daemon, Redis killed for 20 s, then the daemon killed -9.
+# TOPOLOGY=sentinel: a master, two replicas and three sentinels; the master is killed instead.
+TOPOLOGY ?= standalone
+
 drill: $(STAMP_TEST) redis-server
-	$(BIN)/python -m tests.drill $(ARGS)
+	$(BIN)/python -m tests.drill --topology $(TOPOLOGY) $(ARGS)
 
 # The soak (docs/soak.md): meetings and direct clients on a private Redis and daemon, a fault every
 # few minutes, for DURATION (60s, 90m, 2h, 24h); summary.json and soak.png in soak-results/<timestamp>/.

@@ -8,6 +8,12 @@ longest write stall, and the time the backlog took to drain after Redis
 returned.  Exit status 1 if anything was lost or duplicated.
 
     python -m tests.drill [--duration-s 60] [--outage-s 20] [--writers 8]
+                          [--topology standalone|sentinel]
+
+With ``--topology sentinel`` the store is a master with two replicas and
+three sentinels, and the Redis fault is the master killed with kill -9: a
+replica is promoted, and the old master, started again after the outage,
+rejoins as a replica.  The oracle then reads the master of the end.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import redis
 
 from memoryd_client import Client, errors
 from memoryd_client.ids import new_id
-from tests.harness import Daemon, RedisServer, wait_until
+from tests.harness import Daemon, RedisServer, SentinelSet, wait_until
 
 REDIS_ARGS = ("--appendonly", "yes", "--appendfsync", "always")
 
@@ -97,11 +103,57 @@ def backlog(daemon: Daemon) -> int:
         return int(client.status()["wal"]["backlog_records"])
 
 
-def drill(duration_s: float, outage_s: float, writer_count: int) -> dict[str, float]:
-    server = RedisServer().start(*REDIS_ARGS)
+class Standalone:
+    """One Redis with AOF always: killed for the outage, started again."""
+
+    def __init__(self) -> None:
+        self.server = RedisServer().start(*REDIS_ARGS)
+        self.url = self.server.url
+
+    def fail(self, outage_s: float) -> None:
+        self.server.kill()
+        time.sleep(outage_s)
+        self.server.start(*REDIS_ARGS)
+
+    def master(self) -> RedisServer:
+        return self.server
+
+    def cleanup(self) -> None:
+        self.server.cleanup()
+
+
+class Sentinels:
+    """A Sentinel set: the master killed, a replica promoted, the old one back as a replica."""
+
+    def __init__(self) -> None:
+        self.topology = SentinelSet().start()
+        self.url = self.topology.url
+
+    def fail(self, outage_s: float) -> None:
+        old = self.master()
+        old.kill()
+        self.topology.wait(
+            lambda: self.topology.master_port() not in (None, old.port), "a replica promoted"
+        )
+        time.sleep(outage_s)
+        old.start()  # the sentinels make it a replica of the new master
+
+    def master(self) -> RedisServer:
+        port = self.topology.master_port()
+        assert port is not None
+        return self.topology.server_on(port)
+
+    def cleanup(self) -> None:
+        self.topology.cleanup()
+
+
+def drill(
+    duration_s: float, outage_s: float, writer_count: int, topology: str = "standalone"
+) -> dict[str, float]:
+    redis_set = Sentinels() if topology == "sentinel" else Standalone()
     # No trimming: every acknowledged record must still be there at the end.
     daemon = Daemon(
-        env_overrides={"MEMORYD_REDIS_URL": server.url, "MEMORYD_MAX_MEMORIES": "10000000"}
+        env_overrides={"MEMORYD_REDIS_URL": redis_set.url, "MEMORYD_MAX_MEMORIES": "10000000"}
     )
     stop = threading.Event()
     try:
@@ -114,10 +166,8 @@ def drill(duration_s: float, outage_s: float, writer_count: int) -> dict[str, fl
         phase = duration_s / 6
 
         time.sleep(phase)
-        print(f"[{time.monotonic() - started:5.1f}s] killing Redis for {outage_s:.0f}s")
-        server.kill()
-        time.sleep(outage_s)
-        server.start(*REDIS_ARGS)
+        print(f"[{time.monotonic() - started:5.1f}s] {topology}: Redis fails for {outage_s:.0f}s")
+        redis_set.fail(outage_s)
         redis_back = time.monotonic()
         print(f"[{redis_back - started:5.1f}s] Redis is back")
         wait_until(lambda: backlog(daemon) == 0, 120, "the backlog to drain")
@@ -134,7 +184,7 @@ def drill(duration_s: float, outage_s: float, writer_count: int) -> dict[str, fl
         for thread in threads:
             thread.join(90)
         wait_until(lambda: backlog(daemon) == 0, 120, "the final drain")
-        result: dict[str, float] = {**check(server, writers)}
+        result: dict[str, float] = {**check(redis_set.master(), writers)}
         result["longest_write_stall_s"] = round(max(w.longest_stall_s for w in writers), 3)
         result["drain_s"] = round(drain_s, 3)
         result["failed_calls"] = sum(w.failures for w in writers)
@@ -144,7 +194,7 @@ def drill(duration_s: float, outage_s: float, writer_count: int) -> dict[str, fl
     finally:
         stop.set()
         daemon.cleanup()
-        server.cleanup()
+        redis_set.cleanup()
 
 
 def main() -> None:
@@ -152,8 +202,9 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=60.0)
     parser.add_argument("--outage-s", type=float, default=20.0)
     parser.add_argument("--writers", type=int, default=8)
+    parser.add_argument("--topology", choices=("standalone", "sentinel"), default="standalone")
     args = parser.parse_args()
-    result = drill(args.duration_s, args.outage_s, args.writers)
+    result = drill(args.duration_s, args.outage_s, args.writers, args.topology)
     print(json.dumps(result, indent=2))
     failed = result["lost"] or result["duplicated"] or result["corrupt"]
     print("DRILL FAILED" if failed else "drill passed: nothing lost, nothing duplicated")
