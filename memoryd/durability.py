@@ -52,12 +52,20 @@ class RetainSettings:
         return cls(max_bytes=max_bytes, max_age_s=settings.wal_retain_s)
 
 
+# Batches applied in a row within this long are kept as one: a few numbers per
+# second at most, however many batches, for up to wal_retain_s of them.
+COALESCE_S = 1.0
+
+
 @dataclass(frozen=True, slots=True)
 class _Batch:
     first_seq: int
     last_seq: int
     size_bytes: int
-    applied_at_s: float  # the clock's time(), as the store's durability is told in it
+    # The clock's time(), as the store's durability is told in it: when its last
+    # write was applied (what confirming it waits for), and its first.
+    applied_at_s: float
+    first_applied_at_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +128,19 @@ class Unconfirmed:
 
     def applied(self, first_seq: int, last_seq: int, size_bytes: int) -> None:
         """The store applied this batch (consecutive sequence numbers)."""
-        batch = _Batch(first_seq, last_seq, size_bytes, self._clock.time())
-        self._batches.append(batch)
+        now_s = self._clock.time()
+        last = self._batches[-1] if self._batches else None
+        if (
+            last is not None
+            and last.last_seq + 1 == first_seq
+            and now_s - last.first_applied_at_s < COALESCE_S
+        ):
+            size = last.size_bytes + size_bytes
+            self._batches[-1] = _Batch(
+                last.first_seq, last_seq, size, now_s, last.first_applied_at_s
+            )
+        else:
+            self._batches.append(_Batch(first_seq, last_seq, size_bytes, now_s, now_s))
         self.bytes += size_bytes
         if self.durable_until_s == math.inf:
             self._pop()
@@ -156,7 +175,7 @@ class Unconfirmed:
     def put_back(self, applied_seq: int) -> PutBack:
         """Forget what is unconfirmed, to be applied again: everything after
         ``confirmed_seq`` up to ``applied_seq`` (the newest applied)."""
-        since_s = self._batches[0].applied_at_s if self._batches else None
+        since_s = self._batches[0].first_applied_at_s if self._batches else None
         put_back = PutBack(
             self.confirmed_seq + 1, applied_seq, since_s, self.released, self._released_until_s
         )

@@ -139,14 +139,20 @@ def test_a_master_frozen_longer_than_the_socket_timeout_is_failed_over_without_l
             os.kill(old_master.process.pid, signal.SIGCONT)
         resumed_at = writers.count()
         eventually(lambda: writers.count() > resumed_at + 150, timeout_s=60, what="writes after")
+    new_port = sentinels.master_port()
+    assert new_port is not None and new_port != old_port
     with Client(daemon.socket_path, timeout_s=20) as client:
+        # The old master, resumed, took writes until the sentinels demoted it;
+        # memoryd sees it turned replica, and applies them again on the new one.
         eventually(
             client.status,
-            lambda s: s["state"] == "healthy" and s["wal"]["backlog_records"] == 0,
+            lambda s: (
+                s["state"] == "healthy"
+                and s["wal"]["backlog_records"] == 0
+                and s["store"]["master"] == f"127.0.0.1:{new_port}"
+            ),
             timeout_s=60,
-            what="healthy, the backlog applied",
+            what="healthy on the new master, the backlog applied",
         )
-        new_port = sentinels.master_port()
-        assert new_port is not None and new_port != old_port
         writers.assert_kept_in(sentinels.server_on(new_port), client)
     assert daemon.stop() == 0

@@ -70,3 +70,18 @@ def test_what_the_alert_says_of_writes_past_retention() -> None:
     text = describe_put_back(put_back)
     assert "5 writes not yet confirmed durable were applied again" in text
     assert "3 writes applied up to" in text and "may be lost" in text
+
+
+async def test_batches_applied_within_a_second_are_kept_as_one() -> None:
+    """A store that never confirms (no persistence) must not cost memory per batch:
+    an hour of single-write batches is 3600 numbers, not millions."""
+    clock = FakeClock()
+    unconfirmed = Unconfirmed(RetainSettings(max_bytes=1 << 30, max_age_s=3600), clock=clock)
+    for seq in range(1, 10_001):
+        unconfirmed.applied(seq, seq, 10)
+        if seq % 1000 == 0:
+            await clock.advance(0.5)
+    assert len(unconfirmed) == 10_000 and unconfirmed.bytes == 100_000
+    assert len(unconfirmed._batches) <= 6
+    unconfirmed.applied(20_000, 20_000, 10)  # not next in line (put back): its own
+    assert len(unconfirmed._batches) <= 7

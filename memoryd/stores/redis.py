@@ -142,6 +142,16 @@ class RedisStore:
         master, since_s = self._master
         return {"master": master, "master_since": since_s}
 
+    async def _leave_a_demoted_master(self, replication: dict[str, Any]) -> None:
+        """A master the sentinels demoted still answers reads: only a write would
+        tell the pool (READONLY).  Drop its connections, so the next ones go to
+        the master the sentinels name now."""
+        if self._url.topology == "sentinel" and replication.get("role") != "master":
+            logger.warning(
+                "the server memoryd reached is a replica now: asking the sentinels again"
+            )
+            await self._link.reset()
+
     def _note_master(self) -> None:
         master = self._link.master_address
         if master != self._master[0]:
@@ -191,6 +201,7 @@ class RedisStore:
                 pipe.info("replication")
                 server, persistence, replication = await pipe.execute()
             run = _server_run(server, replication)
+            await self._leave_a_demoted_master(replication)
             self._note_master()
             replicas = int(replication.get("connected_slaves", 0))
             wanted = replicas if self._min_replicas is None else self._min_replicas
@@ -206,6 +217,7 @@ class RedisStore:
                 pipe.info("server")
                 pipe.info("replication")
                 server, replication = await pipe.execute()
+            await self._leave_a_demoted_master(replication)
         self._note_master()
         return _server_run(server, replication)
 

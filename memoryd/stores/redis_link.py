@@ -214,6 +214,11 @@ class RedisLink:
         address = getattr(self._client.connection_pool, "master_address", None)
         return None if address is None else f"{address[0]}:{address[1]}"
 
+    async def reset(self) -> None:
+        """Drop every pooled connection; the next command makes a new one."""
+        if self._client is not None:
+            await self._client.connection_pool.disconnect()
+
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
