@@ -101,6 +101,7 @@ class Unconfirmed:
         self._batches: deque[_Batch] = deque()
         self.bytes = 0
         self._confirmed_up_to = 0  # the newest confirmed or let go
+        self._applied_up_to = 0  # the newest ever applied
         self.released = 0  # writes let go unconfirmed, since start
         self._released_until_s: float | None = None
 
@@ -109,7 +110,7 @@ class Unconfirmed:
 
     def resume(self, checkpointed_seq: int) -> None:
         """Start from the checkpoint: everything after it is applied (again) from the WAL."""
-        self._confirmed_up_to = checkpointed_seq
+        self._confirmed_up_to = self._applied_up_to = checkpointed_seq
 
     @property
     def confirmed_seq(self) -> int:
@@ -128,6 +129,7 @@ class Unconfirmed:
 
     def applied(self, first_seq: int, last_seq: int, size_bytes: int) -> None:
         """The store applied this batch (consecutive sequence numbers)."""
+        self._applied_up_to = max(self._applied_up_to, last_seq)
         now_s = self._clock.time()
         last = self._batches[-1] if self._batches else None
         if (
@@ -174,10 +176,13 @@ class Unconfirmed:
 
     def put_back(self, applied_seq: int) -> PutBack:
         """Forget what is unconfirmed, to be applied again: everything after
-        ``confirmed_seq`` up to ``applied_seq`` (the newest applied)."""
+        ``confirmed_seq`` up to the newest write ever applied (``applied_seq``,
+        the backlog's, is not it after an earlier put-back: a batch in flight
+        then was applied after older ones)."""
         since_s = self._batches[0].first_applied_at_s if self._batches else None
+        last_seq = max(applied_seq, self._applied_up_to)
         put_back = PutBack(
-            self.confirmed_seq + 1, applied_seq, since_s, self.released, self._released_until_s
+            self.confirmed_seq + 1, last_seq, since_s, self.released, self._released_until_s
         )
         self._batches.clear()
         self.bytes = 0

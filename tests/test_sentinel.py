@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,14 @@ from memoryd_client import Client
 from tests.daemons import eventually
 from tests.harness import Daemon, SentinelSet
 from tests.test_put_back import Writers
+
+
+def settled(status: dict[str, Any]) -> bool:
+    """Nothing left to apply, and everything applied confirmed by the replicas of the
+    master memoryd writes to now: what an old master took after its replacement
+    was put back and applied again, or this stays false."""
+    wal = status["wal"]
+    return bool(wal["backlog_records"] == 0 and wal["unconfirmed_records"] == 0)
 
 
 @pytest.fixture
@@ -42,12 +51,9 @@ def test_a_master_killed_is_replaced_and_no_acknowledged_write_is_lost(
             )
             before = writers.count()
             eventually(lambda: writers.count() > before + 200, timeout_s=60, what="writes after")
-        eventually(
-            lambda: client.status()["wal"]["backlog_records"] == 0,
-            timeout_s=30,
-            what="the backlog applied to the new master",
+        status = eventually(
+            client.status, settled, timeout_s=30, what="the backlog applied and confirmed"
         )
-        status = client.status()
         new_port = sentinels.master_port()
         assert new_port is not None and new_port != old_port
         assert status["store"]["master"] == f"127.0.0.1:{new_port}", status["store"]
@@ -104,7 +110,7 @@ def test_writes_only_the_dead_master_had_come_back_on_the_promoted_replica(
     with Client(daemon.socket_path, timeout_s=20) as client:
         eventually(
             client.status,
-            lambda s: s["state"] == "healthy" and s["wal"]["backlog_records"] == 0,
+            lambda s: s["state"] == "healthy" and settled(s),
             timeout_s=60,
             what="healthy, the backlog applied",
         )
@@ -148,7 +154,7 @@ def test_a_master_frozen_longer_than_the_socket_timeout_is_failed_over_without_l
             client.status,
             lambda s: (
                 s["state"] == "healthy"
-                and s["wal"]["backlog_records"] == 0
+                and settled(s)
                 and s["store"]["master"] == f"127.0.0.1:{new_port}"
             ),
             timeout_s=60,

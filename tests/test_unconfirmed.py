@@ -85,3 +85,18 @@ async def test_batches_applied_within_a_second_are_kept_as_one() -> None:
     assert len(unconfirmed._batches) <= 6
     unconfirmed.applied(20_000, 20_000, 10)  # not next in line (put back): its own
     assert len(unconfirmed._batches) <= 7
+
+
+async def test_a_second_put_back_covers_a_batch_applied_after_older_ones() -> None:
+    """After a put-back of 11-20, the batch 21-30 that was in flight lands, then 11-20
+    are applied again: the backlog's newest applied is 20, but 21-30 are unconfirmed too."""
+    clock = FakeClock()
+    unconfirmed = Unconfirmed(RETAIN, clock=clock)
+    unconfirmed.resume(10)
+    unconfirmed.applied(11, 20, 10)
+    unconfirmed.put_back(applied_seq=20)
+    unconfirmed.applied(21, 30, 10)  # the batch that was in flight
+    await clock.advance(2.0)
+    unconfirmed.applied(11, 20, 10)  # put back, applied again
+    second = unconfirmed.put_back(applied_seq=20)
+    assert (second.first_seq, second.last_seq) == (11, 30)
