@@ -169,15 +169,26 @@ class RedisStore:
     async def eviction(self) -> Eviction:
         return await self._read_eviction("info")
 
+    async def _info(self, *sections: str) -> list[dict[str, Any]]:
+        """INFO of each section, in one round trip (INFO works where CONFIG is renamed).
+        Call inside ``translated``."""
+        async with self._link.client.pipeline(transaction=False) as pipe:
+            for section in sections:
+                pipe.info(section)
+            return list(await pipe.execute())
+
+    async def _server_and_replication(self) -> tuple[str, dict[str, Any]]:
+        """This server's run (``_server_run``) and its INFO replication, leaving
+        it if it is a demoted master.  Call inside ``translated``."""
+        server, replication = await self._info("server", "replication")
+        await self._leave_a_demoted_master(replication)
+        self._note_master()
+        return _server_run(server, replication), replication
+
     async def _read_eviction(self, action: str) -> Eviction:
-        """INFO server, memory and stats, in one round trip (INFO works where CONFIG is renamed)."""
-        client = self._link.client
+        """INFO server, memory and stats: the eviction figures and the version."""
         with translated(action):
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.info("server")
-                pipe.info("memory")
-                pipe.info("stats")
-                server, memory, stats = await pipe.execute()
+            server, memory, stats = await self._info("server", "memory", "stats")
         self._server_version = str(server.get("redis_version", "")) or None
         self._eviction = info_eviction(server, memory, stats)
         return self._eviction
@@ -193,33 +204,20 @@ class RedisStore:
         (another ``run_id``), or one whose data was replaced or that was promoted
         (another ``master_replid``), says nothing of what was applied before.
         """
-        client = self._link.client
         with translated("durability"):
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.info("server")
-                pipe.info("persistence")
-                pipe.info("replication")
-                server, persistence, replication = await pipe.execute()
-            run = _server_run(server, replication)
-            await self._leave_a_demoted_master(replication)
-            self._note_master()
+            run, replication = await self._server_and_replication()
             replicas = int(replication.get("connected_slaves", 0))
             wanted = replicas if self._min_replicas is None else self._min_replicas
             if wanted > 0:
                 return Durability(run, await self._replicated_until(wanted))
-            fsync = await self._appendfsync(client) if persistence.get("aof_enabled") else None
+            (persistence,) = await self._info("persistence")
+            fsync = await self._appendfsync() if persistence.get("aof_enabled") else None
         return Durability(run, durable_until(persistence, fsync, time.time()))
 
     async def server_run(self) -> str:
-        client = self._link.client
         with translated("durability"):
-            async with client.pipeline(transaction=False) as pipe:
-                pipe.info("server")
-                pipe.info("replication")
-                server, replication = await pipe.execute()
-            await self._leave_a_demoted_master(replication)
-        self._note_master()
-        return _server_run(server, replication)
+            run, _ = await self._server_and_replication()
+        return run
 
     async def _replicated_until(self, replicas: int) -> float:
         """The time before which every applied write has reached ``replicas``."""
@@ -237,10 +235,10 @@ class RedisStore:
                 raise reply
         return asked_at if int(replies[1]) >= replicas else -math.inf
 
-    async def _appendfsync(self, client: Any) -> str | None:
+    async def _appendfsync(self) -> str | None:
         """The AOF fsync policy; None where CONFIG is renamed away or not allowed."""
         try:
-            reply = await client.config_get("appendfsync")
+            reply: dict[Any, Any] = await self._link.client.config_get("appendfsync")
         except (ResponseError, NoPermissionError):
             return None
         value = reply.get(b"appendfsync", reply.get("appendfsync"))

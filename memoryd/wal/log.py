@@ -143,13 +143,7 @@ class Wal:
         if self.recovery.wal_id is not None:
             self.wal_id = self.recovery.wal_id
             return
-        self.wal_id = new_id()
-        try:
-            write_checkpoint(self.wal_dir, self.checkpointed_seq, self.synced_seq, self.wal_id)
-        except OSError as exc:
-            # A full disk: the next checkpoint writes it.  Until then a replay
-            # after a crash is applied again as it was before ids existed.
-            logger.warning("WAL: could not write its id into the checkpoint yet (%s)", exc)
+        self._write_new_id()
 
     def renew_id(self) -> None:
         """Number what is applied from now on under a new id, written into the
@@ -159,11 +153,16 @@ class Wal:
         hold writes applied after it lost the rest, whose numbers under the
         old id are higher, and would have the store skip the ones put back.
         """
+        self._write_new_id()
+
+    def _write_new_id(self) -> None:
         self.wal_id = new_id()
         try:
             write_checkpoint(self.wal_dir, self.checkpointed_seq, self.synced_seq, self.wal_id)
         except OSError as exc:
-            logger.warning("WAL: could not write its new id into the checkpoint yet (%s)", exc)
+            # A full disk: the next checkpoint writes it.  Until then a replay
+            # after a crash is numbered under the id the checkpoint holds.
+            logger.warning("WAL: could not write its id into the checkpoint yet (%s)", exc)
 
     async def close(self) -> None:
         """Write and sync what is buffered, then release the files."""
