@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     redis_retries: int = Field(default=2, ge=0, le=20)
     key_prefix: str = Field(default="", max_length=64)
     # Replicas a write must reach (WAIT) before the WAL lets it go; None: every
-    # replica the master reports (memoryd.durability).
+    # replica the master reports, on a Sentinel set at least one (RedisStore.durability).
     redis_min_replicas: int | None = Field(default=None, ge=0, le=100)
 
     # Records.

@@ -79,6 +79,7 @@ class PutBack:
     since_s: float | None
     released: int
     released_until_s: float | None
+    size_bytes: int = 0  # of the writes to apply again, as they were applied
 
     @property
     def count(self) -> int:
@@ -104,6 +105,9 @@ class Unconfirmed:
         self._applied_up_to = 0  # the newest ever applied
         self.released = 0  # writes let go unconfirmed, since start
         self._released_until_s: float | None = None
+        # Put back, being read from the WAL and not yet queued again: still
+        # unconfirmed, and the confirmed point must not pass them.
+        self._restoring: list[PutBack] = []
 
     def reconfigure(self, settings: RetainSettings) -> None:
         self.settings = settings
@@ -119,13 +123,15 @@ class Unconfirmed:
         Never past a batch still unconfirmed: after a put-back, a batch that
         was in flight may be confirmed before the older ones put back.
         """
-        if not self._batches:
+        firsts = [batch.first_seq for batch in self._batches]
+        firsts += [put_back.first_seq for put_back in self._restoring]
+        if not firsts:
             return self._confirmed_up_to
-        oldest_unconfirmed = min(batch.first_seq for batch in self._batches)
-        return min(self._confirmed_up_to, oldest_unconfirmed - 1)
+        return min(self._confirmed_up_to, min(firsts) - 1)
 
     def __len__(self) -> int:
-        return sum(batch.last_seq - batch.first_seq + 1 for batch in self._batches)
+        applied = sum(batch.last_seq - batch.first_seq + 1 for batch in self._batches)
+        return applied + sum(put_back.count for put_back in self._restoring)
 
     def applied(self, first_seq: int, last_seq: int, size_bytes: int) -> None:
         """The store applied this batch (consecutive sequence numbers)."""
@@ -175,28 +181,48 @@ class Unconfirmed:
             )
 
     def put_back(self, applied_seq: int) -> PutBack:
-        """Forget what is unconfirmed, to be applied again: everything after
+        """Take what is unconfirmed out, to be applied again: everything after
         ``confirmed_seq`` up to the newest write ever applied (``applied_seq``,
         the backlog's, is not it after an earlier put-back: a batch in flight
-        then was applied after older ones)."""
+        then was applied after older ones).
+
+        Until ``restored`` is called with it, it still counts as unconfirmed
+        and holds the confirmed point back.  What the store said of its
+        durability was said of the server before: nothing is confirmed at
+        once any more until it says so again.
+        """
         since_s = self._batches[0].first_applied_at_s if self._batches else None
         last_seq = max(applied_seq, self._applied_up_to)
         put_back = PutBack(
-            self.confirmed_seq + 1, last_seq, since_s, self.released, self._released_until_s
+            self.confirmed_seq + 1,
+            last_seq,
+            since_s,
+            self.released,
+            self._released_until_s,
+            self.bytes,
         )
         self._batches.clear()
         self.bytes = 0
+        self.durable_until_s = -math.inf
+        self._restoring.append(put_back)
         return put_back
 
+    def restored(self, put_back: PutBack) -> None:
+        """What ``put_back`` took out is queued to be applied again (or given up)."""
+        self._restoring.remove(put_back)
+
     def oldest_age_s(self) -> float:
-        if not self._batches:
+        applied_at_s = [self._batches[0].applied_at_s] if self._batches else []
+        applied_at_s += [p.since_s for p in self._restoring if p.since_s is not None]
+        if not applied_at_s:
             return 0.0
-        return max(0.0, self._clock.time() - self._batches[0].applied_at_s)
+        return max(0.0, self._clock.time() - min(applied_at_s))
 
     def describe(self) -> dict[str, Any]:
+        restoring_bytes = sum(put_back.size_bytes for put_back in self._restoring)
         return {
             "unconfirmed_records": len(self),
-            "unconfirmed_bytes": self.bytes,
+            "unconfirmed_bytes": self.bytes + restoring_bytes,
             "unconfirmed_oldest_age_s": round(self.oldest_age_s(), 3),
             "confirmed_seq": self.confirmed_seq,
             "released_unconfirmed": self.released,
@@ -230,22 +256,28 @@ class Restorer:
 
     async def put_back(self, why: str) -> PutBack:
         put_back = self._unconfirmed.put_back(self._backlog.applied_seq)
-        if put_back.count:
-            loop = asyncio.get_running_loop()
-            entries = await loop.run_in_executor(
-                None, self._wal.read_back, put_back.first_seq, put_back.last_seq
-            )
-            # On the loop, with no await before the entries are queued: a batch
-            # numbered under the new id must never precede them.  An fsync,
-            # once per put-back.
-            self._wal.renew_id()
-            self._backlog.put_back(entries, applied_seq=put_back.first_seq - 1)
-            logger.warning(
-                "%s: %d writes it had not confirmed durable are applied again from the WAL",
-                why,
-                len(entries),
-            )
+        try:
+            if put_back.count:
+                await self._queue_again(put_back, why)
+        finally:
+            self._unconfirmed.restored(put_back)
         return put_back
+
+    async def _queue_again(self, put_back: PutBack, why: str) -> None:
+        loop = asyncio.get_running_loop()
+        entries = await loop.run_in_executor(
+            None, self._wal.read_back, put_back.first_seq, put_back.last_seq
+        )
+        # On the loop, with no await before the entries are queued: a batch
+        # numbered under the new id must never precede them.  An fsync,
+        # once per put-back.
+        self._wal.renew_id()
+        self._backlog.put_back(entries, applied_seq=put_back.first_seq - 1)
+        logger.warning(
+            "%s: %d writes it had not confirmed durable are applied again from the WAL",
+            why,
+            len(entries),
+        )
 
 
 class DurabilityWatch:

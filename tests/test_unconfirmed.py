@@ -1,11 +1,21 @@
-"""What the store applied but has not confirmed durable, on a fake clock."""
+"""What the store applied but has not confirmed durable, on a fake clock; and
+the put-back that reads it again from a real WAL."""
 
 from __future__ import annotations
 
+import asyncio
 import math
+import threading
+from pathlib import Path
 
-from memoryd.durability import PutBack, RetainSettings, Unconfirmed, describe_put_back
+import pytest
+
+from memoryd.backlog import Backlog
+from memoryd.durability import PutBack, Restorer, RetainSettings, Unconfirmed, describe_put_back
+from memoryd.ops import Entry
+from memoryd.wal import Wal, WalSettings
 from tests.fakeclock import FakeClock
+from tests.test_stores import NOW, put
 
 RETAIN = RetainSettings(max_bytes=1000, max_age_s=60.0)
 
@@ -48,6 +58,7 @@ def test_put_back_takes_everything_after_the_confirmed_point() -> None:
     unconfirmed.applied(21, 25, 50)
     put_back = unconfirmed.put_back(applied_seq=25)
     assert (put_back.first_seq, put_back.last_seq, put_back.count) == (11, 25, 15)
+    unconfirmed.restored(put_back)  # queued to be applied again
     assert len(unconfirmed) == 0 and unconfirmed.confirmed_seq == 10
     assert "15 writes not yet confirmed durable were applied again" in describe_put_back(put_back)
 
@@ -94,9 +105,75 @@ async def test_a_second_put_back_covers_a_batch_applied_after_older_ones() -> No
     unconfirmed = Unconfirmed(RETAIN, clock=clock)
     unconfirmed.resume(10)
     unconfirmed.applied(11, 20, 10)
-    unconfirmed.put_back(applied_seq=20)
+    unconfirmed.restored(unconfirmed.put_back(applied_seq=20))
     unconfirmed.applied(21, 30, 10)  # the batch that was in flight
     await clock.advance(2.0)
     unconfirmed.applied(11, 20, 10)  # put back, applied again
     second = unconfirmed.put_back(applied_seq=20)
     assert (second.first_seq, second.last_seq) == (11, 30)
+
+
+async def test_writes_being_put_back_stay_unconfirmed_until_queued_again() -> None:
+    """Between taking them out and queueing them again they are read from the WAL:
+    status must not say "nothing unconfirmed" then, and a batch applied meanwhile
+    and confirmed must not move the confirmed point past them."""
+    clock = FakeClock()
+    unconfirmed = Unconfirmed(RETAIN, durable_until_s=math.inf, clock=clock)
+    unconfirmed.resume(10)
+    unconfirmed.confirm(-math.inf)
+    unconfirmed.applied(11, 20, 100)
+    put_back = unconfirmed.put_back(applied_seq=20)
+    assert len(unconfirmed) == 10 and unconfirmed.describe()["unconfirmed_bytes"] == 100
+    unconfirmed.applied(21, 22, 10)  # in flight to the new server
+    unconfirmed.confirm(math.inf)
+    assert unconfirmed.confirmed_seq == 10 and len(unconfirmed) == 10
+    unconfirmed.restored(put_back)
+    assert unconfirmed.confirmed_seq == 22 and len(unconfirmed) == 0
+
+
+def test_after_a_put_back_nothing_is_confirmed_at_once_until_the_store_says_so() -> None:
+    """A server that confirmed each write as applied (AOF always) is not the one
+    that took over: what it said holds no more."""
+    unconfirmed = Unconfirmed(RETAIN, durable_until_s=math.inf, clock=FakeClock())
+    unconfirmed.resume(10)
+    unconfirmed.restored(unconfirmed.put_back(applied_seq=10))
+    unconfirmed.applied(11, 12, 10)
+    assert unconfirmed.confirmed_seq == 10 and len(unconfirmed) == 2
+
+
+@pytest.fixture
+async def wal(tmp_path: Path) -> Wal:
+    wal = Wal(
+        tmp_path / "wal",
+        WalSettings(fsync="always", max_bytes=1 << 26, segment_bytes=1 << 20),
+        on_durable=lambda entries: None,
+    )
+    wal.open()
+    return wal
+
+
+async def test_status_counts_the_writes_a_put_back_is_reading_from_the_wal(
+    wal: Wal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The regression behind a lost-looking Sentinel failover: status said nothing
+    was unconfirmed and nothing queued while the put-back was reading the WAL."""
+    seqs = await wal.append([put(f"r{n}", created_at=NOW) for n in range(5)])
+    unconfirmed = Unconfirmed(RETAIN, clock=FakeClock())
+    unconfirmed.applied(seqs[0], seqs[-1], 50)
+    backlog = Backlog()
+    reading, go_on = threading.Event(), threading.Event()
+    read_back = wal.read_back
+
+    def slow_read_back(first_seq: int, last_seq: int) -> list[Entry]:
+        reading.set()
+        go_on.wait(5)
+        return read_back(first_seq, last_seq)
+
+    monkeypatch.setattr(wal, "read_back", slow_read_back)
+    restoring = asyncio.create_task(Restorer(unconfirmed, backlog, wal).put_back("a test"))
+    await asyncio.get_running_loop().run_in_executor(None, reading.wait, 5)
+    assert len(unconfirmed) + len(backlog) == 5, "the writes being put back are counted"
+    go_on.set()
+    put_back = await restoring
+    assert put_back.count == 5 and len(backlog) == 5 and len(unconfirmed) == 0
+    await wal.close()

@@ -13,13 +13,13 @@ memoryd.stores.redis_commands, and travel through memoryd.stores.redis_link.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
-
-from redis.exceptions import NoPermissionError, ResponseError
 
 from memoryd import redis_url
 from memoryd.ops import Op
@@ -38,6 +38,7 @@ from memoryd.stores.base import (
 from memoryd.stores.keys import AgentKeys, KeySpace
 from memoryd.stores.redis_commands import (
     EXPIRY_GRACE_S,
+    appendfsync_of,
     decoded,
     durable_until,
     group_by_agent,
@@ -45,6 +46,7 @@ from memoryd.stores.redis_commands import (
     page_size,
     pairs,
     parse_stats,
+    parsed_info,
     score,
     text,
 )
@@ -60,6 +62,14 @@ logger = logging.getLogger(__name__)
 LEASE_FRESH_S = 0.5
 # How long a WAIT for replicas may take before the writes stay unconfirmed for now.
 WAIT_TIMEOUT_S = 0.5
+
+
+def _raised(replies: list[Any]) -> list[Any]:
+    """``replies``, once none is an error reply (else it is raised)."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
 
 
 def _server_run(server: dict[str, Any], replication: dict[str, Any]) -> str:
@@ -103,6 +113,9 @@ class RedisStore:
         self._eviction: Eviction | None = None  # as last read, for describe()
         # The master a Sentinel set named, and since when (time.time()).
         self._master: tuple[str | None, float] = (None, time.time())
+        self._following: asyncio.Task[None] | None = None  # Sentinel: follow_failovers
+        # How many replicas to WAIT for, from the last reading (durability).
+        self._replicas_to_wait = 0
 
     # -- life cycle ---------------------------------------------------------
 
@@ -112,6 +125,8 @@ class RedisStore:
         with translated("open"):
             await self._link.load_scripts()
         self._note_master()
+        if self._url.topology == "sentinel":
+            self._following = asyncio.create_task(self._link.follow_failovers())
         logger.info(
             "redis store at %s (server %s, key prefix %r, maxmemory-policy %s, maxmemory %d)",
             self._masked_url,
@@ -122,6 +137,11 @@ class RedisStore:
         )
 
     async def close(self) -> None:
+        following, self._following = self._following, None
+        if following is not None:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
         await self._link.close()
 
     def describe(self) -> dict[str, Any]:
@@ -200,49 +220,67 @@ class RedisStore:
         reports), a write is durable once they have it: a small write, then
         ``WAIT``, confirms everything applied before that write.  A ``WAIT``
         that times out confirms nothing and fails nothing.  Without replicas,
-        persistence decides (redis_commands.durable_until).  A restarted server
-        (another ``run_id``), or one whose data was replaced or that was promoted
+        persistence decides (redis_commands.durable_until); never on a
+        Sentinel set, where a replica that lacks the writes can take over
+        however well the master persists them.  A restarted server (another
+        ``run_id``), or one whose data was replaced or that was promoted
         (another ``master_replid``), says nothing of what was applied before.
+
+        One round trip on one connection, so that every figure is of the same
+        server; on a Sentinel set, of the master the sentinels name now.
         """
         with translated("durability"):
-            run, replication = await self._server_and_replication()
-            replicas = int(replication.get("connected_slaves", 0))
-            wanted = replicas if self._min_replicas is None else self._min_replicas
-            if wanted > 0:
-                return Durability(run, await self._replicated_until(wanted))
-            (persistence,) = await self._info("persistence")
-            fsync = await self._appendfsync() if persistence.get("aof_enabled") else None
-        return Durability(run, durable_until(persistence, fsync, time.time()))
+            await self._link.refresh_master()
+            durability, wanted = await self._durability_waiting_for(self._replicas_to_wait)
+            if wanted > self._replicas_to_wait:  # more replicas than last time: wait for them
+                durability, wanted = await self._durability_waiting_for(wanted)
+        self._replicas_to_wait = wanted
+        return durability
+
+    async def _durability_waiting_for(self, wait_for: int) -> tuple[Durability, int]:
+        """The durability read in one round trip, with a ``WAIT`` for ``wait_for``
+        replicas if any; and how many replicas to wait for from now on.  Call
+        inside ``translated``."""
+        asked_at = time.time()
+        commands = [
+            pack("INFO", "server"),
+            pack("INFO", "replication"),
+            pack("INFO", "persistence"),
+            pack("CONFIG", "GET", "appendfsync"),
+        ]
+        if wait_for:
+            # WAIT counts the replicas that have this connection's last write,
+            # and replication is in order: all writes before it too.
+            commands += [
+                pack("SET", self._keys.confirm, repr(asked_at)),
+                pack("WAIT", wait_for, int(WAIT_TIMEOUT_S * 1000)),
+            ]
+        replies = await self._link.round_trip(commands)
+        server, replication, persistence = map(parsed_info, _raised(replies[:3]))
+        await self._leave_a_demoted_master(replication)
+        self._note_master()
+        run = _server_run(server, replication)
+        wanted = self._wanted_replicas(replication)
+        if replication.get("role") != "master":
+            return Durability(run, -math.inf), wanted
+        waited = _raised(replies[4:])
+        if wanted:
+            acked = int(waited[1]) if wait_for else 0
+            return Durability(run, asked_at if acked >= wanted else -math.inf), wanted
+        aof = int(persistence.get("aof_enabled", 0))
+        fsync = appendfsync_of(replies[3]) if aof else None
+        return Durability(run, durable_until(persistence, fsync, time.time())), wanted
+
+    def _wanted_replicas(self, replication: dict[str, str]) -> int:
+        if self._min_replicas is not None:
+            return self._min_replicas
+        reported = int(replication.get("connected_slaves", 0))
+        return max(1, reported) if self._url.topology == "sentinel" else reported
 
     async def server_run(self) -> str:
         with translated("durability"):
             run, _ = await self._server_and_replication()
         return run
-
-    async def _replicated_until(self, replicas: int) -> float:
-        """The time before which every applied write has reached ``replicas``."""
-        asked_at = time.time()
-        # One connection: WAIT counts the replicas that have this connection's
-        # last write, and replication is in order, so all writes before it too.
-        replies = await self._link.round_trip(
-            [
-                pack("SET", self._keys.confirm, repr(asked_at)),
-                pack("WAIT", replicas, int(WAIT_TIMEOUT_S * 1000)),
-            ]
-        )
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
-        return asked_at if int(replies[1]) >= replicas else -math.inf
-
-    async def _appendfsync(self) -> str | None:
-        """The AOF fsync policy; None where CONFIG is renamed away or not allowed."""
-        try:
-            reply: dict[Any, Any] = await self._link.client.config_get("appendfsync")
-        except (ResponseError, NoPermissionError):
-            return None
-        value = reply.get(b"appendfsync", reply.get("appendfsync"))
-        return text(value) if value is not None else None
 
     async def ping(self) -> float:
         client = self._link.client

@@ -134,6 +134,26 @@ def durable_until(persistence: dict[str, Any], appendfsync: str | None, now_s: f
     return max(until, now_s) if rdb_saved_all else until
 
 
+def parsed_info(reply: bytes) -> dict[str, str]:
+    """The fields of an INFO reply, as text ("name:value" lines)."""
+    fields: dict[str, str] = {}
+    for line in text(reply).splitlines():
+        name, colon, value = line.partition(":")
+        if colon and not line.startswith("#"):
+            fields[name] = value
+    return fields
+
+
+def appendfsync_of(reply: Any) -> str | None:
+    """The policy in a CONFIG GET appendfsync reply; None where CONFIG is refused
+    (renamed away, or not allowed to memoryd's user)."""
+    if isinstance(reply, dict):  # RESP3
+        reply = [item for pair in reply.items() for item in pair]
+    if not isinstance(reply, list) or len(reply) != 2:
+        return None
+    return text(reply[1])
+
+
 def page_size(query: Query) -> int:
     # Without filters beyond type and time nearly every entry matches, so a
     # page of about `limit` suffices; otherwise read ahead more per trip.

@@ -9,6 +9,7 @@ store (memoryd.stores.redis) and its eviction repair
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Iterator
@@ -44,6 +45,13 @@ BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 1.0
 
 SCRIPTS = ("apply", "page", "writers", "repair")
+
+# The sentinels' channel for a failover done, and how they are listened to:
+# a PING after this long without a message, the next sentinel this long after
+# one fails.
+SWITCH_MASTER = "+switch-master"
+SENTINEL_HEARTBEAT_S = 5.0
+SENTINEL_RETRY_S = 1.0
 
 # Replies that mean "not now" rather than "never": a Redis still loading its
 # dataset, busy in a script, or a replica promoted/demoted mid-failover.
@@ -177,7 +185,7 @@ class RedisLink:
         on every new connection, and drops a connection that finds itself on a
         demoted master (READONLY), so that the next one goes to the new master."""
         url = self._url
-        timeouts = {
+        timeouts: dict[str, Any] = {
             "socket_timeout": self._socket_timeout_s,
             "socket_connect_timeout": self._connect_timeout_s,
         }
@@ -188,8 +196,8 @@ class RedisLink:
             **timeouts,
             **tls,
         }
-        # redis-py's Sentinel is not annotated.
-        self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        # redis-py's Sentinel is not annotated (mypy before 2 says so).
+        self._sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             list(url.hosts),
             sentinel_kwargs=sentinel_kwargs,
             db=url.db,
@@ -214,6 +222,80 @@ class RedisLink:
         address = getattr(self._client.connection_pool, "master_address", None)
         return None if address is None else f"{address[0]}:{address[1]}"
 
+    async def refresh_master(self) -> None:
+        """Ask the sentinels which master to use now (nothing for one server).
+
+        redis-py's pool asks them only for a new connection: while its
+        connections work, a master the sentinels replaced (a split brain after a
+        partition, an old master not yet demoted) would keep taking writes that
+        Redis drops when it is demoted.  On a change the pool drops its idle
+        connections, and ``round_trip`` refuses the replies of the others.
+        """
+        if self._sentinel is not None:
+            await self.client.connection_pool.get_master_address()  # type: ignore[attr-defined]
+
+    async def follow_failovers(self) -> None:
+        """Until cancelled (a Sentinel set only): at each ``+switch-master`` the
+        sentinels announce for memoryd's master, ask them again at once, so that
+        the pool leaves the old master before a write or a check finds it out.
+        One sentinel at a time, the next when one fails."""
+        if self._sentinel is None:
+            return
+        while True:
+            for host, port in self._url.hosts:
+                try:
+                    await self._listen_for_switches(host, port)
+                except (RedisError, OSError) as exc:
+                    logger.debug("sentinel %s:%s: %s; listening to the next", host, port, exc)
+                await asyncio.sleep(SENTINEL_RETRY_S)
+
+    async def _listen_for_switches(self, host: str, port: int) -> None:
+        url = self._url
+        arguments: dict[str, Any] = {
+            "host": host,
+            "port": port,
+            "username": url.sentinel_username,
+            "password": url.sentinel_password,
+        }
+        connection_class = aioredis.Connection
+        if url.tls:
+            connection_class = aioredis.SSLConnection
+            arguments.update(_tls_arguments(url))
+        connection = connection_class(
+            **arguments,
+            protocol=2,
+            socket_timeout=self._socket_timeout_s,
+            socket_connect_timeout=self._connect_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        try:
+            await connection.connect()  # type: ignore[no-untyped-call]
+            await connection.send_command("SUBSCRIBE", SWITCH_MASTER)
+            await connection.read_response()
+            pinged = False
+            while True:
+                message = await connection.read_response(timeout=SENTINEL_HEARTBEAT_S)
+                if message is None:  # quiet: make sure the sentinel is still there
+                    if pinged:
+                        raise RedisTimeoutError("no answer to PING")
+                    await connection.send_command("PING")
+                    pinged = True
+                    continue
+                pinged = False
+                if self._is_our_switch(message):
+                    logger.info("the sentinels announce a new master; asking them")
+                    await self.refresh_master()
+        finally:
+            await connection.disconnect()
+
+    def _is_our_switch(self, message: Any) -> bool:
+        """Whether a pub/sub message is ``+switch-master`` of memoryd's master:
+        ``<name> <old ip> <old port> <new ip> <new port>``."""
+        if not isinstance(message, list) or len(message) != 3 or message[0] != b"message":
+            return False
+        words = bytes(message[2]).split()
+        return bool(words) and words[0].decode(errors="replace") == self._url.service_name
+
     async def reset(self) -> None:
         """Drop every pooled connection; the next command makes a new one."""
         if self._client is not None:
@@ -223,6 +305,10 @@ class RedisLink:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose(close_connection_pool=True)
+        sentinel, self._sentinel = self._sentinel, None
+        if sentinel is not None:
+            for sentinel_client in sentinel.sentinels:
+                await sentinel_client.aclose()
 
     @property
     def client(self) -> aioredis.Redis:
@@ -286,6 +372,15 @@ class RedisLink:
         call (it runs on the event loop, between the requests of the agents).
         A connection that failed half-way is closed, never handed on.
         """
+        for _ in range(2):
+            replies = await self._round_trip_once(packed)
+            if replies is not None:
+                return replies
+        raise StoreUnavailable("redis: the sentinels name another master at every try")
+
+    async def _round_trip_once(self, packed: list[bytes]) -> list[Any] | None:
+        """The replies; None if they came from a master the sentinels no longer
+        name (its connection dropped): the caller sends them again, to the new one."""
         pool = self.client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
@@ -296,12 +391,30 @@ class RedisLink:
                     replies.append(await connection.read_response())
                 except ResponseError as exc:
                     replies.append(exc)
+            if not self._on_named_master(connection):
+                logger.info(
+                    "a reply came from %s:%s, which the sentinels no longer name master: "
+                    "sending again to the new one",
+                    connection.host,
+                    connection.port,
+                )
+                await connection.disconnect()
+                return None
             return replies
         except BaseException:
             await connection.disconnect()
             raise
         finally:
             await pool.release(connection)
+
+    def _on_named_master(self, connection: Any) -> bool:
+        """Whether ``connection`` is to the master the sentinels named last (always,
+        for one server).  What such a master took can be lost when it is demoted,
+        and nothing it confirms holds: memoryd writes to one master at a time."""
+        if self._sentinel is None:
+            return True
+        named = getattr(self.client.connection_pool, "master_address", None)
+        return named is None or (connection.host, connection.port) == tuple(named)
 
     async def wait_broken(self, channel: str) -> None:
         """Return when a connection of its own, subscribed to ``channel``, breaks.
