@@ -141,6 +141,24 @@ class KeySpace:
         """ZSET daemon id -> lease end: the daemons writing under this prefix."""
         return f"{self.prefix}memoryd:writers"
 
+    def writers_of(self, shard_tag: str) -> str:
+        """``writers`` of the cluster shard whose slots ``shard_tag`` hashes to
+        (``writers`` itself for "": one server)."""
+        return self._of_shard("writers", shard_tag)
+
+    def confirm_of(self, shard_tag: str) -> str:
+        """``confirm`` on the cluster shard of ``shard_tag`` ("": one server)."""
+        return self._of_shard("confirm", shard_tag)
+
+    def marker_of(self, shard_tag: str) -> str:
+        """``marker`` in the cluster slot of ``shard_tag`` ("": one server)."""
+        return self._of_shard("marker", shard_tag)
+
+    def _of_shard(self, name: str, shard_tag: str) -> str:
+        if not shard_tag:
+            return f"{self.prefix}memoryd:{name}"
+        return f"{self.prefix}memoryd:{{{shard_tag}}}:{name}"
+
     @property
     def watch_channel(self) -> str:
         """Pub/sub channel each daemon's watch connection subscribes to; nothing

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from memoryd import redis_url
@@ -50,7 +50,14 @@ from memoryd.stores.redis_commands import (
     score,
     text,
 )
-from memoryd.stores.redis_link import RedisLink, pack, translated
+from memoryd.stores.redis_link import (
+    Command,
+    Preamble,
+    RedisLink,
+    key_command,
+    server_command,
+    translated,
+)
 from memoryd.stores.redis_repair import AGENTS_PER_PIPELINE, SCAN_COUNT, EvictionRepair
 
 __all__ = ["EXPIRY_GRACE_S", "RedisStore"]
@@ -108,7 +115,8 @@ class RedisStore:
             retries=retries,
         )
         self._eviction_repair = EvictionRepair(self._link, self._keys, max_memories=max_memories)
-        self._lease_renewed_at = -math.inf
+        # When the lease was last renewed, in each shard's registry ("": one server).
+        self._lease_renewed_at: dict[str, float] = {}
         self._server_version: str | None = None
         self._eviction: Eviction | None = None  # as last read, for describe()
         # The master a Sentinel set named, and since when (time.time()).
@@ -243,17 +251,17 @@ class RedisStore:
         inside ``translated``."""
         asked_at = time.time()
         commands = [
-            pack("INFO", "server"),
-            pack("INFO", "replication"),
-            pack("INFO", "persistence"),
-            pack("CONFIG", "GET", "appendfsync"),
+            server_command("INFO", "server"),
+            server_command("INFO", "replication"),
+            server_command("INFO", "persistence"),
+            server_command("CONFIG", "GET", "appendfsync"),
         ]
         if wait_for:
             # WAIT counts the replicas that have this connection's last write,
             # and replication is in order: all writes before it too.
             commands += [
-                pack("SET", self._keys.confirm, repr(asked_at)),
-                pack("WAIT", wait_for, int(WAIT_TIMEOUT_S * 1000)),
+                key_command("SET", self._keys.confirm, repr(asked_at)),
+                server_command("WAIT", wait_for, int(WAIT_TIMEOUT_S * 1000)),
             ]
         replies = await self._link.round_trip(commands)
         server, replication, persistence = map(parsed_info, _raised(replies[:3]))
@@ -300,7 +308,7 @@ class RedisStore:
         return text(token) if token is not None else candidate
 
     async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> tuple[int, bool]:
-        self._lease_renewed_at = time.monotonic()
+        self._lease_renewed_at[""] = time.monotonic()
         script = self._link.script("writers")
         with translated("writer lease"):
             writers, held = await script(
@@ -325,7 +333,7 @@ class RedisStore:
             return
         source = "" if sequenced is None else sequenced.source
 
-        def commands() -> list[bytes]:
+        def commands() -> list[Command]:
             return [
                 self._apply_command(self._keys.agent(agent_id), now_s, words, source)
                 for agent_id, words in grouped.items()
@@ -370,32 +378,37 @@ class RedisStore:
         """Run the apply script's expire step for each agent; how many records it
         removed.  Adds the agents it removed records of to ``stale``."""
 
-        def commands() -> list[bytes]:
+        def commands() -> list[Command]:
             return [self._apply_command(self._keys.agent(a), now_s, []) for a in agent_ids]
 
         results = await self._link.run_batch("sweep", commands, self._lease_renewal(lease))
         stale.update(a for a, result in zip(agent_ids, results, strict=True) if int(result[0]))
         return sum(int(result[0]) for result in results)
 
-    def _lease_renewal(self, lease: WriterLease | None) -> Callable[[], list[bytes]]:
-        """The preamble of a write batch: the lease's renewal, unless one is fresh already.
+    def _lease_renewal(self, lease: WriterLease | None) -> Preamble:
+        """The preamble of a write batch: the lease's renewal in the registry of
+        the shard it goes to, unless one is fresh there already.
 
         The writer lease is renewed by the very round trip that writes: the
         other daemons see this one as a writer before its writes.
         """
 
-        def renewal() -> list[bytes]:
-            if lease is None or time.monotonic() - self._lease_renewed_at < LEASE_FRESH_S:
+        def renewal(shard_tag: str) -> list[Command]:
+            now = time.monotonic()
+            if lease is None or now - self._lease_renewed_at.get(shard_tag, -math.inf) < (
+                LEASE_FRESH_S
+            ):
                 return []
-            self._lease_renewed_at = time.monotonic()
+            self._lease_renewed_at[shard_tag] = now
             lease_ms = math.ceil(lease.lease_s * 1000)
-            return [self._link.evalsha("writers", [self._keys.writers], lease.daemon_id, lease_ms)]
+            registry = self._keys.writers_of(shard_tag)
+            return [self._link.evalsha("writers", [registry], lease.daemon_id, lease_ms)]
 
         return renewal
 
     def _apply_command(
         self, keys: AgentKeys, now_s: float, words: list[str | bytes], source: str = ""
-    ) -> bytes:
+    ) -> Command:
         arguments = self._apply_args(keys, now_s, source)
         return self._link.evalsha("apply", keys.apply_keys, *arguments, *words)
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
@@ -101,9 +102,37 @@ def _reply_error(action: str, exc: ResponseError) -> Exception:
 
 
 def pack(*arguments: str | bytes | int) -> bytes:
-    """One command in the wire format, ready for ``RedisLink.round_trip``."""
+    """One command in the wire format."""
     # hiredis's stub types its argument as a 1-tuple and its result as Any.
     return cast(bytes, hiredis.pack_command(arguments))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command in the wire format, ready for a round trip, and the key
+    whose slot serves it on a cluster (None: a command of the server itself)."""
+
+    packed: bytes
+    key: str | None = None
+
+
+def server_command(*arguments: str | bytes | int) -> Command:
+    """A command of the server (INFO, WAIT...), not of a key."""
+    return Command(pack(*arguments))
+
+
+def key_command(name: str, key: str, *arguments: str | bytes | int) -> Command:
+    """A command on ``key`` (``name key arguments...``)."""
+    return Command(pack(name, key, *arguments), key)
+
+
+# The commands sent first in a write batch (a writer lease renewal), given the
+# hash tag of the shard the batch goes to ("" on one server).
+Preamble = Callable[[str], list[Command]]
+
+
+def no_preamble(shard_tag: str) -> list[Command]:
+    return []
 
 
 def _script_text(name: str) -> str:
@@ -329,19 +358,20 @@ class RedisLink:
 
     def evalsha(
         self, name: str, keys: tuple[str, ...] | list[str], *args: str | bytes | int
-    ) -> bytes:
-        """A packed EVALSHA of the script ``name``.
+    ) -> Command:
+        """An EVALSHA of the script ``name``, on the slot of its first key.
 
         Packed by hiredis: a Script object would cost a SCRIPT EXISTS round
         trip per call; NOSCRIPT is handled in ``run_batch`` instead.
         """
-        return pack("EVALSHA", self.script(name).sha, len(keys), *keys, *args)
+        packed = pack("EVALSHA", self.script(name).sha, len(keys), *keys, *args)
+        return Command(packed, keys[0] if keys else None)
 
     async def run_batch(
         self,
         action: str,
-        commands: Callable[[], list[bytes]],
-        preamble: Callable[[], list[bytes]] = list,
+        commands: Callable[[], list[Command]],
+        preamble: Preamble = no_preamble,
     ) -> list[Any]:
         """The replies to ``commands``, sent in one write: one round trip per batch.
 
@@ -352,7 +382,7 @@ class RedisLink:
         """
         with translated(action):
             for attempt in range(2):
-                first = preamble()
+                first = preamble("")
                 replies = (await self.round_trip(first + commands()))[len(first) :]
                 if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
                     logger.info("redis does not know the scripts any more; loading them again")
@@ -364,14 +394,15 @@ class RedisLink:
                 return replies
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def round_trip(self, packed: list[bytes]) -> list[Any]:
-        """Write ``packed`` on a pooled connection and read a reply for each
+    async def round_trip(self, commands: Sequence[Command]) -> list[Any]:
+        """Write ``commands`` on a pooled connection and read a reply for each
         (an error reply as its ResponseError, not raised).
 
         redis-py's Pipeline would do the same with several times the CPU per
         call (it runs on the event loop, between the requests of the agents).
         A connection that failed half-way is closed, never handed on.
         """
+        packed = [command.packed for command in commands]
         for _ in range(2):
             replies = await self._round_trip_once(packed)
             if replies is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ from memoryd.records import is_expired
 from memoryd.stores.base import Eviction, Swept
 from memoryd.stores.keys import AgentKey, KeySpace
 from memoryd.stores.redis_commands import decoded, index_fields, text
-from memoryd.stores.redis_link import RedisLink, pack, translated
+from memoryd.stores.redis_link import Command, Preamble, RedisLink, key_command, translated
 
 logger = logging.getLogger(__name__)
 
@@ -101,9 +101,7 @@ class EvictionRepair:
             return eviction.may_evict or eviction.evicted_keys > 0
         return eviction.evicted_since(earlier) > 0
 
-    async def run(
-        self, eviction: Eviction, now_s: float, preamble: Callable[[], list[bytes]]
-    ) -> Swept:
+    async def run(self, eviction: Eviction, now_s: float, preamble: Preamble) -> Swept:
         """Repair every agent's keys; ``preamble`` goes first in each write batch."""
         logger.info(
             "redis may have evicted memoryd's keys (maxmemory-policy %s, %d keys evicted since "
@@ -154,7 +152,9 @@ class EvictionRepair:
     ) -> None:
         if not hashes:
             return
-        lookups = [pack("ZSCORE", self._keys.agent(key.agent_id).list, key.name) for key in hashes]
+        lookups = [
+            key_command("ZSCORE", self._keys.agent(key.agent_id).list, key.name) for key in hashes
+        ]
         for key, found_score in zip(hashes, await self._link.round_trip(lookups), strict=True):
             if isinstance(found_score, Exception):
                 raise found_score
@@ -167,7 +167,7 @@ class EvictionRepair:
         found: dict[str, _AgentScan],
         now_s: float,
         tally: _RepairTally,
-        preamble: Callable[[], list[bytes]],
+        preamble: Preamble,
     ) -> None:
         """Two calls of the repair script: the indexes, then the records whose data it needs."""
         first_words: dict[str, list[str | bytes]] = {
@@ -190,9 +190,9 @@ class EvictionRepair:
         self,
         words: dict[str, list[str | bytes]],
         found: dict[str, _AgentScan],
-        preamble: Callable[[], list[bytes]],
+        preamble: Preamble,
     ) -> list[tuple[str, Any]]:
-        def commands() -> list[bytes]:
+        def commands() -> list[Command]:
             packed = []
             for agent_id, agent_words in words.items():
                 keys = self._keys.agent(agent_id)
@@ -220,7 +220,7 @@ class EvictionRepair:
         """K or X words for the records the repair script asked about, from their data."""
         targets = [(agent_id, record_id) for agent_id, ids in wanted.items() for record_id in ids]
         reads = [
-            pack("HGET", self._keys.agent(agent_id).memory(record_id), "data")
+            key_command("HGET", self._keys.agent(agent_id).memory(record_id), "data")
             for agent_id, record_id in targets
         ]
         with translated("sweep"):
