@@ -38,24 +38,20 @@ from memoryd.stores.base import (
 from memoryd.stores.keys import AgentKeys, KeySpace
 from memoryd.stores.redis_commands import (
     EXPIRY_GRACE_S,
-    appendfsync_of,
     decoded,
-    durable_until,
     group_by_agent,
     info_eviction,
     page_size,
     pairs,
     parse_stats,
-    parsed_info,
     score,
     text,
 )
+from memoryd.stores.redis_durability import ServerDurability, server_run
 from memoryd.stores.redis_link import (
     Command,
     Preamble,
     RedisLink,
-    key_command,
-    server_command,
     translated,
 )
 from memoryd.stores.redis_repair import AGENTS_PER_PIPELINE, SCAN_COUNT, EvictionRepair
@@ -67,22 +63,6 @@ logger = logging.getLogger(__name__)
 # A write renews the writer lease itself only when no renewal was sent this
 # recently: a lease lasts seconds, and a renewal per batch costs Redis a script.
 LEASE_FRESH_S = 0.5
-# How long a WAIT for replicas may take before the writes stay unconfirmed for now.
-WAIT_TIMEOUT_S = 0.5
-
-
-def _raised(replies: list[Any]) -> list[Any]:
-    """``replies``, once none is an error reply (else it is raised)."""
-    for reply in replies:
-        if isinstance(reply, Exception):
-            raise reply
-    return replies
-
-
-def _server_run(server: dict[str, Any], replication: dict[str, Any]) -> str:
-    # A replica that resynced, or was promoted, has another replication id:
-    # what it holds is not what this run of it held before.
-    return f"{server.get('run_id', '')} {replication.get('master_replid', '')}"
 
 
 class RedisStore:
@@ -122,8 +102,11 @@ class RedisStore:
         # The master a Sentinel set named, and since when (time.time()).
         self._master: tuple[str | None, float] = (None, time.time())
         self._following: asyncio.Task[None] | None = None  # Sentinel: follow_failovers
-        # How many replicas to WAIT for, from the last reading (durability).
-        self._replicas_to_wait = 0
+        self._durability = ServerDurability(
+            self._keys.confirm,
+            min_replicas=min_replicas,
+            failover=self._url.topology != "standalone",
+        )
 
     # -- life cycle ---------------------------------------------------------
 
@@ -211,7 +194,7 @@ class RedisStore:
         server, replication = await self._info("server", "replication")
         await self._leave_a_demoted_master(replication)
         self._note_master()
-        return _server_run(server, replication), replication
+        return server_run(server, replication), replication
 
     async def _read_eviction(self, action: str) -> Eviction:
         """INFO server, memory and stats: the eviction figures and the version."""
@@ -221,69 +204,20 @@ class RedisStore:
         self._eviction = info_eviction(server, memory, stats)
         return self._eviction
 
+    def _server_durability(self, confirm_key: str) -> ServerDurability:
+        # A Sentinel set or a Cluster promotes a replica by itself: only replicas confirm.
+        failover = self._url.topology != "standalone"
+        return ServerDurability(confirm_key, min_replicas=self._min_replicas, failover=failover)
+
     async def durability(self) -> Durability:
-        """How far applied writes are durable: replicated, else persisted.
-
-        With replicas (as many as ``min_replicas``, else every one the master
-        reports), a write is durable once they have it: a small write, then
-        ``WAIT``, confirms everything applied before that write.  A ``WAIT``
-        that times out confirms nothing and fails nothing.  Without replicas,
-        persistence decides (redis_commands.durable_until); never on a
-        Sentinel set, where a replica that lacks the writes can take over
-        however well the master persists them.  A restarted server (another
-        ``run_id``), or one whose data was replaced or that was promoted
-        (another ``master_replid``), says nothing of what was applied before.
-
-        One round trip on one connection, so that every figure is of the same
-        server; on a Sentinel set, of the master the sentinels name now.
-        """
+        """How far applied writes are durable (memoryd.stores.redis_durability):
+        on a Sentinel set, of the master the sentinels name now."""
         with translated("durability"):
             await self._link.refresh_master()
-            durability, wanted = await self._durability_waiting_for(self._replicas_to_wait)
-            if wanted > self._replicas_to_wait:  # more replicas than last time: wait for them
-                durability, wanted = await self._durability_waiting_for(wanted)
-        self._replicas_to_wait = wanted
-        return durability
-
-    async def _durability_waiting_for(self, wait_for: int) -> tuple[Durability, int]:
-        """The durability read in one round trip, with a ``WAIT`` for ``wait_for``
-        replicas if any; and how many replicas to wait for from now on.  Call
-        inside ``translated``."""
-        asked_at = time.time()
-        commands = [
-            server_command("INFO", "server"),
-            server_command("INFO", "replication"),
-            server_command("INFO", "persistence"),
-            server_command("CONFIG", "GET", "appendfsync"),
-        ]
-        if wait_for:
-            # WAIT counts the replicas that have this connection's last write,
-            # and replication is in order: all writes before it too.
-            commands += [
-                key_command("SET", self._keys.confirm, repr(asked_at)),
-                server_command("WAIT", wait_for, int(WAIT_TIMEOUT_S * 1000)),
-            ]
-        replies = await self._link.round_trip(commands)
-        server, replication, persistence = map(parsed_info, _raised(replies[:3]))
-        await self._leave_a_demoted_master(replication)
-        self._note_master()
-        run = _server_run(server, replication)
-        wanted = self._wanted_replicas(replication)
-        if replication.get("role") != "master":
-            return Durability(run, -math.inf), wanted
-        waited = _raised(replies[4:])
-        if wanted:
-            acked = int(waited[1]) if wait_for else 0
-            return Durability(run, asked_at if acked >= wanted else -math.inf), wanted
-        aof = int(persistence.get("aof_enabled", 0))
-        fsync = appendfsync_of(replies[3]) if aof else None
-        return Durability(run, durable_until(persistence, fsync, time.time())), wanted
-
-    def _wanted_replicas(self, replication: dict[str, str]) -> int:
-        if self._min_replicas is not None:
-            return self._min_replicas
-        reported = int(replication.get("connected_slaves", 0))
-        return max(1, reported) if self._url.topology == "sentinel" else reported
+            reading = await self._durability.read(self._link.round_trip)
+            await self._leave_a_demoted_master(reading.replication)
+            self._note_master()
+        return reading.durability
 
     async def server_run(self) -> str:
         with translated("durability"):
