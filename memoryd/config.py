@@ -133,11 +133,8 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _whole_url(cls, value: str) -> str:
-        if value and parse_url(value).topology == "cluster":  # a RedisUrlError is a ValueError
-            raise ValueError(
-                "redis+cluster:// is not supported by this version yet; use redis://, rediss:// "
-                "or redis+sentinel://"
-            )
+        if value:
+            parse_url(value)  # a RedisUrlError is a ValueError, naming the part
         return value
 
     @field_validator("data_dir")

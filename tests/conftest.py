@@ -11,7 +11,7 @@ import redis
 
 import memoryd_client
 from tests.daemons import STORE_KINDS, TRIM_MAX_MEMORIES, Env, new_agent, start_env
-from tests.harness import Daemon, LocalUser, RedisServer
+from tests.harness import LOOPBACK, ClusterSet, Daemon, LocalUser, RedisServer
 
 UNPRIVILEGED_USER = "memoryd-test"
 USERADD_EXISTS = 9  # useradd's exit status for "username already in use"
@@ -41,6 +41,26 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     with redis.Redis(unix_socket_path=str(redis_server.socket_path)) as conn:
         conn.flushall()
     yield redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterSet]:
+    """One Redis Cluster for the session (3 masters, a replica each); tests that
+    fail it over or reshard it start their own."""
+    cluster = ClusterSet().start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: ClusterSet) -> str:
+    """The session's Redis Cluster, every master emptied before the test."""
+    for port in redis_cluster.master_ports():
+        with redis.Redis(LOOPBACK, port) as conn:
+            conn.flushall()
+    return redis_cluster.url
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ BAD_URLS = {
     "scheme": f"http://127.0.0.1:{DEAD_PORT}/0",
     "sentinel-without-service": f"redis+sentinel://:{SECRET}@127.0.0.1:{DEAD_PORT}",
     "several-hosts-standalone": f"redis://:{SECRET}@127.0.0.1:{DEAD_PORT},127.0.0.1:1/0",
-    "cluster-for-now": f"redis+cluster://:{SECRET}@127.0.0.1:{DEAD_PORT}",
+    "cluster-with-db": f"redis+cluster://:{SECRET}@127.0.0.1:{DEAD_PORT}/3",
 }
 
 

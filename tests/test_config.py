@@ -14,7 +14,7 @@ import pytest
 
 from memoryd.config import Settings, load_settings, mask_url
 from memoryd.errors import ConfigError
-from memoryd.redis_url import RedisUrlError
+from memoryd.redis_url import RedisUrlError, masked
 from memoryd.redis_url import parse as parse_url
 
 
@@ -382,7 +382,10 @@ def test_a_wrong_url_of_any_topology_names_its_problem(url: str, problem: str) -
         parse_url(url)
 
 
-def test_a_cluster_url_is_refused_at_start_for_now(environ: pytest.MonkeyPatch) -> None:
-    environ.setenv("MEMORYD_REDIS_URL", "redis+cluster://h1:7000,h2:7001")
-    with pytest.raises(ConfigError, match="redis_url .*redis\\+cluster:// is not supported"):
-        load_settings()
+def test_a_cluster_url_is_taken_and_shown_without_its_password(
+    environ: pytest.MonkeyPatch,
+) -> None:
+    environ.setenv("MEMORYD_REDIS_URL", "redis+cluster://u:s3cret@h1:7000,h2:7001")
+    settings = load_settings()
+    assert parse_url(settings.redis_url).hosts == (("h1", 7000), ("h2", 7001))
+    assert masked(settings.redis_url) == "redis+cluster://u:***@h1:7000,h2:7001"

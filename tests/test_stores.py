@@ -16,6 +16,7 @@ from memoryd.records import Query, Record, select
 from memoryd.stores import LocalStore, RedisStore, Store, create_store
 from memoryd.stores.base import APPLIED_KEPT_S, Sequenced, numbered
 from memoryd.stores.memory import MemoryStore
+from memoryd.stores.redis_cluster import ClusterStore
 
 # Real time, not a fixed date: Redis expires record HASHes on its own clock
 # (expires_at plus a grace), so expiries in the tests must lie in its future.
@@ -56,7 +57,7 @@ def put(record_id: str, agent_id: str = "craftsman_1", **fields: Any) -> Put:
     return Put.of(make_record(record_id, agent_id, **fields))
 
 
-@pytest.fixture(params=["redis", "local", "memory"])
+@pytest.fixture(params=["redis", "cluster", "local", "memory"])
 async def store_factory(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> AsyncIterator[StoreFactory]:
@@ -67,6 +68,9 @@ async def store_factory(
         if request.param == "redis":
             url = request.getfixturevalue("redis_url")
             store = RedisStore(url, max_memories=max_memories)
+        elif request.param == "cluster":
+            url = request.getfixturevalue("cluster_url")
+            store = ClusterStore(url, max_memories=max_memories)
         elif request.param == "local":
             store = LocalStore(tmp_path / f"data{len(opened)}", max_memories=max_memories)
         else:

@@ -50,9 +50,15 @@ def __getattr__(name: str) -> Any:
 def create_store(settings: Settings) -> Store:
     """The store the settings ask for; not yet opened."""
     if settings.store_kind == "redis":
+        from memoryd import redis_url
         from memoryd.stores.redis import RedisStore
 
-        return RedisStore(
+        store_class = RedisStore
+        if redis_url.parse(settings.redis_url).topology == "cluster":
+            from memoryd.stores.redis_cluster import ClusterStore
+
+            store_class = ClusterStore
+        return store_class(
             settings.redis_url,
             key_prefix=settings.key_prefix,
             max_memories=settings.max_memories,

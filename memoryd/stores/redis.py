@@ -69,6 +69,7 @@ class RedisStore:
     """A Store on one Redis server (standalone, via a URL)."""
 
     kind = "redis"
+    _link_class = RedisLink
 
     def __init__(
         self,
@@ -87,7 +88,7 @@ class RedisStore:
         self._keys = KeySpace(key_prefix)
         self._max_memories = max_memories
         self._min_replicas = min_replicas  # None: every replica the master reports
-        self._link = RedisLink(
+        self._link = self._link_class(
             self._url,
             pool_size=pool_size,
             socket_timeout_s=socket_timeout_s,

@@ -135,11 +135,11 @@ def no_preamble(shard_tag: str) -> list[Command]:
     return []
 
 
-def _script_text(name: str) -> str:
+def script_text(name: str) -> str:
     return resources.files("memoryd.stores").joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
-def _connection_arguments(url: redis_url.RedisUrl) -> dict[str, Any]:
+def connection_arguments(url: redis_url.RedisUrl) -> dict[str, Any]:
     """redis-py's connection arguments for a parsed URL (standalone: its one server)."""
     common: dict[str, Any] = {"db": url.db, "username": url.username, "password": url.password}
     if url.scheme == "unix":
@@ -147,11 +147,11 @@ def _connection_arguments(url: redis_url.RedisUrl) -> dict[str, Any]:
     common.update(host=url.host, port=url.port)
     if url.tls:
         common["connection_class"] = aioredis.SSLConnection
-        common.update(_tls_arguments(url))
+        common.update(tls_arguments(url))
     return common
 
 
-def _tls_arguments(url: redis_url.RedisUrl) -> dict[str, Any]:
+def tls_arguments(url: redis_url.RedisUrl) -> dict[str, Any]:
     arguments: dict[str, Any] = {}
     for name, value in url.tls_options.items():
         is_flag = name == "ssl_check_hostname"
@@ -195,7 +195,7 @@ class RedisLink:
             # Built from the parsed parts, never from the text: redis-py reads a
             # malformed URL loosely (a missing host as localhost, db "zz" as 0).
             pool = aioredis.BlockingConnectionPool(
-                **_connection_arguments(self._url),
+                **connection_arguments(self._url),
                 max_connections=self._pool_size,
                 # Waiting longer than one command may take for a free connection
                 # only hides an overload; better to fail and let the caller back off.
@@ -206,7 +206,7 @@ class RedisLink:
                 decode_responses=False,
             )
             client = aioredis.Redis(connection_pool=pool)
-        self._scripts = {name: client.register_script(_script_text(name)) for name in SCRIPTS}
+        self._scripts = {name: client.register_script(script_text(name)) for name in SCRIPTS}
         self._client = client
 
     def _sentinel_client(self, retry: Retry) -> aioredis.Redis:
@@ -218,7 +218,7 @@ class RedisLink:
             "socket_timeout": self._socket_timeout_s,
             "socket_connect_timeout": self._connect_timeout_s,
         }
-        tls = {"ssl": True, **_tls_arguments(url)} if url.tls else {}
+        tls = {"ssl": True, **tls_arguments(url)} if url.tls else {}
         sentinel_kwargs = {
             "username": url.sentinel_username,
             "password": url.sentinel_password,
@@ -289,7 +289,7 @@ class RedisLink:
         connection_class = aioredis.Connection
         if url.tls:
             connection_class = aioredis.SSLConnection
-            arguments.update(_tls_arguments(url))
+            arguments.update(tls_arguments(url))
         connection = connection_class(
             **arguments,
             protocol=2,
@@ -382,8 +382,7 @@ class RedisLink:
         """
         with translated(action):
             for attempt in range(2):
-                first = preamble("")
-                replies = (await self.round_trip(first + commands()))[len(first) :]
+                replies = await self.send_batch(commands(), preamble)
                 if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
                     logger.info("redis does not know the scripts any more; loading them again")
                     await self.load_scripts()
@@ -393,6 +392,11 @@ class RedisLink:
                         raise reply
                 return replies
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def send_batch(self, commands: list[Command], preamble: Preamble) -> list[Any]:
+        """The replies to ``commands``, ``preamble``'s first in the same write."""
+        first = preamble("")
+        return (await self.round_trip(first + commands))[len(first) :]
 
     async def round_trip(self, commands: Sequence[Command]) -> list[Any]:
         """Write ``commands`` on a pooled connection and read a reply for each
@@ -455,11 +459,17 @@ class RedisLink:
         waits on SUBSCRIBE until the link breaks.  RESP2: in RESP3 the
         confirmation is a push message read_response skips.
         """
-        arguments = _connection_arguments(self._url)
+        arguments = connection_arguments(self._url)
         if self._sentinel is not None and self._url.service_name is not None:
             with translated("watch"):
                 host, port = await self._sentinel.discover_master(self._url.service_name)
             arguments.update(host=host, port=port)
+        await self.subscribed_until_broken(arguments, channel)
+
+    async def subscribed_until_broken(self, arguments: dict[str, Any], channel: str) -> None:
+        """Subscribe to ``channel`` on a connection of its own, made with
+        ``arguments`` (connection_arguments), and return when it breaks."""
+        arguments = dict(arguments)
         connection_class = arguments.pop("connection_class", aioredis.Connection)
         connection = connection_class(
             **arguments,

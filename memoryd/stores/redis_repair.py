@@ -122,30 +122,30 @@ class EvictionRepair:
     async def _scan_agents(self) -> dict[str, _AgentScan]:
         """Every agent with a key, its type ZSETs, and its record HASHes no list names.
 
-        SCAN in steps of SCAN_COUNT keys; the HASHes of each step are looked up
-        in their agents' lists in one round trip, so only the unlisted are kept.
+        SCAN in steps of SCAN_COUNT keys (on a cluster, of every master); the
+        HASHes of each step are looked up in their agents' lists in one round
+        trip, so only the unlisted are kept.
         """
         client = self._link.client
         found: dict[str, _AgentScan] = {}
-        cursor = 0
+        hashes: list[AgentKey] = []
         with translated("sweep"):
-            while True:
-                cursor, names = await client.scan(
-                    cursor, match=self._keys.agent_key_pattern(), count=SCAN_COUNT
-                )
-                hashes: list[AgentKey] = []
-                for name in names:
-                    key = self._keys.parse_agent_key(text(name))
-                    if key is None:
-                        continue
-                    scan = found.setdefault(key.agent_id, _AgentScan())
-                    if key.kind == "type":
-                        scan.types.add(key.name)
-                    elif key.kind == "memory":
-                        hashes.append(key)
-                await self._keep_unlisted(hashes, found)
-                if cursor == 0:
-                    return found
+            async for name in client.scan_iter(
+                match=self._keys.agent_key_pattern(), count=SCAN_COUNT
+            ):
+                key = self._keys.parse_agent_key(text(name))
+                if key is None:
+                    continue
+                scan = found.setdefault(key.agent_id, _AgentScan())
+                if key.kind == "type":
+                    scan.types.add(key.name)
+                elif key.kind == "memory":
+                    hashes.append(key)
+                if len(hashes) >= SCAN_COUNT:
+                    await self._keep_unlisted(hashes, found)
+                    hashes = []
+            await self._keep_unlisted(hashes, found)
+        return found
 
     async def _keep_unlisted(
         self, hashes: Sequence[AgentKey], found: dict[str, _AgentScan]

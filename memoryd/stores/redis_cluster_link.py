@@ -1,0 +1,300 @@
+"""The Redis store's boundary to a Redis Cluster: redis-py's asyncio
+RedisCluster for the slot map and single key commands, and round trips of
+memoryd's own, one per master in parallel.
+
+A batch is grouped by the master serving each command's key, and each group
+travels in one write on one of that master's connections.  Replies that say
+the slot is elsewhere are sent again: ``MOVED`` after the slot map is read
+anew, ``ASK`` (a slot half-migrated) to the node named, behind ``ASKING``;
+``TRYAGAIN`` (an agent's keys split by a migration in progress) after a
+pause.  Every command memoryd sends is safe to send again: each write is
+idempotent and numbered (memoryd.stores.base.Sequenced).
+
+Keys of the daemon itself (the writer registry, the confirm key, the
+data-loss markers) carry a hash tag that puts them in a chosen slot:
+``shard_tag`` names, for each master, the tag of the lowest slot it serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.exceptions import AskError, MovedError, ResponseError, TryAgainError
+
+from memoryd.stores.base import StoreUnavailable
+from memoryd.stores.redis_link import (
+    BACKOFF_BASE_S,
+    BACKOFF_CAP_S,
+    SCRIPTS,
+    Command,
+    Preamble,
+    RedisLink,
+    connection_arguments,
+    no_preamble,
+    pack,
+    script_text,
+    tls_arguments,
+)
+
+logger = logging.getLogger(__name__)
+
+# How often one batch may be sent again because its slots moved, and the pause
+# before a TRYAGAIN is sent again (a slot's keys move in milliseconds).
+REDIRECTS_MAX = 8
+TRYAGAIN_PAUSE_S = 0.05
+
+_ASKING = pack("ASKING")
+
+
+def slot_tags() -> list[str]:
+    """For each of the 16384 slots, a short hash tag whose keys land in it."""
+    tags: list[str | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+    missing = REDIS_CLUSTER_HASH_SLOTS
+    n = 0
+    while missing:
+        tag = str(n)
+        slot = key_slot(tag.encode())
+        if tags[slot] is None:
+            tags[slot] = tag
+            missing -= 1
+        n += 1
+    return cast(list[str], tags)
+
+
+class ClusterLink(RedisLink):
+    """Links to every master of a Redis Cluster, and the scripts loaded on them."""
+
+    _cluster: RedisCluster | None = None
+    _slot_tags: list[str] | None = None  # slot_tags(), made when first needed
+    _lowest: tuple[dict[int, list[ClusterNode]], dict[str, int]] | None = None
+
+    def connect(self) -> None:
+        if self._cluster is not None:
+            return
+        url = self._url
+        retry = Retry(
+            ExponentialWithJitterBackoff(cap=BACKOFF_CAP_S, base=BACKOFF_BASE_S), self._retries
+        )
+        tls = {"ssl": True, **tls_arguments(url)} if url.tls else {}
+        cluster = RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in url.hosts],
+            username=url.username,
+            password=url.password,
+            max_connections=self._pool_size,
+            socket_timeout=self._socket_timeout_s,
+            socket_connect_timeout=self._connect_timeout_s,
+            retry=retry,
+            decode_responses=False,
+            **tls,
+        )
+        self._scripts = {name: cluster.register_script(script_text(name)) for name in SCRIPTS}
+        self._cluster = cluster
+        # RedisCluster takes the same key commands as Redis (HGET, GET, SET, a
+        # script by its keys, SCAN over every master): the store sends it no other.
+        self._client = cast(aioredis.Redis, cluster)
+
+    @property
+    def cluster(self) -> RedisCluster:
+        if self._cluster is None:
+            raise StoreUnavailable("redis store is not open")
+        return self._cluster
+
+    async def initialize(self) -> None:
+        """Read the slot map (at open, and after a node failed)."""
+        await self.cluster.initialize()
+
+    def masters(self) -> list[ClusterNode]:
+        """The masters, in the order of the lowest slot each serves."""
+        lowest = self._lowest_slots()
+        by_name = {node.name: node for node in self.cluster.get_primaries()}
+        return [by_name[name] for name in sorted(lowest, key=lowest.__getitem__) if name in by_name]
+
+    def shard_tag(self, node: ClusterNode) -> str:
+        """The hash tag of the lowest slot ``node`` serves: keys of the daemon
+        itself tagged with it live on that master."""
+        slot = self._lowest_slots().get(node.name)
+        if slot is None:
+            raise StoreUnavailable(f"redis cluster: {node.name} serves no slot")
+        return self.slot_tag(slot)
+
+    def _lowest_slots(self) -> dict[str, int]:
+        """Master name -> the lowest slot it serves, for the slot map read last
+        (redis-py replaces its map when it reads it again)."""
+        slots = self.cluster.nodes_manager.slots_cache
+        if self._lowest is None or self._lowest[0] is not slots:
+            lowest: dict[str, int] = {}
+            for slot in sorted(slots):
+                if slots[slot]:
+                    lowest.setdefault(slots[slot][0].name, slot)
+            self._lowest = (slots, lowest)
+        return self._lowest[1]
+
+    def slot_tag(self, slot: int) -> str:
+        if self._slot_tags is None:
+            self._slot_tags = slot_tags()
+        return self._slot_tags[slot]
+
+    async def load_scripts(self) -> None:
+        loads = [Command(pack("SCRIPT", "LOAD", script_text(name))) for name in SCRIPTS]
+        for node in self.masters():
+            for reply in await self.round_trip_on(node, loads):
+                if isinstance(reply, Exception):
+                    raise reply
+
+    async def refresh_master(self) -> None:
+        """Nothing to ask: a cluster's nodes say where each slot is."""
+
+    @property
+    def master_address(self) -> str | None:
+        return None
+
+    async def reset(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.cluster.nodes_manager.initialize()
+
+    async def close(self) -> None:
+        cluster, self._cluster = self._cluster, None
+        self._client = None
+        if cluster is not None:
+            await cluster.aclose()
+
+    async def send_batch(self, commands: list[Command], preamble: Preamble) -> list[Any]:
+        """One round trip per master, masters in parallel; ``preamble`` is asked
+        for each master's shard."""
+        return await self._routed(commands, preamble)
+
+    async def round_trip(self, commands: Sequence[Command]) -> list[Any]:
+        """A reply for each of ``commands`` (each routed by its key), in their order."""
+        return await self._routed(commands, no_preamble)
+
+    async def round_trip_on(self, node: ClusterNode, commands: Sequence[Command]) -> list[Any]:
+        """A reply for each of ``commands``, all sent to ``node`` (commands of the
+        server itself, or keys tagged with its shard)."""
+        return await self._node_round_trip(node, [c.packed for c in commands], set())
+
+    async def _routed(self, commands: Sequence[Command], preamble: Preamble) -> list[Any]:
+        replies: list[Any] = [None] * len(commands)
+        todo = list(range(len(commands)))
+        asking: dict[int, ClusterNode] = {}
+        for _ in range(REDIRECTS_MAX):
+            groups: dict[str, tuple[ClusterNode, list[int]]] = {}
+            for index in todo:
+                node = asking.get(index) or self._node_of(commands[index])
+                groups.setdefault(node.name, (node, []))[1].append(index)
+            sent = await self._send_groups(commands, groups, asking, preamble)
+            todo, moved, busy = [], False, False
+            for index, reply in sent:
+                if isinstance(reply, MovedError):
+                    asking.pop(index, None)
+                    moved = True
+                elif isinstance(reply, AskError):
+                    asking[index] = self._node_at(reply.host, reply.port)
+                elif isinstance(reply, TryAgainError):
+                    busy = True
+                else:
+                    replies[index] = reply
+                    continue
+                todo.append(index)
+            if not todo:
+                return replies
+            if moved:
+                await self.cluster.nodes_manager.initialize()
+            if busy:
+                await asyncio.sleep(TRYAGAIN_PAUSE_S)
+        raise StoreUnavailable(f"redis cluster: slots still moving after {REDIRECTS_MAX} tries")
+
+    async def _send_groups(
+        self,
+        commands: Sequence[Command],
+        groups: dict[str, tuple[ClusterNode, list[int]]],
+        asking: dict[int, ClusterNode],
+        preamble: Preamble,
+    ) -> list[tuple[int, Any]]:
+        """Each group to its node, in parallel: (index, reply) for every command."""
+        trips = []
+        for node, indexes in groups.values():
+            first = [c.packed for c in preamble(self.shard_tag(node))]
+            packed = first + [commands[i].packed for i in indexes]
+            asked = {len(first) + n for n, i in enumerate(indexes) if i in asking}
+            trips.append(self._node_round_trip(node, packed, asked, skip=len(first)))
+        results = await asyncio.gather(*trips, return_exceptions=True)
+        failed = next((r for r in results if isinstance(r, BaseException)), None)
+        if failed is not None:
+            # A master that does not answer may have been replaced: read the
+            # slot map again before the next batch.
+            await self.reset()
+            raise failed
+        return [
+            (index, reply)
+            for (_, indexes), node_replies in zip(groups.values(), results, strict=True)
+            for index, reply in zip(indexes, cast(list[Any], node_replies), strict=True)
+        ]
+
+    async def _node_round_trip(
+        self, node: ClusterNode, packed: list[bytes], asked: set[int], skip: int = 0
+    ) -> list[Any]:
+        """Write ``packed`` on one of ``node``'s connections (``ASKING`` before
+        the commands at ``asked``) and read a reply for each; the first
+        ``skip`` replies are dropped."""
+        stream: list[bytes] = []
+        for position, command in enumerate(packed):
+            if position in asked:
+                stream.append(_ASKING)
+            stream.append(command)
+        connection = node.acquire_connection()
+        try:
+            await connection.send_packed_command(stream, check_health=False)
+            replies: list[Any] = []
+            for position in range(len(packed)):
+                if position in asked:
+                    await connection.read_response()  # ASKING's OK
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies[skip:]
+        except BaseException:
+            await connection.disconnect()
+            raise
+        finally:
+            node.release(connection)
+
+    def _node_of(self, command: Command) -> ClusterNode:
+        if command.key is None:
+            raise AssertionError("a command without a key has no slot")  # pragma: no cover
+        slot = self.cluster.keyslot(command.key)
+        return self.cluster.nodes_manager.get_node_from_slot(slot)
+
+    def _node_at(self, host: str, port: int) -> ClusterNode:
+        node = self.cluster.get_node(host=host, port=port)
+        if node is None:
+            raise StoreUnavailable(f"redis cluster: ASK to {host}:{port}, a node not in the map")
+        return node
+
+    async def wait_broken(self, channel: str) -> None:
+        """Return when a subscribed connection to any master breaks."""
+        watches = [
+            asyncio.create_task(self._wait_broken_on(node, channel)) for node in self.masters()
+        ]
+        try:
+            await asyncio.wait(watches, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for watch in watches:
+                watch.cancel()
+            await asyncio.gather(*watches, return_exceptions=True)
+
+    async def _wait_broken_on(self, node: ClusterNode, channel: str) -> None:
+        arguments = connection_arguments(self._url) | {"host": node.host, "port": node.port}
+        await self.subscribed_until_broken(arguments, channel)
+
+    async def follow_failovers(self) -> None:
+        """A cluster's own nodes say where each slot went (MOVED)."""
