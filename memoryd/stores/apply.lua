@@ -202,6 +202,57 @@ local function finish()
   end
 end
 
+-- On a Redis Cluster, while the agent's slot migrates, a key not on this node
+-- (moved already, or not yet created) fails the script where it is touched,
+-- and what ran before stays done.  So every key the steps below may touch is
+-- touched first, before anything is written: a migrating slot fails the
+-- script before it changes anything, and memoryd sends it again once the slot
+-- has moved.  On one server this costs a read per key the steps touch anyway.
+local function preflight()
+  local touched = {}
+  local function touch(key)
+    touched[#touched + 1] = key
+  end
+  for _, record_type in ipairs(redis.call('HKEYS', types_key)) do
+    touch(type_prefix .. record_type)
+  end
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', expiry_key, '-inf', now_s)) do
+    touch(memory_prefix .. id)
+  end
+  local puts = 0
+  local i = 8
+  while i <= #ARGV do
+    local op = ARGV[i]
+    if op == 'P' or op == 'R' then
+      touch(memory_prefix .. ARGV[i + 1])
+      touch(type_prefix .. ARGV[i + 2])
+      puts = puts + 1
+      i = i + 8
+    elseif op == 'C' then
+      for _, index in ipairs({list_key, expiry_key}) do
+        for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+          touch(memory_prefix .. id)
+        end
+      end
+      i = i + 2
+    else
+      touch(memory_prefix .. (ARGV[i + 1] or ''))
+      i = i + 3
+    end
+  end
+  local excess = redis.call('ZCARD', list_key) + puts - max_memories
+  if excess > 0 then
+    for _, id in ipairs(redis.call('ZRANGE', list_key, 0, excess - 1)) do
+      touch(memory_prefix .. id)
+    end
+  end
+  for _, key in ipairs(touched) do
+    redis.call('EXISTS', key)
+  end
+end
+
+preflight()
+
 local expired = 0
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', expiry_key, '-inf', now_s)) do
   remove_record(id)

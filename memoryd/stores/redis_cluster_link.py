@@ -47,12 +47,23 @@ from memoryd.stores.redis_link import (
 
 logger = logging.getLogger(__name__)
 
-# How often one batch may be sent again because its slots moved, and the pause
-# before a TRYAGAIN is sent again (a slot's keys move in milliseconds).
+# How often one batch may be sent again because its slots moved (MOVED); and
+# for how long, in pauses of TRYAGAIN_PAUSE_S, a command is sent again while the
+# slot of its keys migrates (TRYAGAIN, or a script meeting a key not there).
 REDIRECTS_MAX = 8
 TRYAGAIN_PAUSE_S = 0.05
+MIGRATING_WAIT_MAX_S = 5.0
 
 _ASKING = pack("ASKING")
+
+
+def _migrating(reply: Any) -> bool:
+    """Whether ``reply`` says the slot of its keys is migrating: TRYAGAIN (the
+    keys are split), or a script that met a key not on the node (it wrote
+    nothing: apply.lua touches every key before it writes)."""
+    return isinstance(reply, TryAgainError) or (
+        isinstance(reply, ResponseError) and "non local key" in str(reply)
+    )
 
 
 def slot_tags() -> list[str]:
@@ -185,7 +196,8 @@ class ClusterLink(RedisLink):
         replies: list[Any] = [None] * len(commands)
         todo = list(range(len(commands)))
         asking: dict[int, ClusterNode] = {}
-        for _ in range(REDIRECTS_MAX):
+        redirects = 0
+        for _ in range(REDIRECTS_MAX + int(MIGRATING_WAIT_MAX_S / TRYAGAIN_PAUSE_S)):
             groups: dict[str, tuple[ClusterNode, list[int]]] = {}
             for index in todo:
                 node = asking.get(index) or self._node_of(commands[index])
@@ -198,7 +210,7 @@ class ClusterLink(RedisLink):
                     moved = True
                 elif isinstance(reply, AskError):
                     asking[index] = self._node_at(reply.host, reply.port)
-                elif isinstance(reply, TryAgainError):
+                elif _migrating(reply):
                     busy = True
                 else:
                     replies[index] = reply
@@ -207,10 +219,13 @@ class ClusterLink(RedisLink):
             if not todo:
                 return replies
             if moved:
+                redirects += 1
+                if redirects > REDIRECTS_MAX:
+                    break
                 await self.cluster.nodes_manager.initialize()
             if busy:
                 await asyncio.sleep(TRYAGAIN_PAUSE_S)
-        raise StoreUnavailable(f"redis cluster: slots still moving after {REDIRECTS_MAX} tries")
+        raise StoreUnavailable("redis cluster: slots still moving (MOVED, TRYAGAIN) at every try")
 
     async def _send_groups(
         self,

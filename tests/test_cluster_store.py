@@ -1,0 +1,206 @@
+"""The Redis store on a real Redis Cluster, below the daemon: slots moved
+under it (MOVED), half-moved (ASK, TRYAGAIN), a master killed and replaced,
+one shard emptied while the others are fine, and the proof that every key a
+script touches shares the slot of a key it declares."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+import redis
+from hypothesis import given
+from hypothesis import strategies as st
+from redis.crc import key_slot
+
+from memoryd.ops import Delete
+from memoryd.records import Query
+from memoryd.stores.base import Sequenced, StoreFailure
+from memoryd.stores.keys import AgentKeys
+from memoryd.stores.redis import EXPIRY_GRACE_S
+from memoryd.stores.redis_cluster import ClusterStore
+from memoryd.validation import AGENT_ID_PATTERN, RECORD_ID_PATTERN, TYPE_PATTERN
+from tests.harness import LOOPBACK, ClusterSet
+from tests.test_stores import NOW, put
+
+AGENT = "craftsman_1"
+
+
+@pytest.fixture
+async def store(cluster_url: str) -> AsyncIterator[ClusterStore]:
+    store = ClusterStore(cluster_url)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[ClusterSet]:
+    cluster = ClusterSet().start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+async def ids_of(store: ClusterStore, agent_id: str) -> list[str]:
+    found = await store.query(agent_id, Query(limit=1000, order="oldest"), NOW)
+    return [record["id"] for record in found.value]
+
+
+@given(
+    agent_id=st.from_regex(AGENT_ID_PATTERN, fullmatch=True),
+    record_id=st.from_regex(RECORD_ID_PATTERN, fullmatch=True),
+    record_type=st.from_regex(TYPE_PATTERN, fullmatch=True),
+    prefix=st.sampled_from(["", "app:", "{x}"]),
+)
+def test_every_key_of_an_agent_is_in_the_slot_of_the_keys_its_scripts_declare(
+    agent_id: str, record_id: str, record_type: str, prefix: str
+) -> None:
+    """The scripts build record HASH and type ZSET names from prefixes in ARGV:
+    legal on a cluster only because they hash to the declared keys' slot."""
+    keys = AgentKeys(prefix, agent_id)
+    slot = key_slot(keys.apply_keys[0].encode())
+    built = [keys.memory(record_id), keys.type(record_type), *keys.apply_keys, *keys.repair_keys]
+    assert {key_slot(key.encode()) for key in built} == {slot}
+
+
+async def test_a_batch_spread_over_every_master_is_applied_and_read_back(
+    store: ClusterStore, redis_cluster: ClusterSet
+) -> None:
+    agents = [f"agent_{n}" for n in range(30)]
+    assert len({redis_cluster.node_for_key(f"{{{a}}}") for a in agents}) == 3
+    await store.apply([put(str(n), agent) for n, agent in enumerate(agents)], NOW)
+    for n, agent in enumerate(agents):
+        assert await ids_of(store, agent) == [str(n)]
+    assert await store.agents("agent_", 100) == sorted(agents)
+
+
+async def test_writes_follow_a_slot_moved_under_them(
+    store: ClusterStore, redis_cluster: ClusterSet
+) -> None:
+    """MOVED: the store's slot map is old; the batch is sent again where the slot is."""
+    await store.apply([put("1", AGENT)], NOW)
+    slot = redis_cluster.key_slot(f"{{{AGENT}}}")
+    source = redis_cluster.slot_owner(slot)
+    target = next(port for port in redis_cluster.master_ports() if port != source)
+    redis_cluster.move_slot(slot, target)
+    await store.apply([put("2", AGENT)], NOW)
+    assert await ids_of(store, AGENT) == ["1", "2"]
+    assert redis_cluster.node_for_key(f"{{{AGENT}}}") == target
+    with redis_cluster.connect(target) as conn:
+        assert conn.execute_command("ZCARD", f"agent:{{{AGENT}}}:memories:list") == 2
+
+
+async def test_writes_during_a_slot_migration_land_once_it_is_done(
+    store: ClusterStore, redis_cluster: ClusterSet
+) -> None:
+    """A slot half-moved: some of the agent's keys on each side, so its script gets
+    TRYAGAIN (or ASK once all are across); sent again, it is applied exactly once."""
+    await store.apply([put(str(n), AGENT) for n in range(1, 6)], NOW)
+    slot = redis_cluster.key_slot(f"{{{AGENT}}}")
+    source = redis_cluster.slot_owner(slot)
+    target = next(port for port in redis_cluster.master_ports() if port != source)
+    with redis_cluster.move_slot_in_steps(slot, target) as move:
+        move.migrate_keys(2)
+        writing = asyncio.create_task(store.apply([put("6", AGENT)], NOW))
+        await asyncio.sleep(0.1)  # TRYAGAIN, and again: the migration goes on
+        assert not writing.done()
+    await writing
+    assert await ids_of(store, AGENT) == [str(n) for n in range(1, 7)]
+    assert (await store.stats(AGENT, NOW)).value.count == 6
+
+
+async def test_a_delete_whose_record_moved_first_waits_and_leaves_exact_counts(
+    store: ClusterStore, redis_cluster: ClusterSet
+) -> None:
+    """Mid-migration, the record's HASH is on the target while the agent's indexes
+    are still on the source.  The script must fail before it writes anything (it
+    touches every key first), or the index entry would go and the HASH and its
+    bytes stay: the byte count would be wrong from then on.  Numbered writes and an
+    expiring record, as the daemon's: every key the script declares exists, so it
+    runs on the source instead of getting TRYAGAIN."""
+    records = [put(str(n), AGENT) for n in range(1, 5)]
+    records.append(put("5", AGENT, expires_at=NOW + 10 * EXPIRY_GRACE_S))
+    await store.apply(records, NOW, sequenced=Sequenced("wal-1", range(1, 6)))
+    slot = redis_cluster.key_slot(f"{{{AGENT}}}")
+    source = redis_cluster.slot_owner(slot)
+    target = next(port for port in redis_cluster.master_ports() if port != source)
+    with redis_cluster.move_slot_in_steps(slot, target):
+        with redis_cluster.connect(source, decode=False) as conn:
+            conn.execute_command(
+                "MIGRATE", LOOPBACK, target, f"agent:{{{AGENT}}}:memory:1", 0, 5000
+            )
+        deleting = asyncio.create_task(
+            store.apply([Delete(AGENT, "1")], NOW, sequenced=Sequenced("wal-1", [6]))
+        )
+        await asyncio.sleep(0.2)
+    await deleting
+    assert await ids_of(store, AGENT) == ["2", "3", "4", "5"]
+    with redis_cluster.connect(target, decode=False) as conn:
+        sizes = [
+            conn.execute_command("HSTRLEN", f"agent:{{{AGENT}}}:memory:{n}", "data")
+            for n in range(2, 6)
+        ]
+    stats = (await store.stats(AGENT, NOW)).value
+    assert (stats.count, stats.bytes) == (4, sum(sizes))
+
+
+async def test_a_master_killed_is_replaced_and_the_store_goes_on(
+    own_cluster: ClusterSet,
+) -> None:
+    store = ClusterStore(own_cluster.url)
+    await store.open()
+    try:
+        await store.apply([put("1", AGENT)], NOW)
+        await store.durability()  # learns how many replicas to wait for
+        assert (await store.durability()).until_s > 0, "the replicas confirm it"
+        run_before = (await store.durability()).server_run
+        master = own_cluster.node_for_key(f"{{{AGENT}}}")
+        new_master = own_cluster.failover(master)
+        for _ in range(100):  # the first tries meet the dead master; the map is read again
+            try:
+                await store.apply([put("2", AGENT)], NOW)
+                break
+            except StoreFailure:
+                await asyncio.sleep(0.1)
+        assert await ids_of(store, AGENT) == ["1", "2"]
+        durability = await store.durability()
+        assert durability.server_run != run_before, "another master: put back what is unconfirmed"
+        assert f"127.0.0.1:{new_master}" in store.describe()["masters"]
+    finally:
+        await store.close()
+
+
+async def test_one_shard_emptied_shows_in_the_marker_while_the_others_are_fine(
+    store: ClusterStore, redis_cluster: ClusterSet
+) -> None:
+    token = await store.marker("first")
+    assert token == "first" and await store.marker("second") == "first"
+    with redis.Redis(LOOPBACK, redis_cluster.master_ports()[1]) as conn:
+        conn.flushall()  # one shard restarted empty, say
+    lost = await store.marker("third")
+    assert lost != token, "the emptied shard's markers are new"
+    assert await store.marker("fourth") == lost, "and stay so: one alert, not one per check"
+
+
+async def test_the_writer_lease_counts_every_daemon_on_every_shard(store: ClusterStore) -> None:
+    assert await store.renew_writer_lease("daemon-a", 5.0) == (1, False)
+    assert await store.renew_writer_lease("daemon-a", 5.0) == (1, True)
+    assert await store.renew_writer_lease("daemon-b", 5.0) == (2, False)
+
+
+async def test_only_replicas_confirm_on_a_cluster(store: ClusterStore) -> None:
+    await store.apply([put("1", AGENT)], NOW)
+    await store.durability()
+    assert (await store.durability()).until_s > 0
+    min_two = ClusterStore(store.describe()["address"], min_replicas=2)
+    await min_two.open()
+    try:
+        assert (await min_two.durability()).until_s == -math.inf, "no master has two"
+    finally:
+        await min_two.close()
