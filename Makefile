@@ -142,6 +142,7 @@ pytest: $(STAMP_TEST) redis-server
 
 # The fault drill: real Redis and daemon, Redis killed for 20 s, then the daemon killed -9.
 # TOPOLOGY=sentinel: a master, two replicas and three sentinels; the master is killed instead.
+# TOPOLOGY=cluster: a Redis Cluster of three masters with a replica each; one master is killed.
 TOPOLOGY ?= standalone
 
 drill: $(STAMP_TEST) redis-server

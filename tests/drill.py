@@ -8,12 +8,15 @@ longest write stall, and the time the backlog took to drain after Redis
 returned.  Exit status 1 if anything was lost or duplicated.
 
     python -m tests.drill [--duration-s 60] [--outage-s 20] [--writers 8]
-                          [--topology standalone|sentinel]
+                          [--topology standalone|sentinel|cluster]
 
 With ``--topology sentinel`` the store is a master with two replicas and
 three sentinels, and the Redis fault is the master killed with kill -9: a
 replica is promoted, and the old master, started again after the outage,
-rejoins as a replica.  The oracle then reads the master of the end.
+rejoins as a replica.  The oracle then reads the master of the end.  With
+``--topology cluster`` it is a Redis Cluster of three masters with a replica
+each, and the master serving the first writer's agent is killed the same way;
+the oracle reads through a cluster client.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import redis
 
 from memoryd_client import Client, errors
 from memoryd_client.ids import new_id
-from tests.harness import Daemon, RedisServer, SentinelSet, wait_until
+from tests.harness import LOOPBACK, ClusterSet, Daemon, RedisServer, SentinelSet, wait_until
 
 REDIS_ARGS = ("--appendonly", "yes", "--appendfsync", "always")
 
@@ -68,17 +71,17 @@ class Writer:
                 n += 1
 
 
-def check(server: RedisServer, writers: list[Writer]) -> dict[str, int]:
+def check(conn: redis.Redis | redis.RedisCluster, writers: list[Writer]) -> dict[str, int]:
     """The oracle: what Redis holds against what was acknowledged."""
     acked = {rid: owner for w in writers for rid, owner in w.acked.items()}
     stored: dict[str, tuple[int, int]] = {}
     seen_contents: dict[tuple[int, int], int] = {}
     corrupt = 0
-    with redis.Redis(unix_socket_path=str(server.socket_path)) as conn:
+    with conn:
         for writer in writers:
             agent_id = f"drill_{writer.index}"
             for raw_id in conn.zrange(f"agent:{{{agent_id}}}:memories:list", 0, -1):
-                record_id = raw_id.decode()
+                record_id = raw_id.decode() if isinstance(raw_id, bytes) else str(raw_id)
                 data = conn.hget(f"agent:{{{agent_id}}}:memory:{record_id}", "data")
                 record = msgpack.unpackb(data, raw=False) if data else None
                 if record is None or record["content"] != content_for(
@@ -115,8 +118,8 @@ class Standalone:
         time.sleep(outage_s)
         self.server.start(*REDIS_ARGS)
 
-    def master(self) -> RedisServer:
-        return self.server
+    def connect(self) -> redis.Redis:
+        return redis.Redis(unix_socket_path=str(self.server.socket_path))
 
     def cleanup(self) -> None:
         self.server.cleanup()
@@ -143,14 +146,46 @@ class Sentinels:
         assert port is not None
         return self.topology.server_on(port)
 
+    def connect(self) -> redis.Redis:
+        return redis.Redis(unix_socket_path=str(self.master().socket_path))
+
     def cleanup(self) -> None:
         self.topology.cleanup()
+
+
+class Cluster:
+    """A Redis Cluster of 3 masters with a replica each: the master of the first
+    writer's agent killed, its replica promoted by the cluster, the old one back as
+    a replica after the outage."""
+
+    def __init__(self) -> None:
+        self.topology = ClusterSet().start()
+        self.url = self.topology.url
+
+    def fail(self, outage_s: float) -> None:
+        port = self.topology.node_for_key("{drill_0}")
+        self.topology.failover(port)
+        time.sleep(outage_s)
+        self.topology.restart(port)
+
+    def connect(self) -> redis.RedisCluster:
+        return redis.RedisCluster(LOOPBACK, self.topology.master_ports()[0])
+
+    def cleanup(self) -> None:
+        self.topology.cleanup()
+
+
+TOPOLOGIES: dict[str, type[Standalone | Sentinels | Cluster]] = {
+    "standalone": Standalone,
+    "sentinel": Sentinels,
+    "cluster": Cluster,
+}
 
 
 def drill(
     duration_s: float, outage_s: float, writer_count: int, topology: str = "standalone"
 ) -> dict[str, float]:
-    redis_set = Sentinels() if topology == "sentinel" else Standalone()
+    redis_set: Standalone | Sentinels | Cluster = TOPOLOGIES[topology]()
     # No trimming: every acknowledged record must still be there at the end.
     daemon = Daemon(
         env_overrides={"MEMORYD_REDIS_URL": redis_set.url, "MEMORYD_MAX_MEMORIES": "10000000"}
@@ -184,7 +219,7 @@ def drill(
         for thread in threads:
             thread.join(90)
         wait_until(lambda: backlog(daemon) == 0, 120, "the final drain")
-        result: dict[str, float] = {**check(redis_set.master(), writers)}
+        result: dict[str, float] = {**check(redis_set.connect(), writers)}
         result["longest_write_stall_s"] = round(max(w.longest_stall_s for w in writers), 3)
         result["drain_s"] = round(drain_s, 3)
         result["failed_calls"] = sum(w.failures for w in writers)
@@ -202,7 +237,7 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=60.0)
     parser.add_argument("--outage-s", type=float, default=20.0)
     parser.add_argument("--writers", type=int, default=8)
-    parser.add_argument("--topology", choices=("standalone", "sentinel"), default="standalone")
+    parser.add_argument("--topology", choices=sorted(TOPOLOGIES), default="standalone")
     args = parser.parse_args()
     result = drill(args.duration_s, args.outage_s, args.writers, args.topology)
     print(json.dumps(result, indent=2))

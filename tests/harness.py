@@ -569,6 +569,13 @@ class ClusterSet:
                 raise AssertionError(f"timed out waiting for {what}")
             time.sleep(0.05)
 
+    def restart(self, port: int) -> None:
+        """Start the node on ``port`` again after a kill, with its nodes.conf: it
+        rejoins, a replica of its replacement if it was a master that failed over."""
+        server = self.server_on(port)
+        server.start(*self._node_args(server))
+        self.wait(self.settled, "the cluster to settle with the node back")
+
     def cleanup(self) -> None:
         for server in self.servers:
             server.cleanup()

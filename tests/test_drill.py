@@ -7,7 +7,7 @@ import pytest
 from tests.drill import drill
 
 
-@pytest.mark.parametrize("topology", ["standalone", "sentinel"])
+@pytest.mark.parametrize("topology", ["standalone", "sentinel", "cluster"])
 def test_short_drill_loses_and_duplicates_nothing(topology: str) -> None:
     result = drill(duration_s=8, outage_s=2, writer_count=2, topology=topology)
     assert result["acknowledged"] > 100

@@ -28,7 +28,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
-from redis.exceptions import AskError, MovedError, ResponseError, TryAgainError
+from redis.exceptions import AskError, MovedError, RedisError, ResponseError, TryAgainError
 
 from memoryd.stores.base import StoreUnavailable
 from memoryd.stores.redis_link import (
@@ -190,7 +190,11 @@ class ClusterLink(RedisLink):
     async def round_trip_on(self, node: ClusterNode, commands: Sequence[Command]) -> list[Any]:
         """A reply for each of ``commands``, all sent to ``node`` (commands of the
         server itself, or keys tagged with its shard)."""
-        return await self._node_round_trip(node, [c.packed for c in commands], set())
+        try:
+            return await self._node_round_trip(node, [c.packed for c in commands], set())
+        except (RedisError, OSError):
+            await self.reset()  # the master may have been replaced: read the map again
+            raise
 
     async def _routed(self, commands: Sequence[Command], preamble: Preamble) -> list[Any]:
         replies: list[Any] = [None] * len(commands)
