@@ -22,7 +22,9 @@ from memoryd.stores.keys import AgentKeys
 from memoryd.stores.redis import EXPIRY_GRACE_S
 from memoryd.stores.redis_cluster import ClusterStore
 from memoryd.validation import AGENT_ID_PATTERN, RECORD_ID_PATTERN, TYPE_PATTERN
-from tests.harness import LOOPBACK, ClusterSet
+from memoryd_client import Client
+from tests.daemons import eventually
+from tests.harness import LOOPBACK, ClusterSet, Daemon
 from tests.test_stores import NOW, put
 
 AGENT = "craftsman_1"
@@ -204,3 +206,24 @@ async def test_only_replicas_confirm_on_a_cluster(store: ClusterStore) -> None:
         assert (await min_two.durability()).until_s == -math.inf, "no master has two"
     finally:
         await min_two.close()
+
+
+def test_the_daemon_runs_on_a_cluster_and_shows_its_masters(
+    cluster_url: str, daemon_dir: Daemon
+) -> None:
+    daemon_dir.env_overrides = {"MEMORYD_REDIS_URL": cluster_url}
+    daemon = daemon_dir.start()
+    with Client(daemon.socket_path, timeout_s=20) as client:
+        for n in range(20):
+            client.add(f"agent_{n}", "note", f"hello {n}")
+        status = eventually(
+            client.status,
+            lambda s: s["state"] == "healthy" and s["wal"]["unconfirmed_records"] == 0,
+            timeout_s=30,
+            what="applied and confirmed by each shard's replica",
+        )
+        assert len(status["store"]["masters"]) == 3
+        assert status["store"]["address"] == cluster_url
+        assert [r["content"] for r in client.recent("agent_7", limit=5)] == ["hello 7"]
+        assert len(client.agents(prefix="agent_")) == 20
+    assert daemon.stop() == 0
