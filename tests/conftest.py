@@ -55,6 +55,16 @@ def redis_cluster() -> Iterator[ClusterSet]:
 
 
 @pytest.fixture
+def own_cluster() -> Iterator[ClusterSet]:
+    """A Redis Cluster of the test's own, to fail over or reshard."""
+    cluster = ClusterSet().start()
+    try:
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
 def cluster_url(redis_cluster: ClusterSet) -> str:
     """The session's Redis Cluster, every master emptied before the test."""
     for port in redis_cluster.master_ports():

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis
@@ -38,15 +38,6 @@ async def store(cluster_url: str) -> AsyncIterator[ClusterStore]:
         yield store
     finally:
         await store.close()
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[ClusterSet]:
-    cluster = ClusterSet().start()
-    try:
-        yield cluster
-    finally:
-        cluster.cleanup()
 
 
 async def ids_of(store: ClusterStore, agent_id: str) -> list[str]:

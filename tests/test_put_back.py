@@ -55,8 +55,12 @@ class Writers:
 
     def assert_kept_in(self, server: RedisServer, client: Client) -> None:
         """The oracle: every acknowledged write in ``server`` itself, exactly once."""
+        self.assert_kept(lambda agent: stored(server, agent), client)
+
+    def assert_kept(self, stored_ids: Callable[[str], list[str]], client: Client) -> None:
+        """The oracle, on what ``stored_ids`` reads of an agent in the store itself."""
         for agent, ids in self.acked.items():
-            kept = stored(server, agent)
+            kept = stored_ids(agent)
             missing = len(set(ids) - set(kept))
             assert not missing, (
                 f"{missing} of {agent} lost; the daemon's log:\n{self.daemon.log()[-3000:]}"
