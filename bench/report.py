@@ -374,6 +374,39 @@ def sessions_markdown(sessions: dict[str, Any]) -> list[str]:
     return lines
 
 
+def topology_markdown(topology: dict[str, Any]) -> list[str]:
+    """The sessions on one standalone Redis and on a 3-master cluster, 1 and 3 daemons."""
+
+    def cache(run: dict[str, Any]) -> str:
+        hits = sum(c["hits"] or 0 for c in run["read_cache"])
+        misses = sum(c["misses"] or 0 for c in run["read_cache"])
+        rate = hits / (hits + misses) if hits + misses else None
+        return f"{_fmt(rate, 2)} ({hits}/{hits + misses})"
+
+    rows = [
+        [
+            run["store"],
+            str(run["daemons"]),
+            str(run["parallel"]),
+            _fmt(run["ops_per_s"], 1),
+            _fmt(run["per_op"].get("add", {}).get("p50_ms")),
+            _fmt(run["per_op"].get("newest", {}).get("p50_ms")),
+            _fmt(run["per_op"].get("context", {}).get("p50_ms")),
+            cache(run),
+            _fmt(run["daemon_cpu_s"], 2),
+        ]
+        for run in topology["runs"]
+    ]
+    header = ["store", "daemons", "sessions", "ops/s", "add p50", "newest p50", "context p50",
+              "read-cache hit rate", "daemons' CPU s"]  # fmt: skip
+    return [
+        f"## topology (the sessions through memoryd ({topology['config']}) on one standalone"
+        " Redis and on a 3-master Redis Cluster, 1 and 3 daemons sharing the store)",
+        "",
+        *_table(header, rows),
+    ]
+
+
 def _mib(value: float | None) -> str:
     return _fmt(None if value is None else value / 2**20, 1)
 
@@ -522,6 +555,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines += ["", *scale_markdown(results["scale"])]
     if "outage" in results:
         lines += ["", *outage_markdown(results["outage"])]
+    if "topology" in results:
+        lines += ["", *topology_markdown(results["topology"])]
     lines += ["", *goals_markdown(results["goals"])]
     return "\n".join(lines) + "\n"
 

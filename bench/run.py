@@ -22,6 +22,7 @@ from bench.outage import run_outage
 from bench.scale import run_scale
 from bench.scenarios import SIZES, Context, run_ingest, run_latency, run_sessions
 from bench.services import Services, machine_info
+from bench.topology import run_topology
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -33,6 +34,7 @@ SCENARIOS: dict[str, Scenario] = {
     "sessions": run_sessions,
     "scale": run_scale,
     "outage": run_outage,
+    "topology": run_topology,
 }
 
 # How every contender reaches Redis, and how clients reach memoryd (in results.json and .md).

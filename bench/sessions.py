@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,16 +99,25 @@ def _session_process(
 
 
 def run_parallel(
-    target: Target, parallel: int, history: int, seed: int, tag: str
+    target: Target | Sequence[Target], parallel: int, history: int, seed: int, tag: str
 ) -> dict[str, Any]:
-    """``parallel`` meetings at once, one process each."""
+    """``parallel`` meetings at once, one process each; with several targets (daemons
+    sharing one store), meeting ``i`` goes to target ``i`` modulo their number."""
+    targets = [target] if isinstance(target, tuple) else list(target)
     context = multiprocessing.get_context("fork")
     start = context.Barrier(parallel)
     results_queue: Any = context.Queue()
     processes = [
         context.Process(
             target=_session_process,
-            args=(results_queue, start, target, f"{tag}-p{parallel}-s{i}", seed + i, history),
+            args=(
+                results_queue,
+                start,
+                targets[i % len(targets)],
+                f"{tag}-p{parallel}-s{i}",
+                seed + i,
+                history,
+            ),
         )
         for i in range(parallel)
     ]

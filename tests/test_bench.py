@@ -30,8 +30,8 @@ def test_records_are_deterministic_cjk_of_the_right_mix() -> None:
     assert len(text.encode()) > 2 * len(text)  # multi-byte CJK
 
 
-def test_every_scenario_of_issue_4_is_there() -> None:
-    assert set(run.SCENARIOS) == {"latency", "ingest", "sessions", "scale", "outage"}
+def test_every_scenario_is_there() -> None:
+    assert set(run.SCENARIOS) == {"latency", "ingest", "sessions", "scale", "outage", "topology"}
     for params in SIZES.values():
         levels = params.scale_levels
         assert list(levels) == sorted(levels) and len(levels) >= 2
@@ -86,6 +86,7 @@ def test_tiny_run_measures_every_backend_and_operation(tmp_path: Path) -> None:
 
     check_scale(results["scale"])
     check_outage(results["outage"])
+    check_topology(results["topology"])
 
     verdicts = {g["measure"]: g["verdict"] for g in results["goals"]}
     rss_goal = next(m for m in verdicts if m.startswith("daemon RSS"))
@@ -96,8 +97,19 @@ def test_tiny_run_measures_every_backend_and_operation(tmp_path: Path) -> None:
     assert "TCP" in saved["transport"]["redis"]
     assert set(saved["latency"]["backends"]) == set(latency)
     markdown = (out / "results.md").read_text()
-    for section in ("latency", "ingest", "sessions", "scale", "outage", "goals"):
+    for section in ("latency", "ingest", "sessions", "scale", "outage", "topology", "goals"):
         assert f"## {section}" in markdown, section
+
+
+def check_topology(result: dict[str, Any]) -> None:
+    runs = {(r["store"], r["daemons"]): r for r in result["runs"]}
+    assert set(runs) == {(store, n) for store in ("standalone", "cluster") for n in (1, 3)}
+    script = workload.session_script(1, clear_agents=True)
+    for (store, daemons), run_result in runs.items():
+        parallel = max(SIZES["tiny"].session_parallel)
+        assert run_result["operations"] == len(script.ops) * parallel, store
+        assert len(run_result["read_cache"]) == daemons
+        assert run_result["daemon_cpu_s"] > 0
 
 
 def check_scale(result: dict[str, Any]) -> None:
