@@ -21,11 +21,12 @@ Exactness rests on three rules:
   present, a Delete, a Clear, trimming to ``max_memories`` (a trim takes the
   oldest records; a view holds the newest, so it loses one only when it
   holds more than ``max_memories`` of them).
-- **Sole writer.**  Someone else may write the same store: another daemon
-  sharing the Redis.  Views are trusted only while this daemon knows it is
-  the only writer (memoryd.writers renews ``trusted_until`` every fraction of
-  a second, and stops renewing it the moment another writer shows up); when
-  trust is regained, everything learnt before is distrusted first.
+- **Other writers.**  Someone else may write the same store: another daemon
+  sharing the Redis.  Views are trusted only while this daemon hears of every
+  write (memoryd.writers renews ``trusted_until`` every fraction of a second
+  while it is the only writer or follows the others' change notices, which
+  ``invalidate`` the agents they name); when trust is regained, everything
+  learnt before is distrusted first.
 
 A misuse the rules cannot see: a Put that reuses the id of a record stored
 with another time is a no-op in the store but shows in the view.  Client ids
@@ -196,8 +197,8 @@ class CacheSettings:
 class ReadCache:
     def __init__(self, settings: CacheSettings) -> None:
         self.settings = settings
-        # time.monotonic() until which this daemon is known to be the store's
-        # only writer; memoryd.writers moves it forward (trust_until).
+        # time.monotonic() until which this daemon is known to hear of every
+        # write to the store; memoryd.writers moves it forward (trust_until).
         self._trusted_until = 0.0
         self.size = 0
         self.hits = 0
@@ -356,7 +357,7 @@ class ReadCache:
         return time.monotonic() < self._trusted_until
 
     def trust_until(self, until_s: float) -> None:
-        """This daemon is the store's only writer until ``until_s`` (time.monotonic()).
+        """This daemon hears of every write to the store until ``until_s`` (time.monotonic()).
 
         Trust regained after a lapse starts over: what the views learnt before
         is distrusted first, since anyone may have written meanwhile.

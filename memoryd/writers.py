@@ -1,14 +1,19 @@
-"""Whether this daemon is the only writer of its store, which reads from memory rely on.
+"""Whether this daemon knows every write to its store, which reads from memory rely on.
 
 The read cache (memoryd.cache) mirrors what this daemon's flusher applies,
-so it is exact only as long as nobody else writes the same records: another
-daemon on another host sharing the Redis and key prefix, say.  Every daemon
-therefore holds a lease in the store's registry of writers, renewed every
-``interval_s``; while the registry names this daemon alone, the cache is
-trusted for ``trust_s`` past each renewal that said so.  When a second writer
-shows up, this daemon stops answering from memory at its next renewal (reads
-go to the store, as they always may), and when it is alone again it
-distrusts everything it learnt before and starts over.
+so it is exact only as long as it hears of every other write to the same
+records: another daemon on another host sharing the Redis and key prefix,
+say.  Every daemon therefore holds a lease in the store's registry of
+writers, renewed every ``interval_s``, and follows the change notices the
+others append to their writes (``Store.watch``; memoryd.stores.redis_changes):
+each names the agents a batch wrote, and this daemon drops its views of them.
+While the registry names this daemon alone, or the notices are followed, the
+cache is trusted for ``trust_s`` past each renewal that said so.  When a
+second writer shows up while the notices are not followed (the watch is
+being made again), this daemon stops answering from memory at its next
+renewal (reads go to the store, as they always may), and when it trusts again
+it distrusts everything it learnt before and starts over; so does a watch that
+starts following.
 
 A batch the flusher writes renews the lease in the same round trip unless a
 renewal went out less than half a second before, so a daemon never writes
@@ -25,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from memoryd.cache import ReadCache
 from memoryd.stores.base import Store, StoreFailure, WriterLease
@@ -62,6 +67,9 @@ class SoleWriter:
         self.daemon_id = new_id()
         self.writers = 0  # how many daemons the last renewal counted; 0: unknown
         self._lease: WriterLease | None = WriterLease(self.daemon_id, lease_s)
+        # Whether the watch follows what other daemons write (their change
+        # notices): then the views stay trusted with other writers too.
+        self._following = False
 
     def lease(self) -> WriterLease | None:
         """The lease for writes to renew (memoryd.flusher); None once given up."""
@@ -89,19 +97,30 @@ class SoleWriter:
             # may be gone too) or the lease ran out.  Trust starts over.
             self._distrust(writers)
             return
-        if writers > 1:
+        if writers > 1 and not self._following:
             if self.writers <= 1:
                 logger.warning(
-                    "%d daemons write to this store: reads go to the store instead of memory "
-                    "until this daemon is its only writer again",
+                    "%d daemons write to this store and their changes are not followed yet: "
+                    "reads go to the store instead of memory until they are",
                     writers,
                 )
             self._distrust(writers)
             return
         if not self.cache.trusted() and self.writers > 1:
-            logger.info("this daemon is the only writer again: reads from memory resume")
-        self.writers = 1
+            logger.info("reads from memory resume (%d daemons write to this store)", writers)
+        self.writers = writers
         self.cache.trust_until(asked_at + self.trust_s)
+
+    # -- what the other daemons wrote (memoryd.stores.base.ChangeListener) ---
+
+    def following(self) -> None:
+        # Whatever another daemon wrote before now may not have been heard of.
+        self.cache.invalidate_all()
+        self._following = True
+
+    def changed(self, agent_ids: Sequence[str]) -> None:
+        for agent_id in agent_ids:
+            self.cache.invalidate(agent_id)
 
     async def watch(self) -> None:
         """Stop answering from memory the moment the link to the store breaks; forever.
@@ -113,7 +132,7 @@ class SoleWriter:
         pause_s = REWATCH_S
         while True:
             try:
-                await self.store.watch()
+                await self.store.watch(self.daemon_id, self)
             except StoreFailure:
                 # Down: renewals fail too, so trust is over.  Try less often.
                 pause_s = min(REWATCH_MAX_S, pause_s * 2)
@@ -121,6 +140,7 @@ class SoleWriter:
                 logger.info("the link to the store broke: reads go to the store until checked")
                 pause_s = REWATCH_S
                 self.on_link_lost()
+            self._following = False
             self._distrust(0)
             await asyncio.sleep(pause_s)
 

@@ -220,6 +220,16 @@ class Eviction:
         return self.evicted_keys - earlier.evicted_keys
 
 
+class ChangeListener(Protocol):
+    """Hears from Store.watch what other daemons wrote."""
+
+    def following(self) -> None:
+        """From now on, every change another daemon makes is told to ``changed``."""
+
+    def changed(self, agent_ids: Sequence[str]) -> None:
+        """Another daemon wrote these agents."""
+
+
 class Store(Protocol):
     """A place records live in.  All methods are coroutines safe to call from
     the event loop; none may block it."""
@@ -281,13 +291,17 @@ class Store(Protocol):
         whether this daemon's lease was still there.  A store that only one
         daemon can open at a time answers (1, True)."""
 
-    async def watch(self) -> None:
-        """Return when the link to the store broke: a sign that it may have
-        restarted, perhaps empty, between two commands that both succeeded.
+    async def watch(self, daemon_id: str, listener: ChangeListener) -> None:
+        """Return when the link to the store broke (a sign that it may have
+        restarted, perhaps empty, between two commands that both succeeded), or
+        when a change by another daemon may have been missed.
 
-        A connection of its own waits on the server for nothing else.  Raises
-        StoreUnavailable when the link cannot be made.  A store in this
-        process's own files never breaks it and never returns.
+        A connection of its own follows what the other daemons writing the
+        store say they wrote (memoryd.stores.redis_changes): ``listener`` hears
+        once it follows, then of every agent another daemon than ``daemon_id``
+        wrote.  Raises StoreUnavailable when the link cannot be made.  A store
+        in this process's own files has no other writer: it says it follows,
+        never breaks the link and never returns.
         """
 
     async def sweep(self, now_s: float, lease: WriterLease | None = None) -> Swept:

@@ -159,11 +159,10 @@ class KeySpace:
             return f"{self.prefix}memoryd:{name}"
         return f"{self.prefix}memoryd:{{{shard_tag}}}:{name}"
 
-    @property
-    def watch_channel(self) -> str:
-        """Pub/sub channel each daemon's watch connection subscribes to; nothing
-        is published on it: the subscription only waits for the link to break."""
-        return f"{self.prefix}memoryd:watch"
+    def changes_of(self, shard_tag: str) -> str:
+        """STREAM of change notices: which daemon wrote which agents, on the
+        cluster shard of ``shard_tag`` ("": one server; memoryd.stores.redis_changes)."""
+        return self._of_shard("changes", shard_tag)
 
     def stats_pattern(self, agent_prefix: str = "") -> str:
         """SCAN MATCH pattern of the stats keys of agents whose id starts with ``agent_prefix``."""

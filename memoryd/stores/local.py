@@ -27,6 +27,7 @@ from memoryd.records import Query, Record, decode_record, is_expired, matches
 from memoryd.stores.base import (
     APPLIED_KEPT_S,
     AgentStats,
+    ChangeListener,
     Durability,
     Eviction,
     Found,
@@ -371,7 +372,8 @@ class LocalStore:
         # (memoryd.lock): nobody else writes it.
         return 1, True
 
-    async def watch(self) -> None:
+    async def watch(self, daemon_id: str, listener: ChangeListener) -> None:
+        listener.following()  # the data_dir lock: no other writer
         await asyncio.Event().wait()  # nothing between this process and its file
 
     async def sweep(self, now_s: float, lease: WriterLease | None = None) -> Swept:

@@ -21,6 +21,7 @@ from memoryd.records import Query, Record, decode_record, is_expired, select, so
 from memoryd.stores.base import (
     APPLIED_KEPT_S,
     AgentStats,
+    ChangeListener,
     Durability,
     Eviction,
     Found,
@@ -168,7 +169,8 @@ class MemoryStore:
         self._check()
         return 1, True  # nobody else can reach this process's memory
 
-    async def watch(self) -> None:
+    async def watch(self, daemon_id: str, listener: ChangeListener) -> None:
+        listener.following()
         await asyncio.Event().wait()
 
     async def sweep(self, now_s: float, lease: WriterLease | None = None) -> Swept:

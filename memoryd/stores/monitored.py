@@ -18,6 +18,7 @@ from memoryd.ops import Op
 from memoryd.records import Query, Record
 from memoryd.stores.base import (
     AgentStats,
+    ChangeListener,
     Durability,
     Eviction,
     Found,
@@ -84,8 +85,8 @@ class MonitoredStore:
     async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> tuple[int, bool]:
         return await self._store.renew_writer_lease(daemon_id, lease_s)
 
-    async def watch(self) -> None:
-        await self._store.watch()
+    async def watch(self, daemon_id: str, listener: ChangeListener) -> None:
+        await self._store.watch(daemon_id, listener)
 
     async def sweep(self, now_s: float, lease: WriterLease | None = None) -> Swept:
         return await self._reported(self._store.sweep(now_s, lease))

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from memoryd import redis_url
@@ -27,6 +27,7 @@ from memoryd.records import Query, Record, is_expired, matches
 from memoryd.stores.base import (
     APPLIED_KEPT_S,
     AgentStats,
+    ChangeListener,
     Durability,
     Eviction,
     Found,
@@ -36,6 +37,7 @@ from memoryd.stores.base import (
     numbered,
 )
 from memoryd.stores.keys import AgentKeys, KeySpace
+from memoryd.stores.redis_changes import ChangesMissed, NoticeReader, NoticeWriter
 from memoryd.stores.redis_commands import (
     EXPIRY_GRACE_S,
     decoded,
@@ -50,7 +52,7 @@ from memoryd.stores.redis_commands import (
 from memoryd.stores.redis_durability import ServerDurability, server_run
 from memoryd.stores.redis_link import (
     Command,
-    Preamble,
+    Framing,
     RedisLink,
     translated,
 )
@@ -103,11 +105,8 @@ class RedisStore:
         # The master a Sentinel set named, and since when (time.time()).
         self._master: tuple[str | None, float] = (None, time.time())
         self._following: asyncio.Task[None] | None = None  # Sentinel: follow_failovers
-        self._durability = ServerDurability(
-            self._keys.confirm,
-            min_replicas=min_replicas,
-            failover=self._url.topology != "standalone",
-        )
+        self._durability = self._server_durability(self._keys.confirm)
+        self._notices = NoticeWriter(self._keys)
 
     # -- life cycle ---------------------------------------------------------
 
@@ -251,8 +250,10 @@ class RedisStore:
             )
         return int(writers), bool(held)
 
-    async def watch(self) -> None:
-        await self._link.wait_broken(self._keys.watch_channel)
+    async def watch(self, daemon_id: str, listener: ChangeListener) -> None:
+        reader = NoticeReader(daemon_id, listener)
+        with contextlib.suppress(ChangesMissed):
+            await self._link.follow(self._keys.changes_of(""), reader.read, listener.following)
 
     # -- writes -------------------------------------------------------------
 
@@ -274,14 +275,14 @@ class RedisStore:
                 for agent_id, words in grouped.items()
             ]
 
-        await self._link.run_batch("apply", commands, self._lease_renewal(lease))
+        await self._link.run_batch("apply", commands, self._framing(lease))
 
     async def sweep(self, now_s: float, lease: WriterLease | None = None) -> Swept:
         swept = await self._sweep_expired(now_s, lease)
         eviction = await self.eviction()
         if not self._eviction_repair.due(eviction):
             return swept
-        repaired = await self._eviction_repair.run(eviction, now_s, self._lease_renewal(lease))
+        repaired = await self._eviction_repair.run(eviction, now_s, self._framing(lease))
         return Swept(
             swept.removed + repaired.removed,
             swept.stale | repaired.stale,
@@ -316,17 +317,26 @@ class RedisStore:
         def commands() -> list[Command]:
             return [self._apply_command(self._keys.agent(a), now_s, []) for a in agent_ids]
 
-        results = await self._link.run_batch("sweep", commands, self._lease_renewal(lease))
+        results = await self._link.run_batch("sweep", commands, self._framing(lease))
         stale.update(a for a, result in zip(agent_ids, results, strict=True) if int(result[0]))
         return sum(int(result[0]) for result in results)
 
-    def _lease_renewal(self, lease: WriterLease | None) -> Preamble:
-        """The preamble of a write batch: the lease's renewal in the registry of
-        the shard it goes to, unless one is fresh there already.
+    def _framing(self, lease: WriterLease | None) -> Framing:
+        """What goes around a write batch on each shard: before it the lease's
+        renewal in the shard's registry, unless one is fresh there already;
+        after it the change notice naming its agents (memoryd.stores.redis_changes).
 
         The writer lease is renewed by the very round trip that writes: the
         other daemons see this one as a writer before its writes.
         """
+        writer_id = "" if lease is None else lease.daemon_id
+
+        def notice(shard_tag: str, commands: Sequence[Command]) -> list[Command]:
+            return self._notices.notice(shard_tag, commands, writer_id)
+
+        return Framing(self._lease_renewal(lease), notice)
+
+    def _lease_renewal(self, lease: WriterLease | None) -> Callable[[str], list[Command]]:
 
         def renewal(shard_tag: str) -> list[Command]:
             now = time.monotonic()

@@ -19,6 +19,7 @@ in parallel (memoryd.stores.redis_cluster_link):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import math
@@ -27,8 +28,9 @@ from typing import Any
 
 from redis.asyncio.cluster import ClusterNode
 
-from memoryd.stores.base import NO_EVICTION, Durability, Eviction
+from memoryd.stores.base import NO_EVICTION, ChangeListener, Durability, Eviction
 from memoryd.stores.redis import RedisStore
+from memoryd.stores.redis_changes import ChangesMissed, NoticeReader
 from memoryd.stores.redis_cluster_link import ClusterLink
 from memoryd.stores.redis_commands import info_eviction, parsed_info, text
 from memoryd.stores.redis_durability import ServerDurability, raised, server_run
@@ -144,6 +146,17 @@ class ClusterStore(RedisStore):
             return tokens[0]
         digest = hashlib.sha1(" ".join(tokens).encode(), usedforsecurity=False).hexdigest()
         return f"mixed:{digest[:20]}"
+
+    async def watch(self, daemon_id: str, listener: ChangeListener) -> None:
+        """The change notices of every master: returns when any link breaks."""
+        await self._masters()
+        reader = NoticeReader(daemon_id, listener)
+
+        def stream_of(node: ClusterNode) -> str:
+            return self._keys.changes_of(self._link.shard_tag(node))
+
+        with contextlib.suppress(ChangesMissed):
+            await self._link.follow_every_master(stream_of, reader.read, listener.following)
 
     async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> tuple[int, bool]:
         """Renewed in every master's registry: how many daemons the fullest

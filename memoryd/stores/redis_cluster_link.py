@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -34,12 +34,13 @@ from memoryd.stores.base import StoreUnavailable
 from memoryd.stores.redis_link import (
     BACKOFF_BASE_S,
     BACKOFF_CAP_S,
+    NO_FRAMING,
     SCRIPTS,
     Command,
-    Preamble,
+    Framing,
     RedisLink,
+    Take,
     connection_arguments,
-    no_preamble,
     pack,
     script_text,
     tls_arguments,
@@ -178,14 +179,13 @@ class ClusterLink(RedisLink):
         if cluster is not None:
             await cluster.aclose()
 
-    async def send_batch(self, commands: list[Command], preamble: Preamble) -> list[Any]:
-        """One round trip per master, masters in parallel; ``preamble`` is asked
-        for each master's shard."""
-        return await self._routed(commands, preamble)
+    async def send_batch(self, commands: list[Command], framing: Framing) -> list[Any]:
+        """One round trip per master, masters in parallel, each framed for its shard."""
+        return await self._routed(commands, framing)
 
     async def round_trip(self, commands: Sequence[Command]) -> list[Any]:
         """A reply for each of ``commands`` (each routed by its key), in their order."""
-        return await self._routed(commands, no_preamble)
+        return await self._routed(commands, NO_FRAMING)
 
     async def round_trip_on(self, node: ClusterNode, commands: Sequence[Command]) -> list[Any]:
         """A reply for each of ``commands``, all sent to ``node`` (commands of the
@@ -196,7 +196,7 @@ class ClusterLink(RedisLink):
             await self.reset()  # the master may have been replaced: read the map again
             raise
 
-    async def _routed(self, commands: Sequence[Command], preamble: Preamble) -> list[Any]:
+    async def _routed(self, commands: Sequence[Command], framing: Framing) -> list[Any]:
         replies: list[Any] = [None] * len(commands)
         todo = list(range(len(commands)))
         asking: dict[int, ClusterNode] = {}
@@ -206,7 +206,7 @@ class ClusterLink(RedisLink):
             for index in todo:
                 node = asking.get(index) or self._node_of(commands[index])
                 groups.setdefault(node.name, (node, []))[1].append(index)
-            sent = await self._send_groups(commands, groups, asking, preamble)
+            sent = await self._send_groups(commands, groups, asking, framing)
             todo, moved, busy = [], False, False
             for index, reply in sent:
                 if isinstance(reply, MovedError):
@@ -236,15 +236,22 @@ class ClusterLink(RedisLink):
         commands: Sequence[Command],
         groups: dict[str, tuple[ClusterNode, list[int]]],
         asking: dict[int, ClusterNode],
-        preamble: Preamble,
+        framing: Framing,
     ) -> list[tuple[int, Any]]:
         """Each group to its node, in parallel: (index, reply) for every command."""
         trips = []
         for node, indexes in groups.values():
-            first = [c.packed for c in preamble(self.shard_tag(node))]
-            packed = first + [commands[i].packed for i in indexes]
+            tag = self.shard_tag(node)
+            group = [commands[i] for i in indexes]
+            first = [c.packed for c in framing.before(tag)]
+            last = [c.packed for c in framing.after(tag, group)]
+            packed = first + [c.packed for c in group] + last
             asked = {len(first) + n for n, i in enumerate(indexes) if i in asking}
-            trips.append(self._node_round_trip(node, packed, asked, skip=len(first)))
+            trips.append(
+                self._node_round_trip(
+                    node, packed, asked, keep=range(len(first), len(first) + len(group))
+                )
+            )
         results = await asyncio.gather(*trips, return_exceptions=True)
         failed = next((r for r in results if isinstance(r, BaseException)), None)
         if failed is not None:
@@ -259,11 +266,11 @@ class ClusterLink(RedisLink):
         ]
 
     async def _node_round_trip(
-        self, node: ClusterNode, packed: list[bytes], asked: set[int], skip: int = 0
+        self, node: ClusterNode, packed: list[bytes], asked: set[int], keep: range | None = None
     ) -> list[Any]:
         """Write ``packed`` on one of ``node``'s connections (``ASKING`` before
-        the commands at ``asked``) and read a reply for each; the first
-        ``skip`` replies are dropped."""
+        the commands at ``asked``) and read a reply for each; only those at
+        ``keep`` are returned (all of them if None)."""
         stream: list[bytes] = []
         for position, command in enumerate(packed):
             if position in asked:
@@ -280,7 +287,7 @@ class ClusterLink(RedisLink):
                     replies.append(await connection.read_response())
                 except ResponseError as exc:
                     replies.append(exc)
-            return replies[skip:]
+            return replies if keep is None else replies[keep.start : keep.stop]
         except BaseException:
             await connection.disconnect()
             raise
@@ -299,21 +306,39 @@ class ClusterLink(RedisLink):
             raise StoreUnavailable(f"redis cluster: ASK to {host}:{port}, a node not in the map")
         return node
 
-    async def wait_broken(self, channel: str) -> None:
-        """Return when a subscribed connection to any master breaks."""
-        watches = [
-            asyncio.create_task(self._wait_broken_on(node, channel)) for node in self.masters()
+    async def follow_every_master(
+        self, stream_of: Callable[[ClusterNode], str], take: Take, following: Callable[[], None]
+    ) -> None:
+        """``follow`` the stream ``stream_of`` each master names, all at once;
+        return when any link breaks.  ``following`` once all of them follow."""
+        masters = self.masters()
+        waiting = len(masters)
+
+        def one_more() -> None:
+            nonlocal waiting
+            waiting -= 1
+            if waiting == 0:
+                following()
+
+        follows = [
+            asyncio.create_task(
+                self.follow_with(
+                    connection_arguments(self._url) | {"host": node.host, "port": node.port},
+                    stream_of(node),
+                    take,
+                    one_more,
+                )
+            )
+            for node in masters
         ]
         try:
-            await asyncio.wait(watches, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(follows, return_when=asyncio.FIRST_COMPLETED)
+            for follow in done:
+                follow.result()  # what ended it, raised
         finally:
-            for watch in watches:
-                watch.cancel()
-            await asyncio.gather(*watches, return_exceptions=True)
-
-    async def _wait_broken_on(self, node: ClusterNode, channel: str) -> None:
-        arguments = connection_arguments(self._url) | {"host": node.host, "port": node.port}
-        await self.subscribed_until_broken(arguments, channel)
+            for follow in follows:
+                follow.cancel()
+            await asyncio.gather(*follows, return_exceptions=True)
 
     async def follow_failovers(self) -> None:
         """A cluster's own nodes say where each slot went (MOVED)."""

@@ -126,13 +126,29 @@ def key_command(name: str, key: str, *arguments: str | bytes | int) -> Command:
     return Command(pack(name, key, *arguments), key)
 
 
-# The commands sent first in a write batch (a writer lease renewal), given the
-# hash tag of the shard the batch goes to ("" on one server).
-Preamble = Callable[[str], list[Command]]
-
-
-def no_preamble(shard_tag: str) -> list[Command]:
+def _nothing_before(shard_tag: str) -> list[Command]:
     return []
+
+
+def _nothing_after(shard_tag: str, commands: Sequence[Command]) -> list[Command]:
+    return []
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """What a write batch carries around its commands, on each shard it goes to
+    (given the shard's hash tag; "" on one server), in the same round trip:
+    ``before`` them (a writer lease renewal) and ``after`` them (a change notice
+    naming what they wrote).  Their replies are dropped."""
+
+    before: Callable[[str], list[Command]] = _nothing_before
+    after: Callable[[str, Sequence[Command]], list[Command]] = _nothing_after
+
+
+NO_FRAMING = Framing()
+
+# What takes the entries read from a stream (RedisLink.follow).
+Take = Callable[[str, Sequence[Any]], None]
 
 
 def script_text(name: str) -> str:
@@ -371,18 +387,16 @@ class RedisLink:
         self,
         action: str,
         commands: Callable[[], list[Command]],
-        preamble: Preamble = no_preamble,
+        framing: Framing = NO_FRAMING,
     ) -> list[Any]:
-        """The replies to ``commands``, sent in one write: one round trip per batch.
-
-        ``preamble``: commands sent first in the same write, whose replies are
-        dropped (a writer lease renewal).  The commands are packed again after
+        """The replies to ``commands``, sent in one write: one round trip per batch
+        (``framing`` around them).  The commands are packed again after
         the scripts are reloaded (Redis restarted or flushed them): sending
         them all again is safe, each script call is idempotent.
         """
         with translated(action):
             for attempt in range(2):
-                replies = await self.send_batch(commands(), preamble)
+                replies = await self.send_batch(commands(), framing)
                 if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
                     logger.info("redis does not know the scripts any more; loading them again")
                     await self.load_scripts()
@@ -393,10 +407,11 @@ class RedisLink:
                 return replies
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def send_batch(self, commands: list[Command], preamble: Preamble) -> list[Any]:
-        """The replies to ``commands``, ``preamble``'s first in the same write."""
-        first = preamble("")
-        return (await self.round_trip(first + commands))[len(first) :]
+    async def send_batch(self, commands: list[Command], framing: Framing) -> list[Any]:
+        """The replies to ``commands``, framed, in one write."""
+        first, last = framing.before(""), framing.after("", commands)
+        replies = await self.round_trip(first + commands + last)
+        return replies[len(first) : len(first) + len(commands)]
 
     async def round_trip(self, commands: Sequence[Command]) -> list[Any]:
         """Write ``commands`` on a pooled connection and read a reply for each
@@ -451,24 +466,26 @@ class RedisLink:
         named = getattr(self.client.connection_pool, "master_address", None)
         return named is None or (connection.host, connection.port) == tuple(named)
 
-    async def wait_broken(self, channel: str) -> None:
-        """Return when a connection of its own, subscribed to ``channel``, breaks.
+    async def follow(self, stream: str, take: Take, following: Callable[[], None]) -> None:
+        """Read every entry appended to ``stream`` from now on, on a connection
+        of its own, handing them to ``take``; return when the link breaks.
+        ``following`` is called once nothing appended from then on can be missed.
 
         Without the pool's retries (they would reconnect behind our back,
         which is the very event to see), and without a socket timeout: it
-        waits on SUBSCRIBE until the link breaks.  RESP2: in RESP3 the
-        confirmation is a push message read_response skips.
+        waits on ``XREAD BLOCK`` until an entry comes or the link breaks.
         """
         arguments = connection_arguments(self._url)
         if self._sentinel is not None and self._url.service_name is not None:
             with translated("watch"):
                 host, port = await self._sentinel.discover_master(self._url.service_name)
             arguments.update(host=host, port=port)
-        await self.subscribed_until_broken(arguments, channel)
+        await self.follow_with(arguments, stream, take, following)
 
-    async def subscribed_until_broken(self, arguments: dict[str, Any], channel: str) -> None:
-        """Subscribe to ``channel`` on a connection of its own, made with
-        ``arguments`` (connection_arguments), and return when it breaks."""
+    async def follow_with(
+        self, arguments: dict[str, Any], stream: str, take: Take, following: Callable[[], None]
+    ) -> None:
+        """``follow`` on a connection made with ``arguments`` (connection_arguments)."""
         arguments = dict(arguments)
         connection_class = arguments.pop("connection_class", aioredis.Connection)
         connection = connection_class(
@@ -481,10 +498,18 @@ class RedisLink:
         try:
             with translated("watch"):
                 await connection.connect()
-                await connection.send_command("SUBSCRIBE", channel)
-                await connection.read_response()
+                # Read on from the newest entry there is: what comes after it is
+                # delivered, however soon after this it is appended.
+                await connection.send_command("XREVRANGE", stream, "+", "-", "COUNT", 1)
+                newest = await connection.read_response()
+            last_id = newest[0][0] if newest else b"0-0"
+            following()
             with contextlib.suppress(RedisError, OSError):
                 while True:
-                    await connection.read_response(timeout=None)
+                    await connection.send_command("XREAD", "BLOCK", 0, "STREAMS", stream, last_id)
+                    for _stream, entries in await connection.read_response(timeout=None) or []:
+                        if entries:
+                            last_id = entries[-1][0]
+                            take(stream, entries)
         finally:
             await connection.disconnect()

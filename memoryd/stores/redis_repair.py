@@ -20,7 +20,7 @@ from memoryd.records import is_expired
 from memoryd.stores.base import Eviction, Swept
 from memoryd.stores.keys import AgentKey, KeySpace
 from memoryd.stores.redis_commands import decoded, index_fields, text
-from memoryd.stores.redis_link import Command, Preamble, RedisLink, key_command, translated
+from memoryd.stores.redis_link import Command, Framing, RedisLink, key_command, translated
 
 logger = logging.getLogger(__name__)
 
@@ -101,8 +101,8 @@ class EvictionRepair:
             return eviction.may_evict or eviction.evicted_keys > 0
         return eviction.evicted_since(earlier) > 0
 
-    async def run(self, eviction: Eviction, now_s: float, preamble: Preamble) -> Swept:
-        """Repair every agent's keys; ``preamble`` goes first in each write batch."""
+    async def run(self, eviction: Eviction, now_s: float, framing: Framing) -> Swept:
+        """Repair every agent's keys; ``framing`` goes around each write batch."""
         logger.info(
             "redis may have evicted memoryd's keys (maxmemory-policy %s, %d keys evicted since "
             "it started): checking every agent's indexes against its records",
@@ -114,7 +114,7 @@ class EvictionRepair:
         agent_ids = sorted(found)
         for first in range(0, len(agent_ids), AGENTS_PER_PIPELINE):
             chunk = agent_ids[first : first + AGENTS_PER_PIPELINE]
-            await self._repair_agents(chunk, found, now_s, tally, preamble)
+            await self._repair_agents(chunk, found, now_s, tally, framing)
         tally.log()
         self._repaired_at = eviction
         return tally.swept()
@@ -167,7 +167,7 @@ class EvictionRepair:
         found: dict[str, _AgentScan],
         now_s: float,
         tally: _RepairTally,
-        preamble: Preamble,
+        framing: Framing,
     ) -> None:
         """Two calls of the repair script: the indexes, then the records whose data it needs."""
         first_words: dict[str, list[str | bytes]] = {
@@ -177,20 +177,20 @@ class EvictionRepair:
             for agent_id in agent_ids
         }
         wanted: dict[str, list[str]] = {}
-        for agent_id, reply in await self._run_repair(first_words, found, preamble):
+        for agent_id, reply in await self._run_repair(first_words, found, framing):
             tally.add(agent_id, reply)
             if reply[5]:
                 wanted[agent_id] = [text(record_id) for record_id in reply[5]]
         if wanted:
             second_words = await self._read_for_repair(wanted, now_s)
-            for agent_id, reply in await self._run_repair(second_words, found, preamble):
+            for agent_id, reply in await self._run_repair(second_words, found, framing):
                 tally.add(agent_id, reply)
 
     async def _run_repair(
         self,
         words: dict[str, list[str | bytes]],
         found: dict[str, _AgentScan],
-        preamble: Preamble,
+        framing: Framing,
     ) -> list[tuple[str, Any]]:
         def commands() -> list[Command]:
             packed = []
@@ -211,7 +211,7 @@ class EvictionRepair:
                 )
             return packed
 
-        replies = await self._link.run_batch("sweep", commands, preamble)
+        replies = await self._link.run_batch("sweep", commands, framing)
         return list(zip(words, replies, strict=True))
 
     async def _read_for_repair(
