@@ -252,8 +252,10 @@ class RedisStore:
 
     async def watch(self, daemon_id: str, listener: ChangeListener) -> None:
         reader = NoticeReader(daemon_id, listener)
-        with contextlib.suppress(ChangesMissed):
+        try:
             await self._link.follow(self._keys.changes_of(""), reader.read, listener.following)
+        except ChangesMissed as exc:
+            logger.info("a change notice may have been missed (%s): following again", exc)
 
     # -- writes -------------------------------------------------------------
 

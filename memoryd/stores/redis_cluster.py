@@ -19,7 +19,6 @@ in parallel (memoryd.stores.redis_cluster_link):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import math
@@ -155,8 +154,10 @@ class ClusterStore(RedisStore):
         def stream_of(node: ClusterNode) -> str:
             return self._keys.changes_of(self._link.shard_tag(node))
 
-        with contextlib.suppress(ChangesMissed):
+        try:
             await self._link.follow_every_master(stream_of, reader.read, listener.following)
+        except ChangesMissed as exc:
+            logger.info("a change notice may have been missed (%s): following again", exc)
 
     async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> tuple[int, bool]:
         """Renewed in every master's registry: how many daemons the fullest
