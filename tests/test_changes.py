@@ -100,3 +100,24 @@ async def test_a_missed_notice_ends_the_watch(redis_server: RedisServer, redis_u
         assert heard.agents == []
     finally:
         await store.close()
+
+
+async def test_batches_sent_at_once_by_one_daemon_keep_their_notices_in_order(
+    store: Store,
+) -> None:
+    """The flusher's batches and the sweep's go out concurrently; were their counts
+    taken in one order and sent in another, the reader would take it for a missed
+    notice and stop answering from memory."""
+    heard, watch = await watching(store, "daemon-a")
+    lease = WriterLease("b", 5)
+    try:
+        writes = [store.apply([put(str(n), f"agent_{n % 5}")], NOW, lease) for n in range(40)]
+        sweeps = [store.sweep(NOW, lease) for _ in range(10)]
+        await asyncio.gather(*writes, *sweeps)
+        told: set[str] = set()
+        while len(told) < 5:
+            told.update(await heard.next_news())
+        await asyncio.sleep(0.2)
+        assert not watch.done(), "no notice was taken for missed"
+    finally:
+        watch.cancel()

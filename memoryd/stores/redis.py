@@ -336,7 +336,7 @@ class RedisStore:
         def notice(shard_tag: str, commands: Sequence[Command]) -> list[Command]:
             return self._notices.notice(shard_tag, commands, writer_id)
 
-        return Framing(self._lease_renewal(lease), notice)
+        return Framing(self._lease_renewal(lease), notice, self._notices.serial)
 
     def _lease_renewal(self, lease: WriterLease | None) -> Callable[[str], list[Command]]:
 

@@ -14,6 +14,7 @@ stops trusting what it holds, as when its link breaks.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +40,10 @@ class NoticeWriter:
     def __init__(self, keys: KeySpace) -> None:
         self._keys = keys
         self._sent: dict[tuple[str, str], int] = {}  # (shard tag, writer) -> notices sent
+        # The batches that carry notices (the flusher's, the sweep's) go one at a
+        # time, so that their counts reach each shard in order: a reader takes a
+        # count out of order for a missed one.
+        self.serial = asyncio.Lock()
 
     def notice(self, shard_tag: str, commands: Sequence[Command], writer_id: str) -> list[Command]:
         """The entry that says which agents ``commands`` wrote; none if none."""

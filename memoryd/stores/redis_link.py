@@ -143,6 +143,8 @@ class Framing:
 
     before: Callable[[str], list[Command]] = _nothing_before
     after: Callable[[str, Sequence[Command]], list[Command]] = _nothing_after
+    # Held while the batch is framed and sent: numbered notices leave in order.
+    serial: asyncio.Lock | None = None
 
 
 NO_FRAMING = Framing()
@@ -396,7 +398,8 @@ class RedisLink:
         """
         with translated(action):
             for attempt in range(2):
-                replies = await self.send_batch(commands(), framing)
+                async with framing.serial or contextlib.nullcontext():
+                    replies = await self.send_batch(commands(), framing)
                 if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies):
                     logger.info("redis does not know the scripts any more; loading them again")
                     await self.load_scripts()
