@@ -25,7 +25,7 @@ from memoryd.stores.redis_link import Command, key_command
 
 # Entries kept per stream (about): far more than a reader falls behind by
 # while its link holds; a reader that does fall behind sees the count skip.
-CHANGES_KEPT = 100_000
+CHANGES_KEPT = 10_000
 # An agent id never holds a space (memoryd.validation).
 _SEPARATOR = " "
 
