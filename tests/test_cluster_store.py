@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import AsyncIterator
+from typing import Any, cast
 
 import pytest
 import redis
@@ -17,7 +18,7 @@ from redis.crc import key_slot
 
 from memoryd.ops import Delete
 from memoryd.records import Query
-from memoryd.stores.base import Sequenced, StoreFailure
+from memoryd.stores.base import Sequenced, StoreFailure, StoreUnavailable
 from memoryd.stores.keys import AgentKeys
 from memoryd.stores.redis import EXPIRY_GRACE_S
 from memoryd.stores.redis_cluster import ClusterStore
@@ -218,3 +219,34 @@ def test_the_daemon_runs_on_a_cluster_and_shows_its_masters(
         assert [r["content"] for r in client.recent("agent_7", limit=5)] == ["hello 7"]
         assert len(client.agents(prefix="agent_")) == 20
     assert daemon.stop() == 0
+
+
+async def test_a_cluster_down_is_the_store_unreachable_not_an_error(
+    own_cluster: ClusterSet,
+) -> None:
+    """A shard lost with its replica: the cluster answers CLUSTERDOWN for every key
+    (full coverage required), which is "not now" (writes wait in the WAL, the state
+    is degraded), not an error in the writes themselves."""
+    store = ClusterStore(own_cluster.url)
+    await store.open()
+    try:
+        master = own_cluster.node_for_key("{a}")
+        for port in (master, *own_cluster.replica_ports(master)):
+            own_cluster.server_on(port).kill()
+        survivor = next(port for port in own_cluster.master_ports() if port != master)
+        own_cluster.wait(lambda: _cluster_failed(own_cluster, survivor), "the shard seen gone")
+        agent = next(
+            f"agent_{n}"
+            for n in range(100)
+            if own_cluster.node_for_key(f"{{agent_{n}}}") == survivor
+        )
+        with pytest.raises(StoreUnavailable, match="cluster is down"):
+            await store.apply([put("1", agent)], NOW)
+    finally:
+        await store.close()
+
+
+def _cluster_failed(cluster: ClusterSet, port: int) -> bool:
+    with cluster.connect(port) as conn:
+        info = cast(Any, conn).execute_command("CLUSTER", "INFO")
+    return "cluster_state:fail" in str(info)

@@ -26,6 +26,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
+    ClusterDownError,
     NoPermissionError,
     NoScriptError,
     OutOfMemoryError,
@@ -55,8 +56,9 @@ SENTINEL_HEARTBEAT_S = 5.0
 SENTINEL_RETRY_S = 1.0
 
 # Replies that mean "not now" rather than "never": a Redis still loading its
-# dataset, busy in a script, or a replica promoted/demoted mid-failover.
-_TRANSIENT_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
+# dataset, busy in a script, a replica promoted/demoted mid-failover, or a
+# cluster with slots no master serves (CLUSTERDOWN) until a replica takes them.
+_TRANSIENT_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 # Replies of a Redis that answers but will not take writes for now.
 _REFUSING_REPLIES = ("OOM", "READONLY", "MISCONF")
 # Replies of a Redis that refuses memoryd itself (credentials, ACL).
@@ -76,6 +78,7 @@ def translated(action: str) -> Iterator[None]:
         raise StoreRefusing("OOM", f"redis {action}: {exc}") from exc
     except (
         BusyLoadingError,
+        ClusterDownError,  # a reply: the message redis-py gives it has lost the word
         RedisConnectionError,
         RedisTimeoutError,
         TimeoutError,
