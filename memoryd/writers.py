@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from memoryd.cache import ReadCache
-from memoryd.stores.base import Store, StoreFailure, WriterLease
+from memoryd.stores.base import NOTICES_ID_PREFIX, Store, StoreFailure, WriterLease
 from memoryd_client.ids import new_id
 
 logger = logging.getLogger(__name__)
@@ -64,12 +64,14 @@ class SoleWriter:
         self.interval_s = interval_s
         self.trust_s = trust_s
         self.lease_s = lease_s
-        self.daemon_id = new_id()
+        # Marked as a daemon that sends change notices (memoryd.stores.base).
+        self.daemon_id = NOTICES_ID_PREFIX + new_id()
         self.writers = 0  # how many daemons the last renewal counted; 0: unknown
         self._lease: WriterLease | None = WriterLease(self.daemon_id, lease_s)
         # Whether the watch follows what other daemons write (their change
         # notices): then the views stay trusted with other writers too.
         self._following = False
+        self._silent = False  # a daemon that sends no notices writes too
 
     def lease(self) -> WriterLease | None:
         """The lease for writes to renew (memoryd.flusher); None once given up."""
@@ -84,7 +86,7 @@ class SoleWriter:
     async def renew(self) -> None:
         asked_at = time.monotonic()
         try:
-            writers, held = await asyncio.wait_for(
+            found = await asyncio.wait_for(
                 self.store.renew_writer_lease(self.daemon_id, self.lease_s), self.trust_s
             )
         except (StoreFailure, TimeoutError):
@@ -92,11 +94,24 @@ class SoleWriter:
             # health probe reports the store itself.
             self._distrust(0)
             return
-        if not held:
+        writers = found.count
+        if not found.held:
             # The lease was gone: the key space was flushed (what the views hold
             # may be gone too) or the lease ran out.  Trust starts over.
             self._distrust(writers)
             return
+        if found.silent:
+            if self.writers <= 1 or not self._silent:
+                logger.warning(
+                    "%d of the %d daemons writing to this store send no change notices (an "
+                    "older memoryd): reads go to the store instead of memory while they write",
+                    found.silent,
+                    writers,
+                )
+            self._silent = True
+            self._distrust(writers)
+            return
+        self._silent = False
         if writers > 1 and not self._following:
             if self.writers <= 1:
                 logger.warning(

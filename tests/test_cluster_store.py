@@ -18,7 +18,7 @@ from redis.crc import key_slot
 
 from memoryd.ops import Delete
 from memoryd.records import Query
-from memoryd.stores.base import Sequenced, StoreFailure, StoreUnavailable
+from memoryd.stores.base import Sequenced, StoreFailure, StoreUnavailable, Writers
 from memoryd.stores.keys import AgentKeys
 from memoryd.stores.redis import EXPIRY_GRACE_S
 from memoryd.stores.redis_cluster import ClusterStore
@@ -183,9 +183,10 @@ async def test_one_shard_emptied_shows_in_the_marker_while_the_others_are_fine(
 
 
 async def test_the_writer_lease_counts_every_daemon_on_every_shard(store: ClusterStore) -> None:
-    assert await store.renew_writer_lease("daemon-a", 5.0) == (1, False)
-    assert await store.renew_writer_lease("daemon-a", 5.0) == (1, True)
-    assert await store.renew_writer_lease("daemon-b", 5.0) == (2, False)
+    assert await store.renew_writer_lease("n1.daemon-a", 5.0) == Writers(1, False, 0)
+    assert await store.renew_writer_lease("n1.daemon-a", 5.0) == Writers(1, True, 0)
+    assert await store.renew_writer_lease("n1.daemon-b", 5.0) == Writers(2, False, 0)
+    assert await store.renew_writer_lease("old-daemon", 5.0) == Writers(3, False, 1)
 
 
 async def test_only_replicas_confirm_on_a_cluster(store: ClusterStore) -> None:

@@ -112,3 +112,21 @@ def test_no_read_from_memory_outlives_a_redis_that_restarted_empty(
                     f"round {round_}: a record the store no longer has, answered as if it had it"
                     + daemon.log()[-3000:]
                 )
+
+
+def test_a_daemon_that_sends_no_change_notices_turns_reads_from_memory_off(
+    private_redis: RedisServer, daemon_dir: Daemon
+) -> None:
+    """An older memoryd writing the same Redis holds a lease under an id without the
+    notices mark: its writes would go unheard, so reads go to the store meanwhile."""
+    daemon_dir.env_overrides = {"MEMORYD_REDIS_URL": private_redis.url}
+    daemon = daemon_dir.start()
+    with Client(daemon.socket_path) as client:
+        wait_until(lambda: read_cache(client)["from_memory"], 5, "the writer lease")
+        with redis.Redis(unix_socket_path=str(private_redis.socket_path)) as conn:
+            now_ms = int(conn.time()[0]) * 1000
+            conn.zadd("memoryd:writers", {"01OLDDAEMONWITHOUTNOTICES": now_ms + 60_000})
+            wait_until(lambda: not read_cache(client)["from_memory"], 3, "reads to the store")
+            assert "send no change notices" in daemon.log()
+            conn.zrem("memoryd:writers", "01OLDDAEMONWITHOUTNOTICES")
+        wait_until(lambda: read_cache(client)["from_memory"], 3, "reads from memory again")

@@ -220,6 +220,20 @@ class Eviction:
         return self.evicted_keys - earlier.evicted_keys
 
 
+# The daemon ids of daemons that send change notices start with this; a lease
+# held under another id is an older memoryd's, which writes without them.
+NOTICES_ID_PREFIX = "n1."
+
+
+@dataclass(frozen=True, slots=True)
+class Writers:
+    """What a writer lease renewal found (Store.renew_writer_lease)."""
+
+    count: int  # daemons holding a lease, this one included
+    held: bool  # whether this daemon's lease was still there
+    silent: int = 0  # of them, daemons that send no change notices (an older memoryd)
+
+
 class ChangeListener(Protocol):
     """Hears from Store.watch what other daemons wrote."""
 
@@ -285,11 +299,10 @@ class Store(Protocol):
         has none.  A token that changes between two calls means the data the
         store held is gone (a Redis restarted empty or flushed, a new file)."""
 
-    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> tuple[int, bool]:
+    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> Writers:
         """Renew this daemon's lease among the writers of the store (``lease_s``
-        0: give it up): how many daemons hold one, this one included, and
-        whether this daemon's lease was still there.  A store that only one
-        daemon can open at a time answers (1, True)."""
+        0: give it up).  A store that only one daemon can open at a time
+        answers ``Writers(1, True)``."""
 
     async def watch(self, daemon_id: str, listener: ChangeListener) -> None:
         """Return when the link to the store broke (a sign that it may have

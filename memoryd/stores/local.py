@@ -36,6 +36,7 @@ from memoryd.stores.base import (
     StoreUnavailable,
     Swept,
     WriterLease,
+    Writers,
     numbered,
 )
 
@@ -367,10 +368,10 @@ class LocalStore:
                 found[agent_id] = int(row[0])
         return found
 
-    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> tuple[int, bool]:
+    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> Writers:
         # The database lives in data_dir, which one daemon at a time holds
         # (memoryd.lock): nobody else writes it.
-        return 1, True
+        return Writers(1, True)
 
     async def watch(self, daemon_id: str, listener: ChangeListener) -> None:
         listener.following()  # the data_dir lock: no other writer

@@ -30,6 +30,7 @@ from memoryd.stores.base import (
     StoreUnavailable,
     Swept,
     WriterLease,
+    Writers,
     numbered,
 )
 
@@ -165,9 +166,9 @@ class MemoryStore:
             self._marker = candidate
         return self._marker
 
-    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> tuple[int, bool]:
+    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> Writers:
         self._check()
-        return 1, True  # nobody else can reach this process's memory
+        return Writers(1, True)  # nobody else can reach this process's memory
 
     async def watch(self, daemon_id: str, listener: ChangeListener) -> None:
         listener.following()

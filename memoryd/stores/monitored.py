@@ -27,6 +27,7 @@ from memoryd.stores.base import (
     StoreFailure,
     Swept,
     WriterLease,
+    Writers,
 )
 
 _T = TypeVar("_T")
@@ -82,7 +83,7 @@ class MonitoredStore:
     async def marker(self, candidate: str) -> str:
         return await self._store.marker(candidate)
 
-    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> tuple[int, bool]:
+    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> Writers:
         return await self._store.renew_writer_lease(daemon_id, lease_s)
 
     async def watch(self, daemon_id: str, listener: ChangeListener) -> None:

@@ -26,6 +26,7 @@ from memoryd.ops import Op
 from memoryd.records import Query, Record, is_expired, matches
 from memoryd.stores.base import (
     APPLIED_KEPT_S,
+    NOTICES_ID_PREFIX,
     AgentStats,
     ChangeListener,
     Durability,
@@ -34,6 +35,7 @@ from memoryd.stores.base import (
     Sequenced,
     Swept,
     WriterLease,
+    Writers,
     numbered,
 )
 from memoryd.stores.keys import AgentKeys, KeySpace
@@ -48,6 +50,7 @@ from memoryd.stores.redis_commands import (
     parse_stats,
     score,
     text,
+    writers_of,
 )
 from memoryd.stores.redis_durability import ServerDurability, server_run
 from memoryd.stores.redis_link import (
@@ -241,14 +244,15 @@ class RedisStore:
                 self._server_version = str(info.get("redis_version", "")) or None
         return text(token) if token is not None else candidate
 
-    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> tuple[int, bool]:
+    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> Writers:
         self._lease_renewed_at[""] = time.monotonic()
         script = self._link.script("writers")
+        lease_ms = math.ceil(lease_s * 1000)
         with translated("writer lease"):
-            writers, held = await script(
-                keys=[self._keys.writers], args=[daemon_id, math.ceil(lease_s * 1000)]
+            reply = await script(
+                keys=[self._keys.writers], args=[daemon_id, lease_ms, NOTICES_ID_PREFIX]
             )
-        return int(writers), bool(held)
+        return writers_of(reply)
 
     async def watch(self, daemon_id: str, listener: ChangeListener) -> None:
         reader = NoticeReader(daemon_id, listener)
@@ -349,7 +353,11 @@ class RedisStore:
             self._lease_renewed_at[shard_tag] = now
             lease_ms = math.ceil(lease.lease_s * 1000)
             registry = self._keys.writers_of(shard_tag)
-            return [self._link.evalsha("writers", [registry], lease.daemon_id, lease_ms)]
+            return [
+                self._link.evalsha(
+                    "writers", [registry], lease.daemon_id, lease_ms, NOTICES_ID_PREFIX
+                )
+            ]
 
         return renewal
 

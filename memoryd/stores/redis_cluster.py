@@ -27,11 +27,18 @@ from typing import Any
 
 from redis.asyncio.cluster import ClusterNode
 
-from memoryd.stores.base import NO_EVICTION, ChangeListener, Durability, Eviction
+from memoryd.stores.base import (
+    NO_EVICTION,
+    NOTICES_ID_PREFIX,
+    ChangeListener,
+    Durability,
+    Eviction,
+    Writers,
+)
 from memoryd.stores.redis import RedisStore
 from memoryd.stores.redis_changes import ChangesMissed, NoticeReader
 from memoryd.stores.redis_cluster_link import ClusterLink
-from memoryd.stores.redis_commands import info_eviction, parsed_info, text
+from memoryd.stores.redis_commands import info_eviction, parsed_info, text, writers_of
 from memoryd.stores.redis_durability import ServerDurability, raised, server_run
 from memoryd.stores.redis_link import Command, key_command, server_command, translated
 
@@ -159,20 +166,27 @@ class ClusterStore(RedisStore):
         except ChangesMissed as exc:
             logger.info("a change notice may have been missed (%s): following again", exc)
 
-    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> tuple[int, bool]:
-        """Renewed in every master's registry: how many daemons the fullest
-        counts, and whether this one's lease was still in all of them."""
+    async def renew_writer_lease(self, daemon_id: str, lease_s: float) -> Writers:
+        """Renewed in every master's registry: the daemons the fullest counts,
+        whether this one's lease was still in all of them, the most silent."""
         with translated("writer lease"):
             tags = [self._link.shard_tag(node) for node in await self._masters()]
         lease_ms = math.ceil(lease_s * 1000)
 
         def renewals() -> list[Command]:
             return [
-                self._link.evalsha("writers", [self._keys.writers_of(tag)], daemon_id, lease_ms)
+                self._link.evalsha(
+                    "writers", [self._keys.writers_of(tag)], daemon_id, lease_ms, NOTICES_ID_PREFIX
+                )
                 for tag in tags
             ]
 
         replies = await self._link.run_batch("writer lease", renewals)
         now = time.monotonic()
         self._lease_renewed_at.update((tag, now) for tag in tags)
-        return max(int(r[0]) for r in replies), all(bool(r[1]) for r in replies)
+        shards = [writers_of(reply) for reply in replies]
+        return Writers(
+            max(shard.count for shard in shards),
+            all(shard.held for shard in shards),
+            max(shard.silent for shard in shards),
+        )

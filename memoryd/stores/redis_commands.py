@@ -12,7 +12,7 @@ import msgpack
 
 from memoryd.ops import Clear, Delete, Op, Put, Replace
 from memoryd.records import Query, Record, decode_record, is_expired
-from memoryd.stores.base import AgentStats, Eviction
+from memoryd.stores.base import AgentStats, Eviction, Writers
 
 logger = logging.getLogger(__name__)
 
@@ -132,6 +132,11 @@ def durable_until(persistence: dict[str, Any], appendfsync: str | None, now_s: f
         and not int(persistence.get("rdb_bgsave_in_progress", 0))
     )
     return max(until, now_s) if rdb_saved_all else until
+
+
+def writers_of(reply: Sequence[Any]) -> Writers:
+    """A reply of writers.lua."""
+    return Writers(int(reply[0]), bool(int(reply[1])), int(reply[2]) if len(reply) > 2 else 0)
 
 
 def parsed_info(reply: bytes) -> dict[str, str]:

@@ -5,10 +5,13 @@
 -- KEYS: 1 writers ZSET (memoryd/stores/keys.py): daemon id -> lease end, in
 --       milliseconds of the Redis server's clock, so daemons on hosts whose
 --       clocks disagree still agree on whose lease is over.
--- ARGV: 1 daemon id, 2 lease in milliseconds (0: give the lease up).
+-- ARGV: 1 daemon id, 2 lease in milliseconds (0: give the lease up), 3 the prefix
+--       of the ids of daemons that send change notices.
+-- Returns {daemons holding a lease, 1 if this one's was still there, how many of
+-- them have an id without the prefix}.
 
 local writers_key = KEYS[1]
-local daemon_id, lease_ms = ARGV[1], tonumber(ARGV[2])
+local daemon_id, lease_ms, notices_prefix = ARGV[1], tonumber(ARGV[2]), ARGV[3] or ''
 local time = redis.call('TIME')
 local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
@@ -20,4 +23,10 @@ if lease_ms > 0 then
 else
   redis.call('ZREM', writers_key, daemon_id)
 end
-return {redis.call('ZCARD', writers_key), held}
+local silent = 0
+for _, member in ipairs(redis.call('ZRANGE', writers_key, 0, -1)) do
+  if string.sub(member, 1, #notices_prefix) ~= notices_prefix then
+    silent = silent + 1
+  end
+end
+return {redis.call('ZCARD', writers_key), held, silent}
