@@ -5,6 +5,8 @@ a real Redis and a real Cluster."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
@@ -121,3 +123,21 @@ async def test_batches_sent_at_once_by_one_daemon_keep_their_notices_in_order(
         assert not watch.done(), "no notice was taken for missed"
     finally:
         watch.cancel()
+
+
+async def test_a_server_that_stops_answering_ends_the_watch(private_redis: RedisServer) -> None:
+    """Frozen (or cut off without a word, as by a firewall dropping an idle
+    connection): no FIN ever comes, and the watch still ends, within about one
+    wait for news plus a socket timeout, instead of following nothing for ever."""
+    store = RedisStore(private_redis.url, socket_timeout_s=0.5)
+    await store.open()
+    assert private_redis.process is not None
+    try:
+        heard, watch = await watching(store, "daemon-a")
+        os.kill(private_redis.process.pid, signal.SIGSTOP)
+        try:
+            await asyncio.wait_for(watch, 5)
+        finally:
+            os.kill(private_redis.process.pid, signal.SIGCONT)
+    finally:
+        await store.close()

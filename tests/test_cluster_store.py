@@ -6,6 +6,7 @@ script touches shares the slot of a key it declares."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -16,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from memoryd.ops import Delete
+from memoryd.ops import Delete, Replace
 from memoryd.records import Query
 from memoryd.stores.base import Sequenced, StoreFailure, StoreUnavailable, Writers
 from memoryd.stores.keys import AgentKeys
@@ -26,7 +27,7 @@ from memoryd.validation import AGENT_ID_PATTERN, RECORD_ID_PATTERN, TYPE_PATTERN
 from memoryd_client import Client
 from tests.daemons import eventually
 from tests.harness import LOOPBACK, ClusterSet, Daemon
-from tests.test_stores import NOW, put
+from tests.test_stores import NOW, make_record, put
 
 AGENT = "craftsman_1"
 
@@ -251,3 +252,69 @@ def _cluster_failed(cluster: ClusterSet, port: int) -> bool:
     with cluster.connect(port) as conn:
         info = cast(Any, conn).execute_command("CLUSTER", "INFO")
     return "cluster_state:fail" in str(info)
+
+
+async def test_a_write_the_old_node_sends_on_with_ask_waits_for_the_slot(
+    store: ClusterStore, redis_cluster: ClusterSet
+) -> None:
+    """Every key a script declares is across, a record's HASH is not: the old node
+    answers ASK.  Followed behind ASKING, the script would run on the new node, take
+    the HASH for gone and drop the record from its index; it waits for the slot."""
+    records = [put(str(n), AGENT) for n in range(1, 5)]
+    records.append(put("5", AGENT, expires_at=NOW + 10 * EXPIRY_GRACE_S))
+    await store.apply(records, NOW, sequenced=Sequenced("wal-1", range(1, 6)))
+    slot = redis_cluster.key_slot(f"{{{AGENT}}}")
+    source = redis_cluster.slot_owner(slot)
+    target = next(port for port in redis_cluster.master_ports() if port != source)
+    declared = AgentKeys("", AGENT).apply_keys
+    with redis_cluster.move_slot_in_steps(slot, target):
+        with redis_cluster.connect(source, decode=False) as conn:
+            conn.execute_command("MIGRATE", LOOPBACK, target, "", 0, 5000, "KEYS", *declared)
+        replaced = make_record("1", AGENT, content="replaced")
+        replacing = asyncio.create_task(
+            store.apply([Replace.of(replaced)], NOW, sequenced=Sequenced("wal-1", [6]))
+        )
+        await asyncio.sleep(0.2)
+        assert not replacing.done(), "it waits while the slot moves"
+    await replacing
+    assert await ids_of(store, AGENT) == ["1", "2", "3", "4", "5"]
+    got = (await store.get(AGENT, "1", NOW)).value
+    assert got is not None and got["content"] == "replaced"
+    assert (await store.stats(AGENT, NOW)).value.count == 5
+
+
+async def test_a_reshard_of_a_masters_lowest_slot_moves_its_confirm_key_along(
+    store: ClusterStore, redis_cluster: ClusterSet
+) -> None:
+    """The confirm key of a master lives in its lowest slot; that slot moved, the
+    next reading must use the new lowest, not fail on MOVED for ever."""
+    await store.apply([put("1", AGENT)], NOW)
+    await store.durability()
+    assert (await store.durability()).until_s > 0
+    lowest = redis_cluster.slot_map()[0][0]
+    owner = redis_cluster.slot_owner(lowest)
+    other = next(port for port in redis_cluster.master_ports() if port != owner)
+    redis_cluster.move_slot(lowest, other)
+    for _ in range(3):
+        with contextlib.suppress(StoreFailure):
+            await store.durability()  # the first reading may meet MOVED
+    await store.apply([put("2", AGENT)], NOW)
+    await store.durability()
+    assert (await store.durability()).until_s > 0
+
+
+async def test_no_node_answering_is_the_store_unreachable(own_cluster: ClusterSet) -> None:
+    """redis-py's own errors for a cluster it cannot map are not RedisErrors; they
+    must still reach the flusher as "unreachable", never as a crash."""
+    store = ClusterStore(own_cluster.url)
+    await store.open()
+    try:
+        for server in own_cluster.servers:
+            server.kill()
+        for _ in range(2):
+            with pytest.raises(StoreUnavailable):
+                await store.apply([put("1", AGENT)], NOW)
+            with pytest.raises(StoreUnavailable):
+                await store.durability()
+    finally:
+        await store.close()

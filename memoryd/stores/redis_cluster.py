@@ -57,7 +57,8 @@ class ClusterStore(RedisStore):
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
-        self._shards: dict[str, ServerDurability] = {}  # by master name (host:port)
+        # By master name (host:port) and shard tag.
+        self._shards: dict[tuple[str, str], ServerDurability] = {}
 
     async def _masters(self) -> list[ClusterNode]:
         await self._link.initialize()
@@ -109,10 +110,12 @@ class ClusterStore(RedisStore):
         return Durability(run, until_s)
 
     def _shard(self, node: ClusterNode) -> ServerDurability:
-        shard = self._shards.get(node.name)
+        # By tag too: a reshard that moves a master's lowest slot moves its confirm key.
+        tag = self._link.shard_tag(node)
+        shard = self._shards.get((node.name, tag))
         if shard is None:
-            confirm_key = self._keys.confirm_of(self._link.shard_tag(node))
-            shard = self._shards[node.name] = self._server_durability(confirm_key)
+            confirm_key = self._keys.confirm_of(tag)
+            shard = self._shards[(node.name, tag)] = self._server_durability(confirm_key)
         return shard
 
     def _round_trip_to(self, node: ClusterNode) -> Any:

@@ -5,10 +5,11 @@ memoryd's own, one per master in parallel.
 A batch is grouped by the master serving each command's key, and each group
 travels in one write on one of that master's connections.  Replies that say
 the slot is elsewhere are sent again: ``MOVED`` after the slot map is read
-anew, ``ASK`` (a slot half-migrated) to the node named, behind ``ASKING``;
-``TRYAGAIN`` (an agent's keys split by a migration in progress) after a
-pause.  Every command memoryd sends is safe to send again: each write is
-idempotent and numbered (memoryd.stores.base.Sequenced).
+anew; ``ASK``, ``TRYAGAIN`` and a script meeting a key not on the node (a
+slot migrating) after a pause, to the same node, until it answers ``MOVED``:
+an agent's writes wait while its slot moves.  Every command memoryd sends is
+safe to send again: each write is idempotent and numbered
+(memoryd.stores.base.Sequenced).
 
 Keys of the daemon itself (the writer registry, the confirm key, the
 data-loss markers) carry a hash tag that puts them in a chosen slot:
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
@@ -28,7 +30,14 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
-from redis.exceptions import AskError, MovedError, RedisError, ResponseError, TryAgainError
+from redis.exceptions import (
+    AskError,
+    MaxConnectionsError,
+    MovedError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 
 from memoryd.stores.base import StoreUnavailable
 from memoryd.stores.redis_link import (
@@ -55,7 +64,8 @@ REDIRECTS_MAX = 8
 TRYAGAIN_PAUSE_S = 0.05
 MIGRATING_WAIT_MAX_S = 5.0
 
-_ASKING = pack("ASKING")
+# The pause between tries for a connection of a node whose connections are all in use.
+CONNECTION_WAIT_S = 0.002
 
 
 def _migrating(reply: Any) -> bool:
@@ -170,6 +180,7 @@ class ClusterLink(RedisLink):
         return None
 
     async def reset(self) -> None:
+        self._lowest = None
         with contextlib.suppress(Exception):
             await self.cluster.nodes_manager.initialize()
 
@@ -191,30 +202,31 @@ class ClusterLink(RedisLink):
         """A reply for each of ``commands``, all sent to ``node`` (commands of the
         server itself, or keys tagged with its shard)."""
         try:
-            return await self._node_round_trip(node, [c.packed for c in commands], set())
+            replies = await self._node_round_trip(node, [c.packed for c in commands])
         except (RedisError, OSError):
             await self.reset()  # the master may have been replaced: read the map again
             raise
+        if any(isinstance(reply, MovedError) for reply in replies):
+            # A key tagged for the node's shard is no longer there (its lowest slot
+            # moved): the caller's next try is made with the map read again.
+            await self.reset()
+        return replies
 
     async def _routed(self, commands: Sequence[Command], framing: Framing) -> list[Any]:
         replies: list[Any] = [None] * len(commands)
         todo = list(range(len(commands)))
-        asking: dict[int, ClusterNode] = {}
         redirects = 0
         for _ in range(REDIRECTS_MAX + int(MIGRATING_WAIT_MAX_S / TRYAGAIN_PAUSE_S)):
             groups: dict[str, tuple[ClusterNode, list[int]]] = {}
             for index in todo:
-                node = asking.get(index) or self._node_of(commands[index])
+                node = self._node_of(commands[index])
                 groups.setdefault(node.name, (node, []))[1].append(index)
-            sent = await self._send_groups(commands, groups, asking, framing)
+            sent = await self._send_groups(commands, groups, framing)
             todo, moved, busy = [], False, False
             for index, reply in sent:
                 if isinstance(reply, MovedError):
-                    asking.pop(index, None)
                     moved = True
-                elif isinstance(reply, AskError):
-                    asking[index] = self._node_at(reply.host, reply.port)
-                elif _migrating(reply):
+                elif isinstance(reply, AskError) or _migrating(reply):
                     busy = True
                 else:
                     replies[index] = reply
@@ -226,19 +238,29 @@ class ClusterLink(RedisLink):
                 redirects += 1
                 if redirects > REDIRECTS_MAX:
                     break
-                await self.cluster.nodes_manager.initialize()
+                await self._read_slot_map()
             if busy:
                 await asyncio.sleep(TRYAGAIN_PAUSE_S)
-        raise StoreUnavailable("redis cluster: slots still moving (MOVED, TRYAGAIN) at every try")
+        raise StoreUnavailable(
+            "redis cluster: slots still moving (MOVED, ASK, TRYAGAIN) at every try"
+        )
+
+    async def _read_slot_map(self) -> None:
+        self._lowest = None  # redis-py may have changed its map in place meanwhile
+        await self.cluster.nodes_manager.initialize()
 
     async def _send_groups(
         self,
         commands: Sequence[Command],
         groups: dict[str, tuple[ClusterNode, list[int]]],
-        asking: dict[int, ClusterNode],
         framing: Framing,
     ) -> list[tuple[int, Any]]:
-        """Each group to its node, in parallel: (index, reply) for every command."""
+        """Each group to its node, in parallel: (index, reply) for every command.
+
+        A framing reply that is an error (a change notice refused, or sent to a
+        node its slot left) fails the batch, to be sent again whole: a notice
+        lost would leave the other daemons' views of its agents stale.
+        """
         trips = []
         for node, indexes in groups.values():
             tag = self.shard_tag(node)
@@ -246,12 +268,7 @@ class ClusterLink(RedisLink):
             first = [c.packed for c in framing.before(tag)]
             last = [c.packed for c in framing.after(tag, group)]
             packed = first + [c.packed for c in group] + last
-            asked = {len(first) + n for n, i in enumerate(indexes) if i in asking}
-            trips.append(
-                self._node_round_trip(
-                    node, packed, asked, keep=range(len(first), len(first) + len(group))
-                )
-            )
+            trips.append(self._framed_round_trip(node, packed, len(first), len(group)))
         results = await asyncio.gather(*trips, return_exceptions=True)
         failed = next((r for r in results if isinstance(r, BaseException)), None)
         if failed is not None:
@@ -265,34 +282,55 @@ class ClusterLink(RedisLink):
             for index, reply in zip(indexes, cast(list[Any], node_replies), strict=True)
         ]
 
-    async def _node_round_trip(
-        self, node: ClusterNode, packed: list[bytes], asked: set[int], keep: range | None = None
+    async def _framed_round_trip(
+        self, node: ClusterNode, packed: list[bytes], before: int, count: int
     ) -> list[Any]:
-        """Write ``packed`` on one of ``node``'s connections (``ASKING`` before
-        the commands at ``asked``) and read a reply for each; only those at
-        ``keep`` are returned (all of them if None)."""
-        stream: list[bytes] = []
-        for position, command in enumerate(packed):
-            if position in asked:
-                stream.append(_ASKING)
-            stream.append(command)
-        connection = node.acquire_connection()
+        """The replies to the ``count`` commands after the ``before`` first."""
+        replies = await self._node_round_trip(node, packed)
+        for reply in replies[before + count :]:
+            if isinstance(reply, AskError) or _migrating(reply):
+                # The notice's slot moved or is moving: the commands go again
+                # with their notice, as if they had met it themselves.
+                self._lowest = None
+                return [reply] * count
+            if isinstance(reply, Exception):
+                raise StoreUnavailable(f"redis cluster: a change notice failed: {reply}")
+        return replies[before : before + count]
+
+    async def _node_round_trip(self, node: ClusterNode, packed: list[bytes]) -> list[Any]:
+        """Write ``packed`` on one of ``node``'s connections and read a reply for each.
+
+        Never behind ``ASKING``: on the node a slot is migrating to, a script would
+        take the agent's keys not yet there for absent, and drop what they index;
+        a command the slot's old node answers ASK waits until the slot has moved.
+        """
+        connection = await self._connection_of(node)
         try:
-            await connection.send_packed_command(stream, check_health=False)
+            await connection.send_packed_command(packed, check_health=False)
             replies: list[Any] = []
-            for position in range(len(packed)):
-                if position in asked:
-                    await connection.read_response()  # ASKING's OK
+            for _ in packed:
                 try:
                     replies.append(await connection.read_response())
                 except ResponseError as exc:
                     replies.append(exc)
-            return replies if keep is None else replies[keep.start : keep.stop]
+            return replies
         except BaseException:
             await connection.disconnect()
             raise
         finally:
             node.release(connection)
+
+    async def _connection_of(self, node: ClusterNode) -> Any:
+        """One of ``node``'s connections, waiting for one to be free (redis-py's
+        refuses at once when all are in use)."""
+        deadline = time.monotonic() + self._connect_timeout_s + self._socket_timeout_s
+        while True:
+            try:
+                return node.acquire_connection()
+            except MaxConnectionsError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(CONNECTION_WAIT_S)
 
     def _node_of(self, command: Command) -> ClusterNode:
         if command.key is None:
@@ -300,18 +338,19 @@ class ClusterLink(RedisLink):
         slot = self.cluster.keyslot(command.key)
         return self.cluster.nodes_manager.get_node_from_slot(slot)
 
-    def _node_at(self, host: str, port: int) -> ClusterNode:
-        node = self.cluster.get_node(host=host, port=port)
-        if node is None:
-            raise StoreUnavailable(f"redis cluster: ASK to {host}:{port}, a node not in the map")
-        return node
-
     async def follow_every_master(
         self, stream_of: Callable[[ClusterNode], str], take: Take, following: Callable[[], None]
     ) -> None:
         """``follow`` the stream ``stream_of`` each master names, all at once;
-        return when any link breaks.  ``following`` once all of them follow."""
+        return when any link breaks, or when the masters or their streams are no
+        longer those (a failover, a reshard, a master added).  ``following``
+        once all of them follow."""
         masters = self.masters()
+        streams = [(node.name, stream_of(node)) for node in masters]
+
+        def current() -> bool:
+            return [(node.name, stream_of(node)) for node in self.masters()] == streams
+
         waiting = len(masters)
 
         def one_more() -> None:
@@ -327,6 +366,7 @@ class ClusterLink(RedisLink):
                     stream_of(node),
                     take,
                     one_more,
+                    current,
                 )
             )
             for node in masters

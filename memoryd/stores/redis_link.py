@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -31,8 +32,10 @@ from redis.exceptions import (
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
+    RedisClusterException,
     RedisError,
     ResponseError,
+    TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -78,7 +81,10 @@ def translated(action: str) -> Iterator[None]:
         raise StoreRefusing("OOM", f"redis {action}: {exc}") from exc
     except (
         BusyLoadingError,
-        ClusterDownError,  # a reply: the message redis-py gives it has lost the word
+        # Replies whose message redis-py rewrote (it lost the word): by their class.
+        # MasterDownError is a ClusterDownError.
+        ClusterDownError,
+        TryAgainError,
         RedisConnectionError,
         RedisTimeoutError,
         TimeoutError,
@@ -89,6 +95,10 @@ def translated(action: str) -> Iterator[None]:
         raise _reply_error(action, exc) from exc
     except RedisError as exc:
         raise StoreError(f"redis {action}: {exc}") from exc
+    except RedisClusterException as exc:
+        # Not a RedisError: no node answered for the slot map, or a slot is not
+        # covered (a failover under way).
+        raise StoreUnavailable(f"redis {action}: {exc}") from exc
 
 
 def _reply_error(action: str, exc: ResponseError) -> Exception:
@@ -151,6 +161,9 @@ class Framing:
 
 
 NO_FRAMING = Framing()
+
+# How long one XREAD of a followed stream waits for new entries (RedisLink.follow).
+FOLLOW_BLOCK_S = 1.0
 
 # What takes the entries read from a stream (RedisLink.follow).
 Take = Callable[[str, Sequence[Any]], None]
@@ -482,22 +495,36 @@ class RedisLink:
         waits on ``XREAD BLOCK`` until an entry comes or the link breaks.
         """
         arguments = connection_arguments(self._url)
+        followed: str | None = None  # the master followed, on a Sentinel set
         if self._sentinel is not None and self._url.service_name is not None:
             with translated("watch"):
                 host, port = await self._sentinel.discover_master(self._url.service_name)
             arguments.update(host=host, port=port)
-        await self.follow_with(arguments, stream, take, following)
+            followed = f"{host}:{port}"
+
+        def current() -> bool:
+            # Another master named (a split brain: the old one still answers):
+            # the notices go to the new one.
+            return followed is None or self.master_address in (None, followed)
+
+        await self.follow_with(arguments, stream, take, following, current)
 
     async def follow_with(
-        self, arguments: dict[str, Any], stream: str, take: Take, following: Callable[[], None]
+        self,
+        arguments: dict[str, Any],
+        stream: str,
+        take: Take,
+        following: Callable[[], None],
+        current: Callable[[], bool] = lambda: True,
     ) -> None:
-        """``follow`` on a connection made with ``arguments`` (connection_arguments)."""
+        """``follow`` on a connection made with ``arguments`` (connection_arguments);
+        return too once ``current`` (asked every FOLLOW_BLOCK_S) says no."""
         arguments = dict(arguments)
         connection_class = arguments.pop("connection_class", aioredis.Connection)
         connection = connection_class(
             **arguments,
             protocol=2,
-            socket_timeout=None,
+            socket_timeout=self._socket_timeout_s,
             socket_connect_timeout=self._connect_timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
@@ -510,10 +537,21 @@ class RedisLink:
                 newest = await connection.read_response()
             last_id = newest[0][0] if newest else b"0-0"
             following()
+            # A bounded wait: a server that stops answering without closing the
+            # connection (frozen, or cut off by a firewall that drops the idle
+            # connection) is noticed within one more socket timeout.
+            answer_within_s = FOLLOW_BLOCK_S + self._socket_timeout_s
+            block_ms = int(FOLLOW_BLOCK_S * 1000)
             with contextlib.suppress(RedisError, OSError):
-                while True:
-                    await connection.send_command("XREAD", "BLOCK", 0, "STREAMS", stream, last_id)
-                    for _stream, entries in await connection.read_response(timeout=None) or []:
+                while current():
+                    await connection.send_command(
+                        "XREAD", "BLOCK", block_ms, "STREAMS", stream, last_id
+                    )
+                    asked_at = time.monotonic()
+                    reply = await connection.read_response(timeout=answer_within_s)
+                    if reply is None and time.monotonic() - asked_at >= answer_within_s:
+                        return  # no answer, not even "nothing new"
+                    for _stream, entries in reply or []:
                         if entries:
                             last_id = entries[-1][0]
                             take(stream, entries)
