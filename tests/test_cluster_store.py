@@ -42,6 +42,20 @@ async def store(cluster_url: str) -> AsyncIterator[ClusterStore]:
         await store.close()
 
 
+async def five_numbered_records_and_a_move(
+    store: ClusterStore, cluster: ClusterSet
+) -> tuple[int, int, int]:
+    """Records 1-5 of AGENT, numbered and one expiring, as the daemon writes them:
+    every key the apply script declares exists.  The agent's slot, its master, and
+    another master to move it to."""
+    records = [put(str(n), AGENT) for n in range(1, 5)]
+    records.append(put("5", AGENT, expires_at=NOW + 10 * EXPIRY_GRACE_S))
+    await store.apply(records, NOW, sequenced=Sequenced("wal-1", range(1, 6)))
+    slot = cluster.key_slot(f"{{{AGENT}}}")
+    source = cluster.slot_owner(slot)
+    return slot, source, next(port for port in cluster.master_ports() if port != source)
+
+
 async def ids_of(store: ClusterStore, agent_id: str) -> list[str]:
     found = await store.query(agent_id, Query(limit=1000, order="oldest"), NOW)
     return [record["id"] for record in found.value]
@@ -119,12 +133,7 @@ async def test_a_delete_whose_record_moved_first_waits_and_leaves_exact_counts(
     bytes stay: the byte count would be wrong from then on.  Numbered writes and an
     expiring record, as the daemon's: every key the script declares exists, so it
     runs on the source instead of getting TRYAGAIN."""
-    records = [put(str(n), AGENT) for n in range(1, 5)]
-    records.append(put("5", AGENT, expires_at=NOW + 10 * EXPIRY_GRACE_S))
-    await store.apply(records, NOW, sequenced=Sequenced("wal-1", range(1, 6)))
-    slot = redis_cluster.key_slot(f"{{{AGENT}}}")
-    source = redis_cluster.slot_owner(slot)
-    target = next(port for port in redis_cluster.master_ports() if port != source)
+    slot, source, target = await five_numbered_records_and_a_move(store, redis_cluster)
     with redis_cluster.move_slot_in_steps(slot, target):
         with redis_cluster.connect(source, decode=False) as conn:
             conn.execute_command(
@@ -260,12 +269,7 @@ async def test_a_write_the_old_node_sends_on_with_ask_waits_for_the_slot(
     """Every key a script declares is across, a record's HASH is not: the old node
     answers ASK.  Followed behind ASKING, the script would run on the new node, take
     the HASH for gone and drop the record from its index; it waits for the slot."""
-    records = [put(str(n), AGENT) for n in range(1, 5)]
-    records.append(put("5", AGENT, expires_at=NOW + 10 * EXPIRY_GRACE_S))
-    await store.apply(records, NOW, sequenced=Sequenced("wal-1", range(1, 6)))
-    slot = redis_cluster.key_slot(f"{{{AGENT}}}")
-    source = redis_cluster.slot_owner(slot)
-    target = next(port for port in redis_cluster.master_ports() if port != source)
+    slot, source, target = await five_numbered_records_and_a_move(store, redis_cluster)
     declared = AgentKeys("", AGENT).apply_keys
     with redis_cluster.move_slot_in_steps(slot, target):
         with redis_cluster.connect(source, decode=False) as conn:
