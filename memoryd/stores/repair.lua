@@ -110,6 +110,41 @@ local function remove_expired(id, sha1)
   end
 end
 
+-- On a Redis Cluster, while the agent's slot migrates, a key not on this node
+-- fails the script where it is touched, and what ran before stays done; so
+-- every key the steps below may touch is touched first (as in apply.lua).
+local function preflight()
+  local function touch(key)
+    redis.call('EXISTS', key)
+  end
+  for _, record_type in ipairs(type_names) do
+    local type_key = type_prefix .. record_type
+    touch(type_key)
+    for _, id in ipairs(redis.call('ZRANGE', type_key, 0, -1)) do
+      touch(memory_prefix .. id)
+    end
+  end
+  for _, index_key in ipairs({list_key, expiry_key}) do
+    for _, id in ipairs(redis.call('ZRANGE', index_key, 0, -1)) do
+      touch(memory_prefix .. id)
+    end
+  end
+  local j = 5 + type_count
+  while j <= #ARGV do
+    touch(memory_prefix .. (ARGV[j + 1] or ''))
+    if ARGV[j] == 'K' then
+      touch(type_prefix .. (ARGV[j + 2] or ''))
+      j = j + 7
+    elseif ARGV[j] == 'X' then
+      j = j + 3
+    else
+      j = j + 2
+    end
+  end
+end
+
+preflight()
+
 -- The records the caller read, then every index entry, then what SCAN found.
 local candidates = {}
 local i = 5 + type_count
