@@ -65,7 +65,7 @@ class ClusterStore(RedisStore):
         return self._link.masters()
 
     def describe(self) -> dict[str, Any]:
-        masters = [] if self._link._cluster is None else [n.name for n in self._link.masters()]
+        masters = [node.name for node in self._link.masters()] if self._link.is_open else []
         return super().describe() | {"masters": masters}
 
     # -- per master ---------------------------------------------------------

@@ -125,6 +125,10 @@ class ClusterLink(RedisLink):
         self._client = cast(aioredis.Redis, cluster)
 
     @property
+    def is_open(self) -> bool:
+        return self._cluster is not None
+
+    @property
     def cluster(self) -> RedisCluster:
         if self._cluster is None:
             raise StoreUnavailable("redis store is not open")
