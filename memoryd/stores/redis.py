@@ -39,9 +39,16 @@ from memoryd.stores.base import (
     numbered,
 )
 from memoryd.stores.keys import AgentKeys, KeySpace
-from memoryd.stores.redis_changes import ChangesMissed, NoticeReader, NoticeWriter
+from memoryd.stores.redis_changes import (
+    ChangesMissed,
+    NoticeReader,
+    NoticeWriter,
+    follow_stream,
+)
 from memoryd.stores.redis_commands import (
     EXPIRY_GRACE_S,
+    Command,
+    Framing,
     decoded,
     group_by_agent,
     info_eviction,
@@ -53,12 +60,7 @@ from memoryd.stores.redis_commands import (
     writers_of,
 )
 from memoryd.stores.redis_durability import ServerDurability, server_run
-from memoryd.stores.redis_link import (
-    Command,
-    Framing,
-    RedisLink,
-    translated,
-)
+from memoryd.stores.redis_link import RedisLink, translated
 from memoryd.stores.redis_repair import AGENTS_PER_PIPELINE, SCAN_COUNT, EvictionRepair
 
 __all__ = ["EXPIRY_GRACE_S", "RedisStore"]
@@ -256,8 +258,16 @@ class RedisStore:
 
     async def watch(self, daemon_id: str, listener: ChangeListener) -> None:
         reader = NoticeReader(daemon_id, listener)
+        connection, current = await self._link.master_to_follow()
         try:
-            await self._link.follow(self._keys.changes_of(""), reader.read, listener.following)
+            await follow_stream(
+                connection,
+                self._keys.changes_of(""),
+                reader.read,
+                listener.following,
+                current,
+                socket_timeout_s=self._link.socket_timeout_s,
+            )
         except ChangesMissed as exc:
             logger.info("a change notice may have been missed (%s): following again", exc)
 

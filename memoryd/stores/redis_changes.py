@@ -15,13 +15,17 @@ stops trusting what it holds, as when its link breaks.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
+
+from redis.exceptions import RedisError
 
 from memoryd.stores.base import ChangeListener
 from memoryd.stores.keys import KeySpace
-from memoryd.stores.redis_commands import text
-from memoryd.stores.redis_link import Command, key_command
+from memoryd.stores.redis_commands import Command, key_command, text
+from memoryd.stores.redis_link import translated
 
 # Entries kept per stream (about): far more than a reader falls behind by
 # while its link holds; a reader that does fall behind sees the count skip.
@@ -31,7 +35,8 @@ _SEPARATOR = " "
 
 
 class ChangesMissed(Exception):
-    """A notice may have been missed: what the views hold cannot be trusted."""
+    """A notice may have been missed: what the views hold cannot be trusted.
+    Never leaves Store.watch, which returns instead."""
 
 
 class NoticeWriter:
@@ -100,3 +105,55 @@ class NoticeReader:
                 raise ChangesMissed(f"{writer}'s notices on {stream} went from {last} to {count}")
             agents = text(values.get(b"a", b"")).split(_SEPARATOR)
             self._listener.changed([agent for agent in agents if agent])
+
+
+# How long one XREAD of a followed stream waits for new entries.
+FOLLOW_BLOCK_S = 1.0
+
+# What takes the entries read from a stream.
+Take = Callable[[str, Sequence[Any]], None]
+
+
+async def follow_stream(
+    connection: Any,
+    stream: str,
+    take: Take,
+    following: Callable[[], None],
+    current: Callable[[], bool],
+    *,
+    socket_timeout_s: float,
+) -> None:
+    """Read every entry appended to ``stream`` from now on, on ``connection``
+    (of its own, not yet made), handing them to ``take``; return when the link
+    breaks, or once ``current`` (asked every FOLLOW_BLOCK_S) says no.
+    ``following`` is called once nothing appended from then on can be missed.
+    Raises what ``take`` raises, and StoreUnavailable if the link cannot be made."""
+    try:
+        with translated("watch"):
+            await connection.connect()
+            # Read on from the newest entry there is: what comes after it is
+            # delivered, however soon after this it is appended.
+            await connection.send_command("XREVRANGE", stream, "+", "-", "COUNT", 1)
+            newest = await connection.read_response()
+        last_id = newest[0][0] if newest else b"0-0"
+        following()
+        # A bounded wait: a server that stops answering without closing the
+        # connection (frozen, or cut off by a firewall that drops the idle
+        # connection) is noticed within one more socket timeout.
+        answer_within_s = FOLLOW_BLOCK_S + socket_timeout_s
+        block_ms = int(FOLLOW_BLOCK_S * 1000)
+        with contextlib.suppress(RedisError, OSError):
+            while current():
+                await connection.send_command(
+                    "XREAD", "BLOCK", block_ms, "STREAMS", stream, last_id
+                )
+                asked_at = time.monotonic()
+                reply = await connection.read_response(timeout=answer_within_s)
+                if reply is None and time.monotonic() - asked_at >= answer_within_s:
+                    return  # no answer, not even "nothing new"
+                for _stream, entries in reply or []:
+                    if entries:
+                        last_id = entries[-1][0]
+                        take(stream, entries)
+    finally:
+        await connection.disconnect()

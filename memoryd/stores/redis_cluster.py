@@ -38,9 +38,17 @@ from memoryd.stores.base import (
 from memoryd.stores.redis import RedisStore
 from memoryd.stores.redis_changes import ChangesMissed, NoticeReader
 from memoryd.stores.redis_cluster_link import ClusterLink
-from memoryd.stores.redis_commands import info_eviction, parsed_info, text, writers_of
+from memoryd.stores.redis_commands import (
+    Command,
+    info_eviction,
+    key_command,
+    parsed_info,
+    server_command,
+    text,
+    writers_of,
+)
 from memoryd.stores.redis_durability import ServerDurability, raised, server_run
-from memoryd.stores.redis_link import Command, key_command, server_command, translated
+from memoryd.stores.redis_link import translated
 
 logger = logging.getLogger(__name__)
 

@@ -40,17 +40,14 @@ from redis.exceptions import (
 )
 
 from memoryd.stores.base import StoreUnavailable
+from memoryd.stores.redis_changes import Take, follow_stream
+from memoryd.stores.redis_commands import NO_FRAMING, Command, Framing, pack
 from memoryd.stores.redis_link import (
     BACKOFF_BASE_S,
     BACKOFF_CAP_S,
-    NO_FRAMING,
     SCRIPTS,
-    Command,
-    Framing,
     RedisLink,
-    Take,
     connection_arguments,
-    pack,
     script_text,
     tls_arguments,
 )
@@ -365,12 +362,15 @@ class ClusterLink(RedisLink):
 
         follows = [
             asyncio.create_task(
-                self.follow_with(
-                    connection_arguments(self._url) | {"host": node.host, "port": node.port},
+                follow_stream(
+                    self.own_connection(
+                        connection_arguments(self._url) | {"host": node.host, "port": node.port}
+                    ),
                     stream_of(node),
                     take,
                     one_more,
                     current,
+                    socket_timeout_s=self._socket_timeout_s,
                 )
             )
             for node in masters

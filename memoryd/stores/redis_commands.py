@@ -1,13 +1,17 @@
-"""What the Redis store's scripts take and give: operations as ARGV words,
-replies as values.  Pure functions, no I/O (memoryd.stores.redis_link does that)."""
+"""What the Redis store sends and gets back: commands as they travel (packed,
+with the key that routes them, framed in a batch), operations as the scripts'
+ARGV words, replies as values.  No I/O (memoryd.stores.redis_link does that)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
-from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
 
+import hiredis
 import msgpack
 
 from memoryd.ops import Clear, Delete, Op, Put, Replace
@@ -26,6 +30,55 @@ EXPIRY_GRACE_S = 3600.0
 
 MIN_PAGE = 32
 MAX_PAGE = 1000
+
+
+def pack(*arguments: str | bytes | int) -> bytes:
+    """One command in the wire format."""
+    # hiredis's stub types its argument as a 1-tuple and its result as Any.
+    return cast(bytes, hiredis.pack_command(arguments))  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command in the wire format, ready for a round trip, and the key
+    whose slot serves it on a cluster (None: a command of the server itself)."""
+
+    packed: bytes
+    key: str | None = None
+
+
+def server_command(*arguments: str | bytes | int) -> Command:
+    """A command of the server (INFO, WAIT...), not of a key."""
+    return Command(pack(*arguments))
+
+
+def key_command(name: str, key: str, *arguments: str | bytes | int) -> Command:
+    """A command on ``key`` (``name key arguments...``)."""
+    return Command(pack(name, key, *arguments), key)
+
+
+def _nothing_before(shard_tag: str) -> list[Command]:
+    return []
+
+
+def _nothing_after(shard_tag: str, commands: Sequence[Command]) -> list[Command]:
+    return []
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """What a write batch carries around its commands, on each shard it goes to
+    (given the shard's hash tag; "" on one server), in the same round trip:
+    ``before`` them (a writer lease renewal) and ``after`` them (a change notice
+    naming what they wrote).  Their replies are dropped."""
+
+    before: Callable[[str], list[Command]] = _nothing_before
+    after: Callable[[str, Sequence[Command]], list[Command]] = _nothing_after
+    # Held while the batch is framed and sent: numbered notices leave in order.
+    serial: asyncio.Lock | None = None
+
+
+NO_FRAMING = Framing()
 
 
 def score(value: float) -> str:

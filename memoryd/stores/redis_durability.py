@@ -23,8 +23,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from memoryd.stores.base import Durability
-from memoryd.stores.redis_commands import appendfsync_of, durable_until, parsed_info
-from memoryd.stores.redis_link import Command, key_command, server_command
+from memoryd.stores.redis_commands import (
+    Command,
+    appendfsync_of,
+    durable_until,
+    key_command,
+    parsed_info,
+    server_command,
+)
 
 # How long a WAIT for replicas may take before the writes stay unconfirmed for now.
 WAIT_TIMEOUT_S = 0.5

@@ -9,16 +9,12 @@ store (memoryd.stores.redis) and its eviction repair
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any, cast
 
-import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -42,6 +38,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from memoryd import redis_url
 from memoryd.stores.base import StoreError, StoreMisconfigured, StoreRefusing, StoreUnavailable
+from memoryd.stores.redis_commands import NO_FRAMING, Command, Framing, pack
+from memoryd.stores.redis_sentinel import follow_failovers
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +49,6 @@ BACKOFF_CAP_S = 1.0
 
 SCRIPTS = ("apply", "page", "writers", "repair")
 
-# The sentinels' channel for a failover done, and how they are listened to:
-# a PING after this long without a message, the next sentinel this long after
-# one fails.
-SWITCH_MASTER = "+switch-master"
-SENTINEL_HEARTBEAT_S = 5.0
-SENTINEL_RETRY_S = 1.0
 
 # Replies that mean "not now" rather than "never": a Redis still loading its
 # dataset, busy in a script, a replica promoted/demoted mid-failover, or a
@@ -112,61 +104,6 @@ def _reply_error(action: str, exc: ResponseError) -> Exception:
     if text.startswith(_TRANSIENT_REPLIES):
         return StoreUnavailable(message)
     return StoreError(message)
-
-
-def pack(*arguments: str | bytes | int) -> bytes:
-    """One command in the wire format."""
-    # hiredis's stub types its argument as a 1-tuple and its result as Any.
-    return cast(bytes, hiredis.pack_command(arguments))  # type: ignore[arg-type]
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    """One command in the wire format, ready for a round trip, and the key
-    whose slot serves it on a cluster (None: a command of the server itself)."""
-
-    packed: bytes
-    key: str | None = None
-
-
-def server_command(*arguments: str | bytes | int) -> Command:
-    """A command of the server (INFO, WAIT...), not of a key."""
-    return Command(pack(*arguments))
-
-
-def key_command(name: str, key: str, *arguments: str | bytes | int) -> Command:
-    """A command on ``key`` (``name key arguments...``)."""
-    return Command(pack(name, key, *arguments), key)
-
-
-def _nothing_before(shard_tag: str) -> list[Command]:
-    return []
-
-
-def _nothing_after(shard_tag: str, commands: Sequence[Command]) -> list[Command]:
-    return []
-
-
-@dataclass(frozen=True, slots=True)
-class Framing:
-    """What a write batch carries around its commands, on each shard it goes to
-    (given the shard's hash tag; "" on one server), in the same round trip:
-    ``before`` them (a writer lease renewal) and ``after`` them (a change notice
-    naming what they wrote).  Their replies are dropped."""
-
-    before: Callable[[str], list[Command]] = _nothing_before
-    after: Callable[[str, Sequence[Command]], list[Command]] = _nothing_after
-    # Held while the batch is framed and sent: numbered notices leave in order.
-    serial: asyncio.Lock | None = None
-
-
-NO_FRAMING = Framing()
-
-# How long one XREAD of a followed stream waits for new entries (RedisLink.follow).
-FOLLOW_BLOCK_S = 1.0
-
-# What takes the entries read from a stream (RedisLink.follow).
-Take = Callable[[str, Sequence[Any]], None]
 
 
 def script_text(name: str) -> str:
@@ -298,66 +235,23 @@ class RedisLink:
             await self.client.connection_pool.get_master_address()  # type: ignore[attr-defined]
 
     async def follow_failovers(self) -> None:
-        """Until cancelled (a Sentinel set only): at each ``+switch-master`` the
-        sentinels announce for memoryd's master, ask them again at once, so that
-        the pool leaves the old master before a write or a check finds it out.
-        One sentinel at a time, the next when one fails."""
+        """Until cancelled (a Sentinel set only): ask the sentinels again at each
+        ``+switch-master`` they announce (memoryd.stores.redis_sentinel)."""
         if self._sentinel is None:
             return
-        while True:
-            for host, port in self._url.hosts:
-                try:
-                    await self._listen_for_switches(host, port)
-                except (RedisError, OSError) as exc:
-                    logger.debug("sentinel %s:%s: %s; listening to the next", host, port, exc)
-                await asyncio.sleep(SENTINEL_RETRY_S)
-
-    async def _listen_for_switches(self, host: str, port: int) -> None:
         url = self._url
-        arguments: dict[str, Any] = {
-            "host": host,
-            "port": port,
-            "username": url.sentinel_username,
-            "password": url.sentinel_password,
-        }
-        connection_class = aioredis.Connection
-        if url.tls:
-            connection_class = aioredis.SSLConnection
-            arguments.update(tls_arguments(url))
-        connection = connection_class(
-            **arguments,
-            protocol=2,
-            socket_timeout=self._socket_timeout_s,
-            socket_connect_timeout=self._connect_timeout_s,
-            retry=Retry(NoBackoff(), 0),
+        sentinels = []
+        for host, port in url.hosts:
+            # The sentinels' own credentials, TLS as for the master, no database.
+            arguments = connection_arguments(url)
+            arguments.pop("db", None)
+            arguments.update(
+                host=host, port=port, username=url.sentinel_username, password=url.sentinel_password
+            )
+            sentinels.append(arguments)
+        await follow_failovers(
+            sentinels, self.own_connection, self.refresh_master, url.service_name
         )
-        try:
-            await connection.connect()  # type: ignore[no-untyped-call]
-            await connection.send_command("SUBSCRIBE", SWITCH_MASTER)
-            await connection.read_response()
-            pinged = False
-            while True:
-                message = await connection.read_response(timeout=SENTINEL_HEARTBEAT_S)
-                if message is None:  # quiet: make sure the sentinel is still there
-                    if pinged:
-                        raise RedisTimeoutError("no answer to PING")
-                    await connection.send_command("PING")
-                    pinged = True
-                    continue
-                pinged = False
-                if self._is_our_switch(message):
-                    logger.info("the sentinels announce a new master; asking them")
-                    await self.refresh_master()
-        finally:
-            await connection.disconnect()
-
-    def _is_our_switch(self, message: Any) -> bool:
-        """Whether a pub/sub message is ``+switch-master`` of memoryd's master:
-        ``<name> <old ip> <old port> <new ip> <new port>``."""
-        if not isinstance(message, list) or len(message) != 3 or message[0] != b"message":
-            return False
-        words = bytes(message[2]).split()
-        return bool(words) and words[0].decode(errors="replace") == self._url.service_name
 
     async def reset(self) -> None:
         """Drop every pooled connection; the next command makes a new one."""
@@ -427,9 +321,14 @@ class RedisLink:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def send_batch(self, commands: list[Command], framing: Framing) -> list[Any]:
-        """The replies to ``commands``, framed, in one write."""
+        """The replies to ``commands``, framed, in one write.  A change notice
+        refused fails the batch, to be sent again whole: a notice lost would
+        leave the other daemons' views of its agents stale."""
         first, last = framing.before(""), framing.after("", commands)
         replies = await self.round_trip(first + commands + last)
+        for reply in replies[len(first) + len(commands) :]:
+            if isinstance(reply, Exception):
+                raise reply
         return replies[len(first) : len(first) + len(commands)]
 
     async def round_trip(self, commands: Sequence[Command]) -> list[Any]:
@@ -485,14 +384,13 @@ class RedisLink:
         named = getattr(self.client.connection_pool, "master_address", None)
         return named is None or (connection.host, connection.port) == tuple(named)
 
-    async def follow(self, stream: str, take: Take, following: Callable[[], None]) -> None:
-        """Read every entry appended to ``stream`` from now on, on a connection
-        of its own, handing them to ``take``; return when the link breaks.
-        ``following`` is called once nothing appended from then on can be missed.
+    async def master_to_follow(self) -> tuple[Any, Callable[[], bool]]:
+        """A connection of its own (not yet made) to the master, for following a
+        stream (memoryd.stores.redis_changes.follow_stream), and whether that
+        master is still the one to follow.
 
-        Without the pool's retries (they would reconnect behind our back,
-        which is the very event to see), and without a socket timeout: it
-        waits on ``XREAD BLOCK`` until an entry comes or the link breaks.
+        Without the pool's retries: they would reconnect behind our back, and a
+        broken link is the very event to see.
         """
         arguments = connection_arguments(self._url)
         followed: str | None = None  # the master followed, on a Sentinel set
@@ -507,53 +405,21 @@ class RedisLink:
             # the notices go to the new one.
             return followed is None or self.master_address in (None, followed)
 
-        await self.follow_with(arguments, stream, take, following, current)
+        return self.own_connection(arguments), current
 
-    async def follow_with(
-        self,
-        arguments: dict[str, Any],
-        stream: str,
-        take: Take,
-        following: Callable[[], None],
-        current: Callable[[], bool] = lambda: True,
-    ) -> None:
-        """``follow`` on a connection made with ``arguments`` (connection_arguments);
-        return too once ``current`` (asked every FOLLOW_BLOCK_S) says no."""
+    def own_connection(self, arguments: dict[str, Any]) -> Any:
+        """A connection of its own made with ``arguments`` (connection_arguments),
+        RESP2, without retries: a caller that waits on it sees it break."""
         arguments = dict(arguments)
         connection_class = arguments.pop("connection_class", aioredis.Connection)
-        connection = connection_class(
+        return connection_class(
             **arguments,
             protocol=2,
             socket_timeout=self._socket_timeout_s,
             socket_connect_timeout=self._connect_timeout_s,
             retry=Retry(NoBackoff(), 0),
         )
-        try:
-            with translated("watch"):
-                await connection.connect()
-                # Read on from the newest entry there is: what comes after it is
-                # delivered, however soon after this it is appended.
-                await connection.send_command("XREVRANGE", stream, "+", "-", "COUNT", 1)
-                newest = await connection.read_response()
-            last_id = newest[0][0] if newest else b"0-0"
-            following()
-            # A bounded wait: a server that stops answering without closing the
-            # connection (frozen, or cut off by a firewall that drops the idle
-            # connection) is noticed within one more socket timeout.
-            answer_within_s = FOLLOW_BLOCK_S + self._socket_timeout_s
-            block_ms = int(FOLLOW_BLOCK_S * 1000)
-            with contextlib.suppress(RedisError, OSError):
-                while current():
-                    await connection.send_command(
-                        "XREAD", "BLOCK", block_ms, "STREAMS", stream, last_id
-                    )
-                    asked_at = time.monotonic()
-                    reply = await connection.read_response(timeout=answer_within_s)
-                    if reply is None and time.monotonic() - asked_at >= answer_within_s:
-                        return  # no answer, not even "nothing new"
-                    for _stream, entries in reply or []:
-                        if entries:
-                            last_id = entries[-1][0]
-                            take(stream, entries)
-        finally:
-            await connection.disconnect()
+
+    @property
+    def socket_timeout_s(self) -> float:
+        return self._socket_timeout_s

@@ -19,8 +19,8 @@ from typing import Any
 from memoryd.records import is_expired
 from memoryd.stores.base import Eviction, Swept
 from memoryd.stores.keys import AgentKey, KeySpace
-from memoryd.stores.redis_commands import decoded, index_fields, text
-from memoryd.stores.redis_link import Command, Framing, RedisLink, key_command, translated
+from memoryd.stores.redis_commands import Command, Framing, decoded, index_fields, key_command, text
+from memoryd.stores.redis_link import RedisLink, translated
 
 logger = logging.getLogger(__name__)
 
