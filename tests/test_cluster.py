@@ -50,6 +50,12 @@ def test_a_cluster_master_killed_is_replaced_and_no_acknowledged_write_is_lost(
         # The promoted replica has no replica of its own: nothing of its shard is
         # confirmed until the old master is back, as its replica.
         assert client.status()["wal"]["unconfirmed_records"] > 0
+        eventually(
+            daemon.log,
+            lambda log: "has no replica: what is applied to it stays unconfirmed" in log,
+            timeout_s=10,
+            what="a warning that names the shard without a replica",
+        )
         own_cluster.restart(killed)
         eventually(client.status, settled, timeout_s=60, what="healthy, applied and confirmed")
         writers.assert_kept(stored_in(own_cluster), client)

@@ -16,6 +16,7 @@ the same server.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,6 +32,8 @@ from memoryd.stores.redis_commands import (
     parsed_info,
     server_command,
 )
+
+logger = logging.getLogger(__name__)
 
 # How long a WAIT for replicas may take before the writes stay unconfirmed for now.
 WAIT_TIMEOUT_S = 0.5
@@ -66,6 +69,7 @@ class ServerDurability:
         self._min_replicas = min_replicas  # None: every replica the master reports
         self._failover = failover  # replicas take over by themselves: only they confirm
         self._replicas_to_wait = 0  # from the last reading
+        self._unreplicated = False  # as the last reading found: warned of
 
     async def read(self, round_trip: RoundTrip) -> Reading:
         """Call inside ``translated``."""
@@ -73,7 +77,27 @@ class ServerDurability:
         if wanted > self._replicas_to_wait:  # more replicas than last time: wait for them
             reading, wanted = await self._read_waiting_for(round_trip, wanted)
         self._replicas_to_wait = wanted
+        self._tell_if_unreplicated(reading.replication)
         return reading
+
+    def _tell_if_unreplicated(self, replication: dict[str, str]) -> None:
+        """Warn once when a master that only replicas can confirm has none."""
+        unreplicated = (
+            self._failover
+            and self._min_replicas != 0
+            and replication.get("role") == "master"
+            and int(replication.get("connected_slaves", 0)) == 0
+        )
+        if unreplicated and not self._unreplicated:
+            logger.warning(
+                "the master holding %s has no replica: what is applied to it stays "
+                "unconfirmed, kept in the WAL up to wal_retain_s / wal_retain_bytes and then "
+                "let go, until a replica is back",
+                self._confirm_key,
+            )
+        elif self._unreplicated and not unreplicated:
+            logger.info("the master holding %s has a replica again", self._confirm_key)
+        self._unreplicated = unreplicated
 
     async def _read_waiting_for(self, round_trip: RoundTrip, wait_for: int) -> tuple[Reading, int]:
         asked_at = time.time()
