@@ -43,25 +43,25 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     yield redis_server.url
 
 
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[ClusterSet]:
-    """One Redis Cluster for the session (3 masters, a replica each); tests that
-    fail it over or reshard it start their own."""
+def _started_cluster() -> Iterator[ClusterSet]:
     cluster = ClusterSet().start()
     try:
         yield cluster
     finally:
         cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterSet]:
+    """One Redis Cluster for the session (3 masters, a replica each); tests that
+    fail it over or reshard it start their own."""
+    yield from _started_cluster()
 
 
 @pytest.fixture
 def own_cluster() -> Iterator[ClusterSet]:
     """A Redis Cluster of the test's own, to fail over or reshard."""
-    cluster = ClusterSet().start()
-    try:
-        yield cluster
-    finally:
-        cluster.cleanup()
+    yield from _started_cluster()
 
 
 @pytest.fixture

@@ -48,6 +48,7 @@ from memoryd.stores.redis_link import (
     SCRIPTS,
     RedisLink,
     connection_arguments,
+    exchange,
     script_text,
     tls_arguments,
 )
@@ -307,14 +308,7 @@ class ClusterLink(RedisLink):
         """
         connection = await self._connection_of(node)
         try:
-            await connection.send_packed_command(packed, check_health=False)
-            replies: list[Any] = []
-            for _ in packed:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-            return replies
+            return await exchange(connection, packed)
         except BaseException:
             await connection.disconnect()
             raise
@@ -383,6 +377,3 @@ class ClusterLink(RedisLink):
             for follow in follows:
                 follow.cancel()
             await asyncio.gather(*follows, return_exceptions=True)
-
-    async def follow_failovers(self) -> None:
-        """A cluster's own nodes say where each slot went (MOVED)."""

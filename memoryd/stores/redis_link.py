@@ -51,9 +51,9 @@ SCRIPTS = ("apply", "page", "writers", "repair")
 
 
 # Replies that mean "not now" rather than "never": a Redis still loading its
-# dataset, busy in a script, a replica promoted/demoted mid-failover, or a
-# cluster with slots no master serves (CLUSTERDOWN) until a replica takes them.
-_TRANSIENT_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+# dataset, busy in a script, or a replica promoted/demoted mid-failover (a
+# cluster's CLUSTERDOWN and TRYAGAIN are told by their class: see translated).
+_TRANSIENT_REPLIES = ("LOADING", "BUSY", "MASTERDOWN", "TRYAGAIN")
 # Replies of a Redis that answers but will not take writes for now.
 _REFUSING_REPLIES = ("OOM", "READONLY", "MISCONF")
 # Replies of a Redis that refuses memoryd itself (credentials, ACL).
@@ -104,6 +104,19 @@ def _reply_error(action: str, exc: ResponseError) -> Exception:
     if text.startswith(_TRANSIENT_REPLIES):
         return StoreUnavailable(message)
     return StoreError(message)
+
+
+async def exchange(connection: Any, packed: list[bytes]) -> list[Any]:
+    """Write ``packed`` on ``connection`` and read a reply for each (an error
+    reply as its ResponseError, not raised)."""
+    await connection.send_packed_command(packed, check_health=False)
+    replies: list[Any] = []
+    for _ in packed:
+        try:
+            replies.append(await connection.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies
 
 
 def script_text(name: str) -> str:
@@ -352,13 +365,7 @@ class RedisLink:
         pool = self.client.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await connection.send_packed_command(packed, check_health=False)
-            replies: list[Any] = []
-            for _ in packed:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
+            replies = await exchange(connection, packed)
             if not self._on_named_master(connection):
                 logger.info(
                     "a reply came from %s:%s, which the sentinels no longer name master: "
